@@ -1,0 +1,26 @@
+"""rerank: neural retrieval and reranking.
+
+    from rerank import BM25, load_dataset, evaluate
+    ds = load_dataset("scifact")
+    run = (BM25(ds.docs) % 100)(ds.queries)
+    print(evaluate(run, ds.qrels, ["nDCG@10", "RR@10", "R@100"]).table())
+
+Importing rerank imports neither torch nor ir_datasets; those load when first used.
+"""
+
+from .data import ALIASES, Dataset, DocStore, MemoryDocStore, list_datasets, load_dataset
+from .data.formats import read_qrels, read_run, read_topics, write_trec_run
+from .errors import DataError, DatasetNotFound, DatasetUnavailable, MissingDependency, RerankError
+from .evaluate import Evaluation, compare, evaluate
+from .retrieve.bm25 import BM25
+from .retrieve.run import FromRun
+from .types import Cutoff, Hit, Pipeline, Query, Ranking, Stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALIASES", "BM25", "Cutoff", "DataError", "Dataset", "DatasetNotFound", "DatasetUnavailable", "DocStore",
+    "Evaluation", "FromRun", "Hit", "MemoryDocStore", "MissingDependency", "Pipeline", "Query", "Ranking",
+    "RerankError", "Stage", "compare", "evaluate", "list_datasets", "load_dataset", "read_qrels", "read_run",
+    "read_topics", "write_trec_run",
+]

@@ -1,0 +1,313 @@
+"""The ``rerank`` command line: run | eval | index | datasets."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from .errors import RerankError
+
+log = logging.getLogger("rerank")
+RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), run:FILE (a TREC run or candidate file), "
+                   "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed)")
+RERANKERS = ("none",)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rerank: %(message)s"))
+    root = logging.getLogger("rerank")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report user errors in one line (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (RerankError, ValueError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+DEFAULT_METRICS = "nDCG@10,RR@10,R@100"
+
+
+def _metric_list(value: Optional[str]) -> list[str]:
+    names = [m.strip() for m in (value or DEFAULT_METRICS).split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter("give at least one measure")
+    return names
+
+
+CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "metrics", "rel",
+               "expected", "tolerance"}
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """A YAML pipeline: dataset, retriever, reranker, top_k, metrics and the scores it must reproduce."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RerankError(f"{path}: cannot read the config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise RerankError(f"{path}: a config is a YAML mapping of {', '.join(sorted(CONFIG_KEYS))}")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise RerankError(f"{path}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}")
+    if "metrics" in cfg and isinstance(cfg["metrics"], list):
+        cfg["metrics"] = ",".join(cfg["metrics"])
+    expected = cfg.get("expected", {})
+    if not isinstance(expected, dict) or not all(isinstance(v, (int, float)) for v in expected.values()):
+        raise RerankError(f"{path}: 'expected' maps measure names to numbers")
+    return cfg
+
+
+def check_expected(cfg: dict[str, Any], measured: dict[str, float]) -> list[str]:
+    """One line per expected score that the run did not reproduce within the tolerance."""
+    tol = float(cfg.get("tolerance", 0.001))
+    bad = []
+    for name, want in cfg.get("expected", {}).items():
+        got = measured.get(name)
+        if got is None:
+            bad.append(f"{name}: expected {want}, not measured (add it to metrics)")
+        elif abs(got - want) > tol:
+            bad.append(f"{name}: measured {got:.4f}, expected {want:.4f} (tolerance {tol})")
+    return bad
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _dataset_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--dataset", "-d", help="Alias (see `rerank datasets`), ir_datasets id, or path."),
+        click.option("--split", help="Qrels split of a BEIR folder [default: test]."),
+        click.option("--qrels", type=click.Path(exists=True, dir_okay=False), help="Use these judgments instead of the dataset's."),
+        click.option("--rel", type=int, help="Relevance grade from which a document counts as relevant for RR/R/P/AP "
+                                               "(default: the dataset's, 2 for TREC DL, else 1)."),
+        click.option("--metrics", help="Comma-separated ir_measures names [default: nDCG@10,RR@10,R@100]."),
+        click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+                     help="What to do with bytes that are not UTF-8 in dataset files."),
+        click.option("--quiet", "-q", is_flag=True, help="Only warnings and results."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _load(dataset: str, split: str, qrels: Optional[str], encoding_errors: str) -> Any:
+    from .data import load_dataset
+    from .data.formats import read_qrels
+
+    ds = load_dataset(dataset, split=split, encoding_errors=encoding_errors)
+    if qrels:
+        ds.qrels = read_qrels(qrels)
+    return ds
+
+
+def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild: bool = False, with_text: bool = True) -> Any:
+    """The first stage named by a ``--retriever`` spec."""
+    from .retrieve.bm25 import BACKENDS, BM25
+    from .retrieve.run import FromRun
+
+    kind, _, arg = spec.partition(":")
+    if kind == "bm25":
+        backend = arg or "bm25s"
+        if backend not in BACKENDS:
+            raise RerankError(f"unknown BM25 backend {backend!r} in --retriever {spec}; choose bm25 or bm25:lucene")
+        if ds.docs is not None and not ds.docs.complete:
+            if "bm25" in ds.candidates:
+                log.info("%s has no full corpus here (only its candidate passages); using its published BM25 "
+                         "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
+                return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % top_k
+            raise RerankError(f"{ds.name} has no full corpus here to index; use --retriever run:FILE or candidates:NAME")
+        if ds.docs is None:
+            raise RerankError(f"dataset {ds.name!r} has no documents to index; use --retriever run:FILE")
+        return BM25(ds, backend=backend, k=top_k, threads=threads, rebuild=rebuild, with_text=with_text)
+    if kind == "run" and arg:
+        return FromRun(arg, ds.docs if with_text else None) % top_k
+    if kind == "candidates" and arg:
+        return FromRun(ds.candidate_run(arg), ds.docs if with_text else None, name=f"candidates:{arg}") % top_k
+    raise RerankError(f"unknown --retriever {spec!r}; use one of: {RETRIEVERS_HELP}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rerank")
+def main() -> None:
+    """Neural retrieval and reranking: first stages, rerankers, evaluation."""
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML pipeline from configs/ (its values are defaults; it fails when its expected scores are not reproduced).")
+@click.option("--retriever", "-r", help=RETRIEVERS_HELP)
+@click.option("--reranker", help="Second stage (available: none) [default: none].")
+@_dataset_options
+@click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format, atomically).")
+@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
+@click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
+@_friendly
+def run(config: Optional[str], retriever: Optional[str], reranker: Optional[str], dataset: Optional[str], split: Optional[str],
+        qrels: Optional[str], rel: Optional[int], metrics: Optional[str], encoding_errors: str, quiet: bool,
+        top_k: Optional[int], output: Optional[str], metrics_json: Optional[str], threads: int, rebuild: bool) -> None:
+    """Run a pipeline on a dataset, print its metrics and write the run."""
+    _setup_logging(quiet)
+    cfg = read_config(config) if config else {}
+    retriever = retriever or cfg.get("retriever")
+    dataset = dataset or cfg.get("dataset")
+    reranker = reranker or cfg.get("reranker", "none")
+    metrics = metrics or cfg.get("metrics")
+    top_k = top_k or int(cfg.get("top_k", 100))
+    rel = rel if rel is not None else cfg.get("rel")
+    split = split or cfg.get("split", "test")
+    if not retriever or not dataset:
+        raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
+    if reranker not in RERANKERS:
+        raise RerankError(f"unknown --reranker {reranker!r}; available: {', '.join(RERANKERS)}")
+    names = _metric_list(metrics)
+    t0 = time.perf_counter()
+    ds = _load(dataset, split, qrels, encoding_errors)
+    load_s = time.perf_counter() - t0
+    stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=reranker != "none")
+    t1 = time.perf_counter()
+    ranking = stage(ds.queries)
+    seconds = time.perf_counter() - t1
+    if output:
+        from .data.formats import write_trec_run
+
+        write_trec_run(ranking, output, tag=retriever)
+        log.info("wrote %s (%d queries)", output, len(ranking))
+    result: dict[str, Any] = {"dataset": ds.name, "pipeline": stage.name,
+                              "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
+                                       "queries": len(ds.queries), "peak_rss_mb": _peak_rss_mb()}}
+    if ds.qrels is not None:
+        from .evaluate import evaluate
+
+        ev = evaluate(ranking, ds.qrels, names, rel if rel is not None else ds.rel)
+        result["metrics"] = ev.metrics
+        result["relevance_threshold"] = ev.rel
+        click.echo(ev.table(f"{ds.name} {stage.name}"))
+    else:
+        log.warning("%s has no qrels: nothing to evaluate", ds.name)
+    click.echo(f"{len(ds.queries)} queries in {seconds:.2f}s (dataset loaded in {load_s:.2f}s)")
+    problems = check_expected(cfg, result.get("metrics", {})) if cfg.get("expected") else []
+    if cfg.get("expected"):
+        result["expected"] = cfg["expected"]
+        result["reproduced"] = not problems
+    if metrics_json:
+        from .env import atomic_write
+
+        with atomic_write(metrics_json) as f:
+            json.dump(result, f, indent=2)
+    if problems:
+        click.echo(f"{config}: not reproduced\n  " + "\n  ".join(problems), err=True)
+        sys.exit(1)
+    if cfg.get("expected"):
+        click.echo(f"{config}: expected scores reproduced")
+
+
+@main.command("eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@_dataset_options
+@click.option("--per-query", is_flag=True, help="Also print every query's scores.")
+@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write the metrics (and comparisons) here as JSON.")
+@_friendly
+def eval_(runs: tuple[str, ...], dataset: Optional[str], split: Optional[str], qrels: Optional[str], rel: Optional[int], metrics: Optional[str],
+          encoding_errors: str, quiet: bool, per_query: bool, metrics_json: Optional[str]) -> None:
+    """Evaluate runs (TREC run files or candidate JSON/JSONL). With several runs, the first is the
+    baseline of a paired t-test and randomization test."""
+    from .data.formats import read_run
+    from .evaluate import compare, format_comparison, format_per_query, format_table, evaluate
+
+    _setup_logging(quiet)
+    if not dataset:
+        raise RerankError("rerank eval needs --dataset (whose qrels judge the runs)")
+    names = _metric_list(metrics)
+    ds = _load(dataset, split or "test", qrels, encoding_errors)
+    judgments = ds.require_qrels()
+    threshold = rel if rel is not None else ds.rel
+    evals = {}
+    for path in runs:
+        evals[path] = evaluate(read_run(path, encoding_errors), judgments, names, threshold)
+        if evals[path].missing:
+            log.warning("%s: %d judged queries have no results (scored 0)", path, len(evals[path].missing))
+    click.echo(format_table([(Path(p).name, e.metrics) for p, e in evals.items()], names))
+    if threshold != 1:
+        click.echo(f"(binary measures count grade >= {threshold} as relevant)")
+    out: dict[str, Any] = {"dataset": ds.name, "relevance_threshold": threshold,
+                           "runs": {p: {"metrics": e.metrics} for p, e in evals.items()}}
+    if per_query:
+        for p, e in evals.items():
+            click.echo(f"\n{p}\n{format_per_query(e)}")
+    base = runs[0]
+    for other in runs[1:]:
+        rows = compare(evals[base], evals[other])
+        click.echo(f"\n{Path(base).name} vs {Path(other).name} ({rows[0].queries} queries)")
+        click.echo(format_comparison(rows, Path(base).name, Path(other).name))
+        out["runs"][other]["vs_" + Path(base).name] = [r.__dict__ for r in rows]
+    if len(runs) == 1:
+        out["metrics"] = evals[base].metrics
+    if metrics_json:
+        from .env import atomic_write
+
+        with atomic_write(metrics_json) as f:
+            json.dump(out, f, indent=2)
+
+
+@main.command()
+@click.option("--retriever", "-r", default="bm25", show_default=True, help="bm25 or bm25:lucene")
+@click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@_friendly
+def index(retriever: str, dataset: str, split: str, threads: int, rebuild: bool, encoding_errors: str) -> None:
+    """Build (or check) the index a retriever needs, under indexes/."""
+    from .retrieve.bm25 import BM25
+
+    _setup_logging(False)
+    kind, _, backend = retriever.partition(":")
+    if kind != "bm25":
+        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene")
+    ds = _load(dataset, split, None, encoding_errors)
+    if ds.docs is None or not ds.docs.complete:
+        raise RerankError(f"{ds.name} has no full corpus here to index")
+    t0 = time.perf_counter()
+    path = BM25(ds, backend=backend or "bm25s", threads=threads, rebuild=rebuild).index()
+    click.echo(f"{path} ({len(ds.docs)} documents, {time.perf_counter() - t0:.1f}s)")
+
+
+@main.command()
+def datasets() -> None:
+    """List the dataset aliases (any ir_datasets id or local path works too)."""
+    from .data import list_datasets
+
+    for name, where, desc in list_datasets():
+        click.echo(f"{name:<12} {desc}\n{'':<12} {where}")
+    click.echo("\nAlso: any ir_datasets id, a BEIR folder, a folder of TREC topics/qrels/candidate files, "
+               "or a candidate file.\nLocal data mirror: $RERANK_SHARED_DATA (default ../shared/data).")
+
+
+if __name__ == "__main__":
+    main()

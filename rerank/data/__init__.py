@@ -1,0 +1,257 @@
+"""Datasets by name or path.
+
+``load_dataset`` accepts, in this order:
+
+1. a path: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), a folder
+   of TREC files (topics, qrels, candidate files with passage texts, TREC runs), or a single
+   candidate file (JSON/JSONL) or topics file;
+2. an alias (``trec-dl-19``, ``scifact``, ...; see :data:`ALIASES`): loaded through ir_datasets,
+   falling back to the same data under the local mirror (``$RERANK_SHARED_DATA``, default
+   ``../shared/data``) when ir_datasets cannot get it;
+3. any ir_datasets id (``beir/nfcorpus/test``, ``msmarco-passage/trec-dl-2020/judged``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..env import shared_data_dir
+from ..errors import DataError, DatasetNotFound, DatasetUnavailable
+from ..types import Query, Ranking
+from .formats import Qrels, read_beir_corpus, read_candidates, read_qrels, read_run, read_topics
+from .store import DocStore, IrdsDocStore, MemoryDocStore
+
+log = logging.getLogger("rerank")
+
+__all__ = ["ALIASES", "Dataset", "DocStore", "MemoryDocStore", "Qrels", "list_datasets", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class Alias:
+    irds: str
+    shared: Optional[str]
+    rel: int
+    description: str
+
+
+ALIASES: dict[str, Alias] = {
+    "trec-dl-19": Alias("msmarco-passage/trec-dl-2019/judged", "trec-dl/dl19", 2,
+                        "TREC DL 2019 passage, 43 judged queries (MS MARCO 8.8M passages)"),
+    "trec-dl-20": Alias("msmarco-passage/trec-dl-2020/judged", "trec-dl/dl20", 2,
+                        "TREC DL 2020 passage, 54 judged queries (MS MARCO 8.8M passages)"),
+    "msmarco-dev": Alias("msmarco-passage/dev/small", None, 1, "MS MARCO passage dev (small), 6,980 queries"),
+    "scifact": Alias("beir/scifact/test", "beir/scifact", 1, "BEIR SciFact test, 300 queries, 5,183 abstracts"),
+    "cranfield": Alias("cranfield", None, 1, "Cranfield, 225 queries, 1,400 abstracts"),
+}
+
+
+@dataclass
+class Dataset:
+    """Queries, relevance judgments and documents of one test collection.
+
+    ``candidates`` names first-stage runs shipped with the data (e.g. the published BM25 top-100
+    of TREC DL with passage texts), usable as a first stage when the full corpus is absent.
+    ``rel`` is the relevance grade from which a document counts as relevant for binary
+    measures (RR, R, P, AP): 2 for TREC DL, 1 elsewhere.
+    """
+
+    name: str
+    queries: list[Query]
+    qrels: Optional[Qrels] = None
+    docs: Optional[DocStore] = None
+    candidates: dict[str, Path] = field(default_factory=dict)
+    rel: int = 1
+    source: str = ""
+    _runs: dict[str, Ranking] = field(default_factory=dict, repr=False)
+
+    def candidate_run(self, name: str) -> Ranking:
+        if name not in self.candidates:
+            have = ", ".join(sorted(self.candidates)) or "none"
+            raise DataError(f"dataset {self.name!r} has no candidate run {name!r} (it has: {have})")
+        if name not in self._runs:
+            self._runs[name] = read_run(self.candidates[name])
+        return self._runs[name]
+
+    def require_qrels(self) -> Qrels:
+        if self.qrels is None:
+            raise DataError(f"dataset {self.name!r} ({self.source}) has no relevance judgments (qrels); pass --qrels FILE")
+        return self.qrels
+
+
+# ---------------------------------------------------------------- paths
+_TOPIC_NAMES = ("topics*", "queries.tsv", "queries.txt", "queries.jsonl", "*.topics.*")
+_QREL_NAMES = ("qrels*", "*.qrels*")
+
+
+def _first(folder: Path, patterns: tuple[str, ...]) -> Optional[Path]:
+    for pat in patterns:
+        found = sorted(p for p in folder.glob(pat) if p.is_file())
+        if len(found) > 1:
+            raise DataError(f"{folder}: several files match {pat!r}: {[p.name for p in found]}; keep one")
+        if found:
+            return found[0]
+    return None
+
+
+def _load_beir(folder: Path, split: str, encoding_errors: str) -> Dataset:
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise DataError(f"BEIR folder {folder} has no qrels file qrels/{split}.tsv (splits present: {', '.join(have) or 'none'})")
+    qrels = read_qrels(qrels_path)
+    queries = [q for q in read_topics(folder / "queries.jsonl", encoding_errors) if q.qid in qrels]
+    if not queries:
+        raise DataError(f"{folder}: none of the queries in queries.jsonl is judged in qrels/{split}.tsv")
+    corpus = folder / "corpus.jsonl"
+    docs = MemoryDocStore(lambda: read_beir_corpus(corpus, encoding_errors), name=f"{folder.name}")
+    return Dataset(folder.name, queries, qrels, docs, source=str(folder))
+
+
+def _candidate_name(p: Path) -> str:
+    return p.name.split(".")[0]
+
+
+def _load_trec_folder(folder: Path, encoding_errors: str) -> Dataset:
+    topics = _first(folder, _TOPIC_NAMES)
+    qrels_path = _first(folder, _QREL_NAMES)
+    candidates: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix in (".trec", ".run") and _candidate_name(p) not in candidates:
+            candidates[_candidate_name(p)] = p
+    for p in sorted(folder.iterdir()):
+        if p.suffix in (".json", ".jsonl") and p != topics:
+            candidates[_candidate_name(p)] = p  # texts beat a bare TREC run of the same name
+    texted = [p for p in candidates.values() if p.suffix in (".json", ".jsonl")]
+    if topics is None and not texted:
+        raise DataError(f"{folder}: no topics file (topics*.txt/tsv, queries.tsv/jsonl) and no candidate files with query texts")
+    if topics is not None:
+        queries = read_topics(topics, encoding_errors)
+    else:
+        seen: dict[str, str] = {}
+        for p in texted:
+            seen.update(read_candidates(p, encoding_errors)[1])
+        queries = [Query(q, t) for q, t in seen.items()]
+
+    def union() -> dict[str, str]:
+        docs: dict[str, str] = {}
+        for p in texted:
+            for hits in read_candidates(p, encoding_errors)[0].values():
+                for h in hits:
+                    if h.text is not None:
+                        docs.setdefault(h.docid, h.text)
+        return docs
+
+    docs = MemoryDocStore(union, name=f"{folder.name}-candidates", complete=False) if texted else None
+    qrels = read_qrels(qrels_path) if qrels_path else None
+    return Dataset(folder.name, queries, qrels, docs, candidates, source=str(folder))
+
+
+def _load_file(path: Path, encoding_errors: str) -> Dataset:
+    if path.suffix in (".json", ".jsonl"):
+        head = path.open("rb").read(4096)
+        if b'"hits"' in head or path.suffix == ".json":
+            ranking, texts = read_candidates(path, encoding_errors)
+            docs = {h.docid: h.text for hits in ranking.values() for h in hits if h.text is not None}
+            ds = Dataset(path.stem, [Query(q, t) for q, t in texts.items()], None,
+                         MemoryDocStore(docs, name=path.stem, complete=False), {_candidate_name(path): path}, source=str(path))
+            ds._runs[_candidate_name(path)] = ranking
+            return ds
+    return Dataset(path.stem, read_topics(path, encoding_errors), source=str(path))
+
+
+def _load_path(path: Path, split: str, encoding_errors: str) -> Dataset:
+    if path.is_dir():
+        if (path / "corpus.jsonl").is_file():
+            ds = _load_beir(path, split, encoding_errors)
+        else:
+            ds = _load_trec_folder(path, encoding_errors)
+    else:
+        ds = _load_file(path, encoding_errors)
+    # a folder that is an alias's local copy keeps the alias's name and conventions
+    shared = shared_data_dir()
+    for name, a in ALIASES.items():
+        if shared and a.shared and path.resolve() == (shared / a.shared).resolve():
+            ds.name, ds.rel = name, a.rel
+    return ds
+
+
+# ---------------------------------------------------------------- ir_datasets
+def _load_irds(dataset_id: str, name: Optional[str] = None, rel: int = 1) -> Dataset:
+    from .irds import irds_load, loading
+
+    with loading(dataset_id):
+        ds = irds_load(dataset_id)
+        if not ds.has_queries():
+            raise DataError(f"ir_datasets id {dataset_id!r} has no queries; pick a dataset with topics (e.g. its /test or /judged subset)")
+        queries = []
+        for q in ds.queries_iter():
+            try:
+                queries.append(Query(str(q.query_id), q.default_text()))
+            except DataError as e:
+                raise DataError(f"ir_datasets {dataset_id}: {e}") from None
+        qrels: Optional[Qrels] = None
+        if ds.has_qrels():
+            qrels = {}
+            for r in ds.qrels_iter():
+                qrels.setdefault(str(r.query_id), {})[str(r.doc_id)] = int(r.relevance)
+    docs = IrdsDocStore(ds, dataset_id) if ds.has_docs() else None
+    return Dataset(name or dataset_id, queries, qrels, docs, rel=rel, source=f"ir_datasets:{dataset_id}")
+
+
+def _close_matches(name: str) -> list[str]:
+    from .irds import registry_ids
+
+    pool = list(ALIASES) + registry_ids()
+    close = difflib.get_close_matches(name, pool, n=6, cutoff=0.5)
+    close += [p for p in pool if name.lower() in p.lower() and p not in close][:3]
+    return close
+
+
+def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str = "strict") -> Dataset:
+    """Load a dataset by path, alias or ir_datasets id (see the module docstring)."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise DatasetNotFound(f"dataset name must be a non-empty string, got {name_or_path!r}")
+    if encoding_errors not in ("strict", "replace", "ignore"):
+        raise ValueError(f"encoding_errors must be strict, replace or ignore, not {encoding_errors!r}")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _load_path(path, split, encoding_errors)
+    alias = ALIASES.get(name_or_path)
+    if alias is not None:
+        try:
+            return _load_irds(alias.irds, name_or_path, alias.rel)
+        except DatasetUnavailable as e:
+            shared = shared_data_dir()
+            local = shared / alias.shared if shared and alias.shared else None
+            if local is not None and local.is_dir():
+                log.info("%s: using the local copy at %s (ir_datasets: %s)", name_or_path, local, getattr(e, "cause", e))
+                ds = _load_path(local, split, encoding_errors)
+                ds.source = f"{local} (local copy of ir_datasets:{alias.irds})"
+                return ds
+            hint = f" Or put the files under $RERANK_SHARED_DATA/{alias.shared}." if alias.shared else ""
+            raise DatasetUnavailable(f"{e}.{hint}") from None
+    from .irds import registry_ids
+
+    if name_or_path in registry_ids():
+        return _load_irds(name_or_path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl", ".tsv", ".txt", ".trec")
+    missing = f" No file or folder {path} exists." if looks_like_path else ""
+    close = _close_matches(name_or_path)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise DatasetNotFound(f"unknown dataset {name_or_path!r}: not a path, an alias ({', '.join(ALIASES)}) "
+                          f"or an ir_datasets id.{missing}{hint} `rerank datasets` lists the aliases.")
+
+
+def list_datasets() -> list[tuple[str, str, str]]:
+    """(alias, ir_datasets id, description) for every alias, plus where a local copy is."""
+    shared = shared_data_dir()
+    rows = []
+    for name, a in ALIASES.items():
+        local = shared / a.shared if shared and a.shared else None
+        where = f"{a.irds}" + (f" | local copy: {local}" if local is not None and local.is_dir() else "")
+        rows.append((name, where, a.description))
+    return rows

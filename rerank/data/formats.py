@@ -1,0 +1,256 @@
+"""Readers and writers for the field's plain file formats.
+
+Every reader reports problems as ``DataError("FILE:LINE: what is wrong")``. Text is decoded as
+UTF-8; ``encoding_errors="replace"`` loads files with a few bad bytes instead of refusing them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from ..env import atomic_write
+from ..errors import DataError
+from ..types import Hit, Query, Ranking
+
+Qrels = dict[str, dict[str, int]]
+"""qid -> docid -> graded relevance."""
+
+PathLike = str | os.PathLike[str]
+
+
+def _utf8_error(path: Path, lineno: int, byte: int, column: int) -> DataError:
+    return DataError(
+        f"{path}:{lineno}: not valid UTF-8 (byte 0x{byte:02x} at column {column}); "
+        f"fix the file or load it with encoding_errors='replace' (CLI: --encoding-errors replace)"
+    )
+
+
+def _decode(raw: bytes, path: Path, lineno: int, errors: str) -> str:
+    try:
+        return raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path, lineno, raw[e.start], e.start + 1) from None
+
+
+def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, text without the newline) for each non-blank line."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, lineno, encoding_errors).rstrip("\r\n")
+            if line.strip():
+                yield lineno, line
+
+
+def _json_line(path: Path, lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _query(qid: Any, text: Any, where: str) -> Query:
+    try:
+        return Query(str(qid), text)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+# ---------------------------------------------------------------- topics
+def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
+    """Queries from a TSV file (``qid<TAB>text``) or JSONL (BEIR ``{"_id", "text"}``)."""
+    path = Path(path)
+    queries: list[Query] = []
+    seen: dict[str, int] = {}
+    for lineno, line in iter_lines(path, encoding_errors):
+        where = f"{path}:{lineno}"
+        if path.suffix == ".jsonl":
+            obj = _json_line(path, lineno, line)
+            qid = obj.get("_id", obj.get("qid", obj.get("query_id")))
+            if qid is None or "text" not in obj:
+                raise DataError(f"{where}: expected a JSON object with '_id' and 'text'")
+            q = _query(qid, obj["text"], where)
+        else:
+            parts = line.split("\t", 1)
+            if len(parts) != 2:
+                raise DataError(f"{where}: expected 'qid<TAB>text', got {line[:80]!r}")
+            q = _query(parts[0].strip(), parts[1].strip(), where)
+        if q.qid in seen:
+            raise DataError(f"{where}: query id {q.qid!r} already defined on line {seen[q.qid]}")
+        seen[q.qid] = lineno
+        queries.append(q)
+    if not queries:
+        raise DataError(f"{path}: no queries in the file")
+    return queries
+
+
+# ---------------------------------------------------------------- qrels
+def read_qrels(path: PathLike) -> Qrels:
+    """TREC qrels (``qid iter docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"qrels file not found: {path}")
+    qrels: Qrels = {}
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if lineno == 1 and parts and parts[0].lower() in ("query-id", "qid", "query_id"):
+            continue  # BEIR header
+        if len(parts) == 4:
+            qid, _, docid, rel = parts
+        elif len(parts) == 3:
+            qid, docid, rel = parts
+        else:
+            raise DataError(f"{path}:{lineno}: expected 'qid iter docid relevance' (or 'qid docid relevance'), got {len(parts)} columns")
+        try:
+            grade = int(float(rel))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: relevance {rel!r} is not a number") from None
+        qrels.setdefault(qid, {})[docid] = grade
+    if not qrels:
+        raise DataError(f"{path}: no judgments in the file")
+    return qrels
+
+
+# ---------------------------------------------------------------- runs
+def read_trec_run(path: PathLike) -> Ranking:
+    """A TREC run (``qid Q0 docid rank score tag``); hits sorted by score, best first."""
+    path = Path(path)
+    run: dict[str, list[tuple[float, int, str]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if len(parts) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}: {line[:80]!r}")
+        qid, _, docid, rank, score, _tag = parts
+        try:
+            int(rank)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: rank {rank!r} is not an integer") from None
+        try:
+            s = float(score)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score {score!r} is not a number") from None
+        if math.isnan(s):
+            raise DataError(f"{path}:{lineno}: score is NaN")
+        if (qid, docid) in seen:
+            raise DataError(f"{path}:{lineno}: document {docid!r} already ranked for query {qid!r} on line {seen[qid, docid]}")
+        seen[qid, docid] = lineno
+        run.setdefault(qid, []).append((s, lineno, docid))
+    if not run:
+        raise DataError(f"{path}: no run lines in the file")
+    return {qid: [Hit(d, s) for s, _, d in sorted(rows, key=lambda r: (-r[0], r[1]))] for qid, rows in run.items()}
+
+
+def write_trec_run(ranking: Mapping[str, Iterable[Hit]], path: PathLike, tag: str = "rerank") -> None:
+    """Write a TREC run atomically (temporary file, then rename)."""
+    tag = tag.replace(" ", "_") or "rerank"
+    with atomic_write(path) as f:
+        for qid, hits in ranking.items():
+            for rank, h in enumerate(hits, 1):
+                f.write(f"{qid} Q0 {h.docid} {rank} {h.score:.6f} {tag}\n")
+
+
+# ---------------------------------------------------------------- candidates with texts
+_TEXT_KEYS = ("content", "contents", "text", "passage")
+
+
+def _hit_text(hit: Mapping[str, Any]) -> Optional[str]:
+    for k in _TEXT_KEYS:
+        if k in hit and hit[k] is not None:
+            return str(hit[k])
+    return None
+
+
+def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ranking, dict[str, str]]:
+    """First-stage candidates with passage texts, as published with rank_llm.
+
+    The file is a JSON list (or JSONL, one per line) of ``{"query": TEXT, "hits": [{"qid",
+    "docid", "rank", "score", "content"}]}``; an entry may carry its own ``"qid"``. Returns the
+    ranking (hits with text, best first) and the query texts by qid.
+    """
+    path = Path(path)
+    entries: list[tuple[str, Any]] = []
+    if path.suffix == ".jsonl":
+        entries = [(f"{path}:{n}", _json_line(path, n, line)) for n, line in iter_lines(path, encoding_errors)]
+    else:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8", errors=encoding_errors)
+        except UnicodeDecodeError as e:
+            line_start = raw.rfind(b"\n", 0, e.start) + 1
+            raise _utf8_error(path, raw.count(b"\n", 0, e.start) + 1, raw[e.start], e.start - line_start + 1) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of {{query, hits}} objects, got {type(data).__name__}")
+        entries = [(f"{path}: entry {i + 1}", obj) for i, obj in enumerate(data)]
+    ranking: Ranking = {}
+    texts: dict[str, str] = {}
+    for where, obj in entries:
+        if not isinstance(obj, dict) or "hits" not in obj or "query" not in obj:
+            raise DataError(f"{where}: expected an object with 'query' and 'hits'")
+        hits = obj["hits"]
+        qids = {str(h["qid"]) for h in hits if isinstance(h, dict) and "qid" in h}
+        if "qid" in obj:
+            qids.add(str(obj["qid"]))
+        if len(qids) > 1:
+            raise DataError(f"{where}: hits name several query ids {sorted(qids)}")
+        if not qids:
+            raise DataError(f"{where}: query {obj['query']!r} has no hits and no 'qid', so it cannot be matched to a topic")
+        qid = qids.pop()
+        q = _query(qid, obj["query"], where)
+        if qid in ranking:
+            raise DataError(f"{where}: query {qid!r} appears twice in the file")
+        seen: dict[str, int] = {}
+        out: list[tuple[float, int, Hit]] = []
+        for i, h in enumerate(hits):
+            if not isinstance(h, dict) or "docid" not in h:
+                raise DataError(f"{where}, hit {i + 1}: expected an object with 'docid'")
+            docid = str(h["docid"])
+            if docid in seen:
+                raise DataError(f"{where}: document {docid!r} appears twice for query {qid!r} (hits {seen[docid]} and {i + 1})")
+            seen[docid] = i + 1
+            try:
+                score = float(h.get("score", -float(h.get("rank", i + 1))))
+            except (TypeError, ValueError):
+                raise DataError(f"{where}, hit {i + 1}: score {h.get('score')!r} is not a number") from None
+            if math.isnan(score):
+                raise DataError(f"{where}, hit {i + 1}: score is NaN")
+            out.append((score, i, Hit(docid, score, _hit_text(h))))
+        ranking[qid] = [h for _, _, h in sorted(out, key=lambda r: (-r[0], r[1]))]
+        texts[qid] = q.text
+    return ranking, texts
+
+
+def read_run(path: PathLike, encoding_errors: str = "strict") -> Ranking:
+    """A run from a TREC run file or a candidate file (.json/.jsonl)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"run file not found: {path}")
+    if path.suffix in (".json", ".jsonl"):
+        return read_candidates(path, encoding_errors)[0]
+    return read_trec_run(path)
+
+
+# ---------------------------------------------------------------- BEIR corpus
+def read_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> dict[str, str]:
+    """docid -> "title text" from a BEIR corpus.jsonl (title and text in one field, as Pyserini's flat index)."""
+    path = Path(path)
+    docs: dict[str, str] = {}
+    for lineno, line in iter_lines(path, encoding_errors):
+        obj = _json_line(path, lineno, line)
+        if not isinstance(obj, dict) or "_id" not in obj:
+            raise DataError(f"{path}:{lineno}: expected a JSON object with '_id'")
+        docid = str(obj["_id"])
+        if docid in docs:
+            raise DataError(f"{path}:{lineno}: document id {docid!r} appears twice")
+        title, text = obj.get("title") or "", obj.get("text") or ""
+        docs[docid] = f"{title} {text}".strip() if title else text
+    return docs

@@ -1,0 +1,75 @@
+"""Where things live (shared data, indexes), whether we are offline, and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Optional
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def offline() -> bool:
+    """True when the user asked for no network: RERANK_OFFLINE or HF_HUB_OFFLINE set to 1/true."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("RERANK_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def shared_data_dir() -> Optional[Path]:
+    """The local data mirror: $RERANK_SHARED_DATA, else ../shared/data beside the working directory
+    or beside the source checkout. None when there is none."""
+    env = os.environ.get("RERANK_SHARED_DATA")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve().parent.parent
+    for cand in (Path.cwd() / ".." / "shared" / "data", here / ".." / "shared" / "data"):
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+def indexes_dir() -> Path:
+    """Where built indexes are kept: $RERANK_INDEXES, else ./indexes."""
+    return Path(os.environ.get("RERANK_INDEXES", "indexes")).expanduser()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[IO]:
+    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder under a temporary name and swap it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,55 @@
+"""A precomputed run (TREC run file, candidate file with texts, or an in-memory ranking) as a stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from ..data.formats import read_run
+from ..data.store import DocStore
+from ..types import Hit, Query, Ranking, Stage, validate_ranking
+
+log = logging.getLogger("rerank")
+
+
+def restrict(ranking: Ranking, queries: Sequence[Query], source: str) -> Ranking:
+    """The ranking's hit lists for ``queries`` (in their order); a query without candidates gets
+    an empty list and one warning names every such query."""
+    out: Ranking = {}
+    empty = []
+    for q in queries:
+        hits = ranking.get(q.qid)
+        if not hits:
+            empty.append(q.qid)
+        out[q.qid] = list(hits or [])
+    if empty:
+        shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+        log.warning("%d of %d queries have no candidates in %s: %s (they are scored 0)", len(empty), len(queries), source, shown)
+    return out
+
+
+class FromRun(Stage):
+    """Serve a stored run as a first stage. With ``docs``, hits without text get it from there."""
+
+    def __init__(self, run: Ranking | str | os.PathLike[str], docs: Optional[DocStore] = None, name: Optional[str] = None) -> None:
+        if isinstance(run, (str, os.PathLike)):
+            self.source = str(run)
+            self._run = read_run(run)
+            self.name = name or f"run:{Path(run).name}"
+        else:
+            validate_ranking(run)
+            self.source = name or "ranking"
+            self._run = run
+            self.name = name or "run"
+        self.docs = docs
+
+    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+        out = restrict(self._run, queries, self.source)
+        if self.docs is not None:
+            docs = self.docs
+            out = {qid: [h if h.text is not None else Hit(h.docid, h.score, docs.get(h.docid)) for h in hits]
+                   for qid, hits in out.items()}
+        return out

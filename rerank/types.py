@@ -1,0 +1,119 @@
+"""The one contract: queries in, rankings out. No heavy imports here.
+
+A :class:`Stage` turns queries (and, for rerankers, the previous stage's ranking) into a
+:data:`Ranking`. Stages compose like PyTerrier's operators::
+
+    pipe = BM25(ds.docs) % 100 >> reranker      # retrieve, keep the top 100, rerank
+    run = pipe(ds.queries)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import DataError
+
+log = logging.getLogger("rerank")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A query: its id and its text (never empty)."""
+
+    qid: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.qid, str) or not self.qid.strip():
+            raise DataError(f"query id must be a non-empty string, got {self.qid!r}")
+        if not isinstance(self.text, str):
+            raise DataError(f"query {self.qid!r}: text must be a string, got {type(self.text).__name__}")
+        if not self.text.strip():
+            raise DataError(f"query {self.qid!r} has empty text")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ranked document: its id, its score (higher is better) and, when known, its text."""
+
+    docid: str
+    score: float
+    text: Optional[str] = None
+
+
+Ranking = dict[str, list[Hit]]
+"""qid -> hits, best first (a TREC run, in memory)."""
+
+
+def validate_ranking(ranking: Ranking, source: str = "ranking") -> None:
+    """Raise DataError when a query's hit list repeats a document id."""
+    for qid, hits in ranking.items():
+        seen: set[str] = set()
+        for i, h in enumerate(hits):
+            if h.docid in seen:
+                raise DataError(f"{source}: query {qid!r} lists document {h.docid!r} twice (again at position {i + 1})")
+            seen.add(h.docid)
+
+
+class Stage:
+    """Anything that turns queries into a ranking: retrievers and rerankers alike.
+
+    Subclasses implement :meth:`__call__`. ``a >> b`` runs ``b`` on ``a``'s ranking;
+    ``a % k`` keeps the top ``k`` hits of each query.
+    """
+
+    name: str = "stage"
+
+    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+        raise NotImplementedError
+
+    def __rshift__(self, other: "Stage") -> "Pipeline":
+        if not isinstance(other, Stage):
+            return NotImplemented
+        return Pipeline([self, other])
+
+    def __mod__(self, k: int) -> "Pipeline":
+        return Pipeline([self, Cutoff(k)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Cutoff(Stage):
+    """Keep the top ``k`` hits of each query (the ``% k`` operator)."""
+
+    def __init__(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"cut-off must be a positive integer, got {k!r}")
+        self.k = k
+        self.name = f"top{k}"
+
+    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+        if ranking is None:
+            raise ValueError(f"{self.name} needs a ranking to cut; put it after a retriever")
+        return {qid: hits[: self.k] for qid, hits in ranking.items()}
+
+
+class Pipeline(Stage):
+    """Stages run one after another, each on the previous one's ranking."""
+
+    def __init__(self, stages: Iterable[Stage]) -> None:
+        flat: list[Stage] = []
+        for s in stages:
+            flat.extend(s.stages if isinstance(s, Pipeline) else [s])
+        if not flat:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages = flat
+        self.name = " >> ".join(s.name for s in flat)
+
+    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+        for stage in self.stages:
+            ranking = stage(queries, ranking)
+        assert ranking is not None
+        return ranking
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name})"

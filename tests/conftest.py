@@ -1,0 +1,47 @@
+"""Test setup: real data from ../shared/data (a missing copy fails the run, it never skips),
+and a private index folder and ir_datasets home so tests never touch the user's."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_TMP = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
+
+# before anything imports ir_datasets (it reads its home when imported)
+os.environ.setdefault("RERANK_SHARED_DATA", str((ROOT / ".." / "shared" / "data").resolve()))
+os.environ["IR_DATASETS_HOME"] = str(_TMP / "ir_datasets")
+os.environ["RERANK_INDEXES"] = str(_TMP / "indexes")
+os.environ["RERANK_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+SHARED = Path(os.environ["RERANK_SHARED_DATA"])
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared data folder; its absence is a failure (CI always has it)."""
+    if not (SHARED / "README.md").is_file():
+        pytest.fail(f"shared data not found at {SHARED}: set RERANK_SHARED_DATA or check out ../shared beside the repo")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def dl19(shared: Path) -> Path:
+    return shared / "trec-dl" / "dl19"
+
+
+@pytest.fixture(scope="session")
+def scifact_dir(shared: Path) -> Path:
+    return shared / "beir" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def scifact(scifact_dir: Path):
+    from rerank import load_dataset
+
+    return load_dataset(str(scifact_dir))
