@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -48,7 +48,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 DEFAULT_METRICS = "nDCG@10,RR@10,R@100"
 
 
-def _metric_list(value: Optional[str]) -> list[str]:
+def _metric_list(value: str | None) -> list[str]:
     names = [m.strip() for m in (value or DEFAULT_METRICS).split(",") if m.strip()]
     if not names:
         raise click.BadParameter("give at least one measure")
@@ -113,7 +113,7 @@ def _dataset_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _load(dataset: str, split: str, qrels: Optional[str], encoding_errors: str) -> Any:
+def _load(dataset: str, split: str, qrels: str | None, encoding_errors: str) -> Any:
     from .data import load_dataset
     from .data.formats import read_qrels
 
@@ -167,9 +167,9 @@ def main() -> None:
 @click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
 @_friendly
-def run(config: Optional[str], retriever: Optional[str], reranker: Optional[str], dataset: Optional[str], split: Optional[str],
-        qrels: Optional[str], rel: Optional[int], metrics: Optional[str], encoding_errors: str, quiet: bool,
-        top_k: Optional[int], output: Optional[str], metrics_json: Optional[str], threads: int, rebuild: bool) -> None:
+def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
+        qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
+        top_k: int | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
     cfg = read_config(config) if config else {}
@@ -232,12 +232,12 @@ def run(config: Optional[str], retriever: Optional[str], reranker: Optional[str]
 @click.option("--per-query", is_flag=True, help="Also print every query's scores.")
 @click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write the metrics (and comparisons) here as JSON.")
 @_friendly
-def eval_(runs: tuple[str, ...], dataset: Optional[str], split: Optional[str], qrels: Optional[str], rel: Optional[int], metrics: Optional[str],
-          encoding_errors: str, quiet: bool, per_query: bool, metrics_json: Optional[str]) -> None:
+def eval_(runs: tuple[str, ...], dataset: str | None, split: str | None, qrels: str | None, rel: int | None, metrics: str | None,
+          encoding_errors: str, quiet: bool, per_query: bool, metrics_json: str | None) -> None:
     """Evaluate runs (TREC run files or candidate JSON/JSONL). With several runs, the first is the
     baseline of a paired t-test and randomization test."""
     from .data.formats import read_run
-    from .evaluate import compare, format_comparison, format_per_query, format_table, evaluate
+    from .evaluate import compare, evaluate, format_comparison, format_per_query, format_table
 
     _setup_logging(quiet)
     if not dataset:

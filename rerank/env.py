@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -18,7 +18,7 @@ def offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("RERANK_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def shared_data_dir() -> Optional[Path]:
+def shared_data_dir() -> Path | None:
     """The local data mirror: $RERANK_SHARED_DATA, else ../shared/data beside the working directory
     or beside the source checkout. None when there is none."""
     env = os.environ.get("RERANK_SHARED_DATA")
@@ -37,7 +37,7 @@ def indexes_dir() -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and rename it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

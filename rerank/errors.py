@@ -16,7 +16,12 @@ class DatasetNotFound(RerankError, LookupError):
 
 
 class DatasetUnavailable(RerankError, FileNotFoundError):
-    """A known dataset whose files are not available locally and cannot be downloaded."""
+    """A known dataset whose files are not available locally and cannot be downloaded.
+    ``cause`` says briefly why (offline, no network, download failed)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class IndexStateError(RerankError):

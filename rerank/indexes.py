@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .env import atomic_dir, atomic_write, indexes_dir
 
@@ -23,20 +23,20 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-def index_path(kind: str, corpus_name: str, params: dict[str, Any], root: Optional[Path] = None) -> Path:
+def index_path(kind: str, corpus_name: str, params: dict[str, Any], root: Path | None = None) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus_name).strip("_") or "corpus"
     digest = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=4).hexdigest()
     return (root or indexes_dir()) / f"{slug}.{kind}.{digest}"
 
 
-def read_manifest(path: Path) -> Optional[dict[str, Any]]:
+def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads((path / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def stale_reason(path: Path, expected: dict[str, Any]) -> Optional[str]:
+def stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
     """Why the index at ``path`` cannot serve ``expected`` (None when it can)."""
     m = read_manifest(path)
     if m is None:

@@ -9,14 +9,10 @@ A :class:`Stage` turns queries (and, for rerankers, the previous stage's ranking
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 from .errors import DataError
-
-log = logging.getLogger("rerank")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +37,7 @@ class Hit:
 
     docid: str
     score: float
-    text: Optional[str] = None
+    text: str | None = None
 
 
 Ranking = dict[str, list[Hit]]
@@ -67,15 +63,15 @@ class Stage:
 
     name: str = "stage"
 
-    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         raise NotImplementedError
 
-    def __rshift__(self, other: "Stage") -> "Pipeline":
+    def __rshift__(self, other: Stage) -> Pipeline:
         if not isinstance(other, Stage):
             return NotImplemented
         return Pipeline([self, other])
 
-    def __mod__(self, k: int) -> "Pipeline":
+    def __mod__(self, k: int) -> Pipeline:
         return Pipeline([self, Cutoff(k)])
 
     def __repr__(self) -> str:
@@ -91,7 +87,7 @@ class Cutoff(Stage):
         self.k = k
         self.name = f"top{k}"
 
-    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         if ranking is None:
             raise ValueError(f"{self.name} needs a ranking to cut; put it after a retriever")
         return {qid: hits[: self.k] for qid, hits in ranking.items()}
@@ -99,6 +95,8 @@ class Cutoff(Stage):
 
 class Pipeline(Stage):
     """Stages run one after another, each on the previous one's ranking."""
+
+    stages: list[Stage]
 
     def __init__(self, stages: Iterable[Stage]) -> None:
         flat: list[Stage] = []
@@ -109,7 +107,7 @@ class Pipeline(Stage):
         self.stages = flat
         self.name = " >> ".join(s.name for s in flat)
 
-    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         for stage in self.stages:
             ranking = stage(queries, ranking)
         assert ranking is not None

@@ -1,8 +1,8 @@
 import json
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -104,7 +104,7 @@ def test_console_script_help_is_fast_and_light():
             "print(round(time.perf_counter()-t, 3), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
-    r = subprocess.run([shutil.which("rerank") or "rerank", "--help"], capture_output=True, text=True)
+    r = subprocess.run([shutil.which("rerank") or "rerank", "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "eval" in r.stdout and "run" in r.stdout
 
 

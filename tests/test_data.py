@@ -63,8 +63,12 @@ def test_offline_unavailable_dataset_fails_fast_and_says_where(monkeypatch, tmp_
     assert "RERANK_SHARED_DATA/trec-dl/dl20" in msg
 
 
-def test_failing_download_is_one_clear_error_then_fallback(monkeypatch):
+@pytest.fixture
+def online(monkeypatch):
+    """Online mode whose downloads are refused (this machine has no route to the hosts)."""
     import requests
+
+    from rerank.data import irds
 
     calls = []
 
@@ -76,10 +80,36 @@ def test_failing_download_is_one_clear_error_then_fallback(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("IR_DATASETS_DL_TRIES", "1")
     monkeypatch.setattr(requests, "get", refuse)
+    monkeypatch.setattr(irds, "_reachable", {})
+    return calls
+
+
+def test_failing_download_is_one_clear_error_then_fallback(online, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())  # hosts "answer"
     ds = load_dataset("scifact")  # the zip cannot be fetched: the local BEIR copy serves
-    assert calls and len(ds.queries) == 300
+    assert online and len(ds.queries) == 300
     with pytest.raises(DatasetUnavailable, match=r"download failed \(.*\).*put the file at"):
         load_dataset("msmarco-passage/trec-dl-2020/judged")
+
+
+def test_unreachable_hosts_fail_before_any_download_retry(online, monkeypatch):
+    import socket
+
+    from rerank.data import irds
+
+    probes = []
+
+    def silent(addr, timeout):
+        probes.append((addr, timeout))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(DatasetUnavailable, match="no network connection to its download hosts"):
+        load_dataset("msmarco-passage/trec-dl-2020/judged")
+    assert online == []  # ir_datasets' retry loop never started
+    assert probes and all(t == irds.PROBE_TIMEOUT_S for _, t in probes)
 
 
 def test_unknown_dataset_lists_close_matches():

@@ -33,7 +33,7 @@ def test_matches_ir_measures_directly(dl):
     for name in ("nDCG@10", "RR(rel=2)@10", "R(rel=2)@100", "AP(rel=2)", "P(rel=2)@5"):
         want = ir_measures.calc_aggregate([ir_measures.parse_measure(name)], ds.qrels, run)
         got = evaluate(bm25, ds.qrels, [name]).metrics[name]
-        assert got == pytest.approx(list(want.values())[0], abs=1e-9), name
+        assert got == pytest.approx(next(iter(want.values())), abs=1e-9), name
 
 
 def test_relevance_threshold_applies_to_binary_measures_only(dl):

@@ -17,7 +17,6 @@ import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..env import shared_data_dir
 from ..errors import DataError, DatasetNotFound, DatasetUnavailable
@@ -33,7 +32,7 @@ __all__ = ["ALIASES", "Dataset", "DocStore", "MemoryDocStore", "Qrels", "list_da
 @dataclass(frozen=True)
 class Alias:
     irds: str
-    shared: Optional[str]
+    shared: str | None
     rel: int
     description: str
 
@@ -61,8 +60,8 @@ class Dataset:
 
     name: str
     queries: list[Query]
-    qrels: Optional[Qrels] = None
-    docs: Optional[DocStore] = None
+    qrels: Qrels | None = None
+    docs: DocStore | None = None
     candidates: dict[str, Path] = field(default_factory=dict)
     rel: int = 1
     source: str = ""
@@ -87,7 +86,7 @@ _TOPIC_NAMES = ("topics*", "queries.tsv", "queries.txt", "queries.jsonl", "*.top
 _QREL_NAMES = ("qrels*", "*.qrels*")
 
 
-def _first(folder: Path, patterns: tuple[str, ...]) -> Optional[Path]:
+def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
     for pat in patterns:
         found = sorted(p for p in folder.glob(pat) if p.is_file())
         if len(found) > 1:
@@ -152,7 +151,8 @@ def _load_trec_folder(folder: Path, encoding_errors: str) -> Dataset:
 
 def _load_file(path: Path, encoding_errors: str) -> Dataset:
     if path.suffix in (".json", ".jsonl"):
-        head = path.open("rb").read(4096)
+        with path.open("rb") as f:
+            head = f.read(4096)
         if b'"hits"' in head or path.suffix == ".json":
             ranking, texts = read_candidates(path, encoding_errors)
             docs = {h.docid: h.text for hits in ranking.values() for h in hits if h.text is not None}
@@ -180,7 +180,7 @@ def _load_path(path: Path, split: str, encoding_errors: str) -> Dataset:
 
 
 # ---------------------------------------------------------------- ir_datasets
-def _load_irds(dataset_id: str, name: Optional[str] = None, rel: int = 1) -> Dataset:
+def _load_irds(dataset_id: str, name: str | None = None, rel: int = 1) -> Dataset:
     from .irds import irds_load, loading
 
     with loading(dataset_id):
@@ -193,7 +193,7 @@ def _load_irds(dataset_id: str, name: Optional[str] = None, rel: int = 1) -> Dat
                 queries.append(Query(str(q.query_id), q.default_text()))
             except DataError as e:
                 raise DataError(f"ir_datasets {dataset_id}: {e}") from None
-        qrels: Optional[Qrels] = None
+        qrels: Qrels | None = None
         if ds.has_qrels():
             qrels = {}
             for r in ds.qrels_iter():
@@ -228,7 +228,7 @@ def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str
             shared = shared_data_dir()
             local = shared / alias.shared if shared and alias.shared else None
             if local is not None and local.is_dir():
-                log.info("%s: using the local copy at %s (ir_datasets: %s)", name_or_path, local, getattr(e, "cause", e))
+                log.info("%s: using the local copy at %s (ir_datasets: %s)", name_or_path, local, e.cause)
                 ds = _load_path(local, split, encoding_errors)
                 ds.source = f"{local} (local copy of ir_datasets:{alias.irds})"
                 return ds

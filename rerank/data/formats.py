@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..env import atomic_write
 from ..errors import DataError
@@ -159,7 +159,7 @@ def write_trec_run(ranking: Mapping[str, Iterable[Hit]], path: PathLike, tag: st
 _TEXT_KEYS = ("content", "contents", "text", "passage")
 
 
-def _hit_text(hit: Mapping[str, Any]) -> Optional[str]:
+def _hit_text(hit: Mapping[str, Any]) -> str | None:
     for k in _TEXT_KEYS:
         if k in hit and hit[k] is not None:
             return str(hit[k])

@@ -17,10 +17,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..env import offline, shared_data_dir
 from ..errors import DatasetUnavailable
@@ -28,6 +29,8 @@ from ..errors import DatasetUnavailable
 _patched = False
 _lock = threading.Lock()
 _current = threading.local()
+_reachable: dict[tuple[str, int], bool] = {}
+PROBE_TIMEOUT_S = 3.0
 
 
 def _md5(path: Path) -> str:
@@ -44,7 +47,7 @@ def _home() -> Path:
     return Path(ir_datasets.util.home_path())
 
 
-def _mirror_for(cache_path: Path) -> Optional[Path]:
+def _mirror_for(cache_path: Path) -> Path | None:
     shared = shared_data_dir()
     if shared is None:
         return None
@@ -56,15 +59,35 @@ def _mirror_for(cache_path: Path) -> Optional[Path]:
     return cand if cand.is_file() else None
 
 
-def _unavailable(cache_path: Optional[Path], urls: list[str], cause: str) -> DatasetUnavailable:
+def _any_reachable(urls: list[str]) -> bool:
+    """Whether any mirror's host accepts a TCP connection within a few seconds (cached per host).
+    ir_datasets retries each mirror 3 times with a 15 s timeout; a network that silently drops
+    packets would otherwise hold the user for minutes before the same failure."""
+    from urllib.parse import urlsplit
+
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return True  # not ours to judge (gs://, local paths)
+        key = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        if key not in _reachable:
+            try:
+                socket.create_connection(key, timeout=PROBE_TIMEOUT_S).close()
+                _reachable[key] = True
+            except OSError:
+                _reachable[key] = False
+        if _reachable[key]:
+            return True
+    return False
+
+
+def _unavailable(cache_path: Path | None, urls: list[str], cause: str) -> DatasetUnavailable:
     name = getattr(_current, "dataset", None) or "this ir_datasets dataset"
     where = f"put the file at {cache_path}" if cache_path else "download it where the network is reachable"
     shared = shared_data_dir()
     mirror = f" (or at {shared / 'ir_datasets_home'}/<same relative path>)" if shared and cache_path else ""
     src = f" from {urls[0]}" if urls else ""
-    err = DatasetUnavailable(f"{name}: {cause}; it needs a file{src}: {where}{mirror}")
-    err.cause = cause
-    return err
+    return DatasetUnavailable(f"{name}: {cause}; it needs a file{src}: {where}{mirror}", cause)
 
 
 def _install_patch() -> None:
@@ -83,7 +106,7 @@ def _install_patch() -> None:
                 return orig_path(self, force)
             urls = [getattr(m, "url", repr(m)) for m in self.mirrors]
             mirror = _mirror_for(cache) if cache is not None else None
-            if mirror is not None:
+            if mirror is not None and cache is not None:
                 if self.expected_md5 and _md5(mirror) != self.expected_md5:
                     raise DatasetUnavailable(f"{mirror}: md5 differs from the {self.expected_md5} ir_datasets expects")
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +116,11 @@ def _install_patch() -> None:
                 return orig_path(self, force)
             if offline():
                 raise _unavailable(cache, urls, "offline (RERANK_OFFLINE/HF_HUB_OFFLINE) and not in the local cache")
+            if not _any_reachable(urls):
+                raise _unavailable(cache, urls, "no network connection to its download hosts")
             try:
                 return orig_path(self, force)
-            except Exception as e:  # noqa: BLE001 - every download failure becomes one clear error
+            except Exception as e:
                 raise _unavailable(cache, urls, f"download failed ({type(e).__name__})") from e
 
         @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Any, Optional
+from typing import Any
 
 
 class DocStore:
@@ -25,7 +25,7 @@ class DocStore:
         """(docid, text) for every document, in a fixed order."""
         raise NotImplementedError
 
-    def get(self, docid: str, default: Optional[str] = None) -> Optional[str]:
+    def get(self, docid: str, default: str | None = None) -> str | None:
         try:
             return self[docid]
         except KeyError:
@@ -58,7 +58,7 @@ class MemoryDocStore(DocStore):
     """Documents held in a dict (BEIR corpora, candidate passages), optionally loaded on first use."""
 
     def __init__(self, docs: dict[str, str] | Callable[[], dict[str, str]], name: str = "docs", complete: bool = True) -> None:
-        self._docs: Optional[dict[str, str]] = docs if isinstance(docs, dict) else None
+        self._docs: dict[str, str] | None = docs if isinstance(docs, dict) else None
         self._load = None if isinstance(docs, dict) else docs
         self.name = name
         self.complete = complete
@@ -76,7 +76,7 @@ class MemoryDocStore(DocStore):
     def __getitem__(self, docid: str) -> str:
         return self.docs[docid]
 
-    def get(self, docid: str, default: Optional[str] = None) -> Optional[str]:
+    def get(self, docid: str, default: str | None = None) -> str | None:
         return self.docs.get(docid, default)
 
     def items(self) -> Iterator[tuple[str, str]]:

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..data import Dataset
 from ..data.store import DocStore
@@ -34,7 +34,7 @@ def _threads(n: int) -> int:
 
 
 # ---------------------------------------------------------------- bm25s
-def _use_numba(work: int, forced: Optional[bool] = None) -> bool:
+def _use_numba(work: int, forced: bool | None = None) -> bool:
     """numba's kernels are ~8x faster than NumPy's but take ~9 s to compile in each process
     (measured: 3,327 queries over 139k documents, 8.7 s NumPy vs 1.0 s numba + 9 s compile):
     worth it from about 5e8 query x document units, or when asked for."""
@@ -50,7 +50,7 @@ def _use_numba(work: int, forced: Optional[bool] = None) -> bool:
 
 
 class _Bm25s:
-    def __init__(self, k1: float, b: float, threads: int, numba: Optional[bool] = None) -> None:
+    def __init__(self, k1: float, b: float, threads: int, numba: bool | None = None) -> None:
         self.k1, self.b, self.threads, self.numba = k1, b, threads, numba
         self._model: Any = None
         self._tok: Any = None
@@ -143,8 +143,8 @@ def start_jvm() -> None:
     if placeholder:  # pyserini refuses to import without one; it is never used here
         os.environ["OPENAI_API_KEY"] = "unused-placeholder"
     try:
+        import pyserini.index.lucene
         import pyserini.search.lucene  # noqa: F401  (starts the JVM)
-        import pyserini.index.lucene  # noqa: F401
     finally:
         if placeholder:
             os.environ.pop("OPENAI_API_KEY", None)
@@ -202,8 +202,8 @@ class BM25(Stage):
     """
 
     def __init__(self, docs: DocStore | Dataset, *, backend: str = "bm25s", k1: float = 0.9, b: float = 0.4,
-                 k: int = 1000, threads: int = 0, with_text: bool = True, index_root: Optional[str | os.PathLike[str]] = None,
-                 rebuild: bool = False, numba: Optional[bool] = None) -> None:
+                 k: int = 1000, threads: int = 0, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
+                 rebuild: bool = False, numba: bool | None = None) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -222,7 +222,7 @@ class BM25(Stage):
         self.name = f"bm25:{backend}"
         n = _threads(threads)
         self._impl: Any = _Bm25s(self.k1, self.b, n, numba) if backend == "bm25s" else _Lucene(self.k1, self.b, n)
-        self._loaded: Optional[Path] = None
+        self._loaded: Path | None = None
 
     def _params(self) -> dict[str, Any]:
         p = dict(self._impl.index_params())
@@ -247,7 +247,7 @@ class BM25(Stage):
         self._loaded = path
         return path
 
-    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         if ranking is not None:
             raise ValueError("BM25 is a first-stage retriever: put it first in the pipeline")
         self.index()

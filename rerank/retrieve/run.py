@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from ..data.formats import read_run
 from ..data.store import DocStore
@@ -34,7 +33,7 @@ def restrict(ranking: Ranking, queries: Sequence[Query], source: str) -> Ranking
 class FromRun(Stage):
     """Serve a stored run as a first stage. With ``docs``, hits without text get it from there."""
 
-    def __init__(self, run: Ranking | str | os.PathLike[str], docs: Optional[DocStore] = None, name: Optional[str] = None) -> None:
+    def __init__(self, run: Ranking | str | os.PathLike[str], docs: DocStore | None = None, name: str | None = None) -> None:
         if isinstance(run, (str, os.PathLike)):
             self.source = str(run)
             self._run = read_run(run)
@@ -46,7 +45,7 @@ class FromRun(Stage):
             self.name = name or "run"
         self.docs = docs
 
-    def __call__(self, queries: Sequence[Query], ranking: Optional[Ranking] = None) -> Ranking:
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         out = restrict(self._run, queries, self.source)
         if self.docs is not None:
             docs = self.docs
