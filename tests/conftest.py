@@ -3,7 +3,9 @@ and a private index folder and ir_datasets home so tests never touch the user's.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _TMP = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 # before anything imports ir_datasets (it reads its home when imported)
 os.environ.setdefault("RERANK_SHARED_DATA", str((ROOT / ".." / "shared" / "data").resolve()))

@@ -129,3 +129,10 @@ def test_a_config_that_is_not_reproduced_fails(tmp_path):
     cfg.write_text("dataset: trec-dl-19\nretriver: bm25\n")
     r = invoke("run", "--config", cfg)
     assert r.exit_code == 2 and "unknown keys ['retriver']" in r.stderr
+
+
+def test_topics_and_qrels_files_as_a_dataset(dl19):
+    r = invoke("run", "--retriever", f"run:{dl19 / 'bm25.top100.trec'}", "--dataset", dl19 / "topics.dl19-passage.txt",
+               "--qrels", dl19 / "qrels.dl19-passage.txt", "--rel", "2")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[2].split()[-3:] == ["0.5058", "0.7024", "0.4910"]
