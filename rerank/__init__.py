@@ -5,6 +5,8 @@
     run = (BM25(ds.docs) % 100)(ds.queries)
     print(evaluate(run, ds.qrels, ["nDCG@10", "RR@10", "R@100"]).table())
 
+    CrossEncoder("cross-encoder/ms-marco-MiniLM-L-6-v2").rank("query", ["doc a", "doc b"])
+
 Importing rerank imports neither torch nor ir_datasets; those load when first used.
 """
 
@@ -12,6 +14,9 @@ from .data import ALIASES, Dataset, DocStore, MemoryDocStore, list_datasets, loa
 from .data.formats import read_qrels, read_run, read_topics, write_trec_run
 from .errors import DataError, DatasetNotFound, DatasetUnavailable, MissingDependency, RerankError
 from .evaluate import Evaluation, compare, evaluate
+from .models.engine import ScoreCache
+from .rerankers import RankedDoc, Reranker, make_reranker
+from .rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
 from .retrieve.bm25 import BM25
 from .retrieve.run import FromRun
 from .types import Cutoff, Hit, Pipeline, Query, Ranking, Stage
@@ -19,8 +24,37 @@ from .types import Cutoff, Hit, Pipeline, Query, Ranking, Stage
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALIASES", "BM25", "Cutoff", "DataError", "Dataset", "DatasetNotFound", "DatasetUnavailable", "DocStore",
-    "Evaluation", "FromRun", "Hit", "MemoryDocStore", "MissingDependency", "Pipeline", "Query", "Ranking",
-    "RerankError", "Stage", "compare", "evaluate", "list_datasets", "load_dataset", "read_qrels", "read_run",
-    "read_topics", "write_trec_run",
+    "ALIASES",
+    "BM25",
+    "CrossEncoder",
+    "Cutoff",
+    "DataError",
+    "Dataset",
+    "DatasetNotFound",
+    "DatasetUnavailable",
+    "DocStore",
+    "Evaluation",
+    "FromRun",
+    "Hit",
+    "LLMPointwise",
+    "MemoryDocStore",
+    "MissingDependency",
+    "Pipeline",
+    "Query",
+    "RankedDoc",
+    "Ranking",
+    "RerankError",
+    "Reranker",
+    "ScoreCache",
+    "Splade",
+    "Stage",
+    "compare",
+    "evaluate",
+    "list_datasets",
+    "load_dataset",
+    "make_reranker",
+    "read_qrels",
+    "read_run",
+    "read_topics",
+    "write_trec_run",
 ]

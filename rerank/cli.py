@@ -19,7 +19,8 @@ from .errors import RerankError
 log = logging.getLogger("rerank")
 RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), run:FILE (a TREC run or candidate file), "
                    "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed)")
-RERANKERS = ("none",)
+RERANKERS_HELP = ("none, cross-encoder:MODEL, llm-pointwise:MODEL or splade:MODEL "
+                  "(MODEL: a Hugging Face id, a local path, or a folder name under $RERANK_MODEL_PATH / the offline models)")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -55,8 +56,8 @@ def _metric_list(value: str | None) -> list[str]:
     return names
 
 
-CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "metrics", "rel",
-               "expected", "tolerance"}
+CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "rerank_depth", "dtype",
+               "metrics", "rel", "expected", "tolerance"}
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -159,9 +160,15 @@ def main() -> None:
 @click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
               help="A YAML pipeline from configs/ (its values are defaults; it fails when its expected scores are not reproduced).")
 @click.option("--retriever", "-r", help=RETRIEVERS_HELP)
-@click.option("--reranker", help="Second stage (available: none) [default: none].")
+@click.option("--reranker", help=f"Second stage: {RERANKERS_HELP} [default: none].")
 @_dataset_options
 @click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
+@click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
+@click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on GPU].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="auto (the default): bf16 on GPUs and on CPUs with bf16 instructions, else float32.")
+@click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite file of scores by (model, query, document): repeats are free.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format, atomically).")
 @click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
 @click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
@@ -169,7 +176,8 @@ def main() -> None:
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
-        top_k: int | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
+        top_k: int | None, rerank_depth: int | None, batch_tokens: int | None, device: str, dtype: str | None,
+        score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
     cfg = read_config(config) if config else {}
@@ -178,17 +186,25 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     reranker = reranker or cfg.get("reranker", "none")
     metrics = metrics or cfg.get("metrics")
     top_k = top_k or int(cfg.get("top_k", 100))
+    rerank_depth = rerank_depth or int(cfg.get("rerank_depth", 100))
+    dtype = dtype or cfg.get("dtype", "auto")
     rel = rel if rel is not None else cfg.get("rel")
     split = split or cfg.get("split", "test")
     if not retriever or not dataset:
         raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
-    if reranker not in RERANKERS:
-        raise RerankError(f"unknown --reranker {reranker!r}; available: {', '.join(RERANKERS)}")
     names = _metric_list(metrics)
+    second = None
+    if reranker != "none":
+        from .rerankers import make_reranker
+
+        second = make_reranker(reranker, depth=rerank_depth, batch_tokens=batch_tokens, device=device, dtype=dtype,
+                               cache=score_cache)
     t0 = time.perf_counter()
     ds = _load(dataset, split, qrels, encoding_errors)
     load_s = time.perf_counter() - t0
-    stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=reranker != "none")
+    stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=second is not None)
+    if second is not None:
+        stage = stage >> second
     t1 = time.perf_counter()
     ranking = stage(ds.queries)
     seconds = time.perf_counter() - t1
@@ -200,6 +216,11 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     result: dict[str, Any] = {"dataset": ds.name, "pipeline": stage.name,
                               "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
                                        "queries": len(ds.queries), "peak_rss_mb": _peak_rss_mb()}}
+    if second is not None:
+        result["cost"]["rerank"] = second.cost.as_dict()
+        c = second.cost
+        click.echo(f"reranker: {c.calls} pairs through the model ({c.tokens} tokens, {c.batches} batches, "
+                   f"{c.cached} from cache) in {c.seconds:.2f}s")
     if ds.qrels is not None:
         from .evaluate import evaluate
 

@@ -36,3 +36,11 @@ class MissingDependency(RerankError, ImportError):
             f"{what} needs the optional dependency '{package}'. Install it with: "
             f"pip install 'rerank[{extra}]' (with PIP_CONSTRAINT=constraints.txt, see the README)"
         )
+
+
+class ModelNotFound(RerankError, FileNotFoundError):
+    """A model name that resolves to no local folder and cannot be downloaded."""
+
+
+class ScoringError(RerankError, RuntimeError):
+    """A model produced unusable scores (NaN/inf) or could not run even one item."""

@@ -1,0 +1,155 @@
+"""Pointwise reranking: speed against sentence-transformers, quality on TREC DL 2019.
+
+throughput  rerank's CrossEncoder vs sentence-transformers CrossEncoder.predict (the baseline)
+            on the same model and the same DL19 (query, passage) pairs, in one run: fp32 vs
+            fp32, bf16 vs bf16, and rerank bf16 vs sentence-transformers fp32 (its default).
+            The model is the all-MiniLM-L6-v2 body with a fixed-seed head (no MS MARCO
+            cross-encoder installs offline): speed does not depend on the head's training.
+quality     nDCG@10 / RR@10 on DL19 BM25 top-100 (rel >= 2) after reranking the top --depth
+            hits with SPLADE (splade-tiny-msmarco) and LLMPointwise (Qwen2.5-Coder 0.5B and
+            1.5B), beside BM25's 0.5058, with cost (model calls, tokens, seconds).
+
+    python benchmarks/pointwise.py throughput [--pairs 2000]
+    python benchmarks/pointwise.py quality [--depth 20] [--llm-depth 20] [--models ...]
+
+Each part writes benchmarks/results/pointwise-<part>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rerank import evaluate, load_dataset
+from rerank.env import atomic_write
+from rerank.models import model_folders
+from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def offline(name: str) -> str:
+    for folder in model_folders():
+        if (folder / name / "config.json").is_file():
+            return str(folder / name)
+    raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform()}
+
+
+def dl19_pairs(n: int) -> list[tuple[str, str]]:
+    ds = load_dataset("trec-dl-19")
+    text = {q.qid: q.text for q in ds.queries}
+    pairs = [(text[q], h.text or "") for q, hits in ds.candidate_run("bm25").items() for h in hits]
+    return pairs[:n]
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    import torch
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    pairs = dl19_pairs(args.pairs)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, scores = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = offline("all-MiniLM-L6-v2")
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        for dtype in ("float32", "bfloat16"):
+            st = STCrossEncoder(tmp, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
+            st.predict(pairs[:64], batch_size=args.st_batch, show_progress_bar=False)  # warm-up
+            t0 = time.perf_counter()
+            scores[("st", dtype)] = np.asarray(st.predict(pairs, batch_size=args.st_batch, show_progress_bar=False), dtype=np.float64)
+            rows.append({"system": "sentence-transformers", "dtype": dtype, "seconds": time.perf_counter() - t0})
+            ours = CrossEncoder(tmp, dtype=dtype, device=device, batch_tokens=args.batch_tokens)
+            ours.score(pairs[:64])
+            t0 = time.perf_counter()
+            scores[("rerank", dtype)] = np.asarray(ours.score(pairs), dtype=np.float64)
+            rows.append({"system": "rerank", "dtype": dtype, "seconds": time.perf_counter() - t0,
+                         "batch_tokens": ours.engine.batch_tokens})
+    for r in rows:
+        r["pairs_per_s"] = round(len(pairs) / r["seconds"], 1)
+        r["seconds"] = round(r["seconds"], 2)
+    by = {(r["system"], r["dtype"]): r for r in rows}
+    ratios = {
+        "fp32_vs_st_fp32": by["rerank", "float32"]["pairs_per_s"] / by["sentence-transformers", "float32"]["pairs_per_s"],
+        "bf16_vs_st_bf16": by["rerank", "bfloat16"]["pairs_per_s"] / by["sentence-transformers", "bfloat16"]["pairs_per_s"],
+        "bf16_vs_st_fp32": by["rerank", "bfloat16"]["pairs_per_s"] / by["sentence-transformers", "float32"]["pairs_per_s"],
+    }
+    agreement = {
+        "max_abs_diff_fp32": float(np.abs(scores["rerank", "float32"] - scores["st", "float32"]).max()),
+        "spearman_bf16_vs_st_fp32": float(spearmanr(scores["rerank", "bfloat16"], scores["st", "float32"]).statistic),
+    }
+    print(f"{len(pairs)} DL19 pairs on {device}")
+    print(f"{'system':<22} {'dtype':<9} {'seconds':>8} {'pairs/s':>9}")
+    for r in rows:
+        print(f"{r['system']:<22} {r['dtype']:<9} {r['seconds']:>8.2f} {r['pairs_per_s']:>9.1f}")
+    for k, v in ratios.items():
+        print(f"ratio {k:<18} {v:5.2f}x")
+    for k, v in agreement.items():
+        print(f"{k:<28} {v:.6g}")
+    return {"pairs": len(pairs), "device": device, "rows": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+            "agreement": agreement}
+
+
+def quality(args: argparse.Namespace) -> dict:
+    ds = load_dataset("trec-dl-19")
+    bm25 = ds.candidate_run("bm25")
+    metrics = ["nDCG@10", "RR@10"]
+    base = evaluate(bm25, ds.qrels, metrics, rel=ds.rel).metrics
+    rows = [{"reranker": "none (BM25)", "depth": 0, **{k: round(v, 4) for k, v in base.items()}}]
+    print(f"{'reranker':<36} {'depth':>5} {'nDCG@10':>8} {'RR@10':>7} {'calls':>6} {'tokens':>8} {'seconds':>8}")
+    print(f"{rows[0]['reranker']:<36} {0:>5} {base['nDCG@10']:>8.4f} {base['RR@10']:>7.4f}")
+    for name in args.models:
+        if name.startswith("splade"):
+            model, depth = Splade(offline(name), depth=args.depth), args.depth
+        else:
+            model, depth = LLMPointwise(offline(name), depth=args.llm_depth), args.llm_depth
+        t0 = time.perf_counter()
+        run = model(ds.queries, bm25)
+        seconds = time.perf_counter() - t0
+        m = evaluate(run, ds.qrels, metrics, rel=ds.rel).metrics
+        row = {"reranker": model.name.split("/")[-1], "depth": depth, **{k: round(v, 4) for k, v in m.items()},
+               **model.cost.as_dict(), "wall_seconds": round(seconds, 1), "dtype": str(model.dtype)}
+        rows.append(row)
+        print(f"{row['reranker']:<36} {depth:>5} {m['nDCG@10']:>8.4f} {m['RR@10']:>7.4f} {row['model_calls']:>6} "
+              f"{row['tokens']:>8} {seconds:>8.1f}", flush=True)
+    return {"queries": len(ds.queries), "candidates": "bm25 top-100", "relevance_threshold": ds.rel, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["throughput", "quality"])
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--st-batch", type=int, default=32, help="sentence-transformers batch size (its default)")
+    ap.add_argument("--batch-tokens", type=int, default=None)
+    ap.add_argument("--depth", type=int, default=100, help="rerank depth for SPLADE")
+    ap.add_argument("--llm-depth", type=int, default=20, help="rerank depth for the LLMs (100 on a GPU)")
+    ap.add_argument("--models", nargs="+", default=["splade-tiny-msmarco", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"])
+    ap.add_argument("--output")
+    args = ap.parse_args()
+    result = {"benchmark": f"pointwise-{args.part}", "machine": machine(),
+              **(throughput(args) if args.part == "throughput" else quality(args))}
+    out = Path(args.output or RESULTS / f"pointwise-{args.part}.json")
+    with atomic_write(out) as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""One way to turn a model name into weights, for every component.
+
+A name resolves, in order, to:
+
+1. a local folder (a path that exists);
+2. a folder in ``$RERANK_MODEL_PATH`` (folders separated by ``:``) or in the offline-models
+   folder (``$RERANK_OFFLINE_MODELS``, default ``~/.cache/rerank/offline-models``), named
+   like the model: ``Qwen/Qwen2.5-Coder-1.5B-Instruct`` is found as
+   ``Qwen2.5-Coder-1.5B-Instruct`` or ``Qwen--Qwen2.5-Coder-1.5B-Instruct``;
+3. a snapshot in the Hugging Face cache;
+4. the Hugging Face hub, unless offline (HF_HUB_OFFLINE / RERANK_OFFLINE) or the hub is
+   unreachable, in which case :class:`ModelNotFound` names the model and every folder searched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from ..env import offline
+from ..errors import ModelNotFound
+
+log = logging.getLogger("rerank")
+HUB = ("huggingface.co", 443)
+_hub_reachable: bool | None = None
+
+
+def model_folders() -> list[Path]:
+    """Where local models are looked for, in order."""
+    folders = [Path(p).expanduser() for p in os.environ.get("RERANK_MODEL_PATH", "").split(os.pathsep) if p]
+    folders.append(Path(os.environ.get("RERANK_OFFLINE_MODELS", Path.home() / ".cache" / "rerank" / "offline-models")).expanduser())
+    return folders
+
+
+def _hf_cached(name: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss (not cached, bad id) means "not here"
+        return None
+
+
+def _hub_up() -> bool:
+    global _hub_reachable
+    if _hub_reachable is None:
+        try:
+            socket.create_connection(HUB, timeout=3).close()
+            _hub_reachable = True
+        except OSError:
+            _hub_reachable = False
+    return _hub_reachable
+
+
+def resolve_model(name: str) -> str:
+    """A local folder for ``name`` when one exists, else the hub id (online only)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFound(f"model name must be a non-empty string, got {name!r}")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"model folder {path} has no config.json")
+        return str(path)
+    candidates = [name.rstrip("/").split("/")[-1], name.replace("/", "--")]
+    folders = model_folders()
+    for folder in folders:
+        for c in candidates:
+            if (folder / c / "config.json").is_file():
+                return str(folder / c)
+    cached = _hf_cached(name) if "/" in name else None
+    if cached is not None:
+        return str(cached)
+    searched = ", ".join(str(f) for f in folders) + ", the Hugging Face cache"
+    if offline():
+        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); searched: {searched}. "
+                            f"Put it in one of those folders (e.g. ../shared/tools/offline-models) or pass a path")
+    if not _hub_up():
+        raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: {searched}")
+    return name
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is ~3x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(dtype: str, device: str) -> object:
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return names[dtype]

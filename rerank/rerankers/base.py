@@ -1,0 +1,145 @@
+"""What every reranker shares: the Stage contract, the RAG-app API and the score cache.
+
+A subclass implements ``_score(pairs) -> list[float]`` for (query, document) text pairs. Then:
+
+* as a stage: ``(bm25 % 100 >> reranker)(queries)`` rescores the top ``depth`` hits of every
+  query in one batched call and keeps the rest below them;
+* in an app: ``reranker.rank("query", docs, top_k=5)`` takes strings, dicts or objects and
+  returns :class:`RankedDoc` objects (original index, id, score), never touching ``docs``;
+  ``await reranker.arank(...)`` does the same off the event loop; ``reranker.score(pairs)``
+  returns raw scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from ..models.engine import Cost, ScoreCache
+from ..types import Hit, Query, Ranking, Stage
+
+_TEXT_ATTRS = ("text", "content", "contents", "passage", "page_content")
+_ID_ATTRS = ("id", "docid", "doc_id", "_id")
+
+
+@dataclass(frozen=True)
+class RankedDoc:
+    """One document of ``rank``'s result: where it was in the input, its id (if it had one), its score."""
+
+    index: int
+    score: float
+    text: str
+    id: str | None = None
+    document: Any = None
+
+
+def _text_and_id(doc: Any, i: int) -> tuple[str, str | None]:
+    if isinstance(doc, str):
+        return doc, None
+    if isinstance(doc, Mapping):
+        text = next((doc[k] for k in _TEXT_ATTRS if k in doc and doc[k] is not None), None)
+        did = next((doc[k] for k in _ID_ATTRS if k in doc and doc[k] is not None), None)
+    else:
+        text = next((getattr(doc, k) for k in _TEXT_ATTRS if getattr(doc, k, None) is not None), None)
+        did = next((getattr(doc, k) for k in _ID_ATTRS if getattr(doc, k, None) is not None), None)
+    if not isinstance(text, str):
+        raise DataError(f"document {i} has no text: give a string, or a dict/object with one of {', '.join(_TEXT_ATTRS)}")
+    return text, None if did is None else str(did)
+
+
+class Reranker(Stage):
+    """Base class of model-backed rerankers (see the module docstring)."""
+
+    depth: int = 100
+    model_key: str = ""
+    cache_chunk: int = 2048  # pairs scored between cache writes: a killed run resumes from the last one
+
+    def __init__(self, *, depth: int = 100, cache: str | Path | ScoreCache | None = None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be positive, got {depth}")
+        self.depth = depth
+        self.cache = ScoreCache(cache) if isinstance(cache, (str, Path)) else cache
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ to implement
+    def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        raise NotImplementedError
+
+    @property
+    def cost(self) -> Cost:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ scoring
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Raw scores of (query, document) pairs, in order (served from the cache when present)."""
+        pairs = [(str(q), str(d)) for q, d in pairs]
+        if not pairs:
+            return []
+        with self._lock:
+            if self.cache is None:
+                return self._score(pairs)
+            keys = [ScoreCache.key(self.model_key, q, d) for q, d in pairs]
+            known = self.cache.get_many(keys)
+            todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+            self.cost.cached += len(pairs) - len(todo)
+            for start in range(0, len(todo), self.cache_chunk):
+                chunk = todo[start : start + self.cache_chunk]
+                fresh = self._score([pairs[i] for i in chunk])
+                self.cache.put_many((keys[i], s) for i, s in zip(chunk, fresh))
+                known.update((keys[i], s) for i, s in zip(chunk, fresh))
+            return [known[k] for k in keys]
+
+    # ------------------------------------------------------------ the stage
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
+        if ranking is None:
+            raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
+        text = {q.qid: q.text for q in queries}
+        pairs: list[tuple[str, str]] = []
+        starts: dict[str, int] = {}
+        for qid, hits in ranking.items():
+            if qid not in text:
+                continue
+            start = len(pairs)
+            for h in hits[: self.depth]:
+                if h.text is None:
+                    raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
+                                    f"documents (a dataset with texts, or candidates with passages)")
+                pairs.append((text[qid], h.text))
+            starts[qid] = start
+        scores = self.score(pairs)
+        out: Ranking = {}
+        for qid, hits in ranking.items():
+            if qid not in starts:
+                out[qid] = list(hits)
+                continue
+            a = starts[qid]
+            top = sorted(((scores[a + i], i, h) for i, h in enumerate(hits[: self.depth])), key=lambda r: (-r[0], r[1]))
+            reranked = [Hit(h.docid, s, h.text) for s, _, h in top]
+            floor = reranked[-1].score if reranked else 0.0
+            tail = [Hit(h.docid, floor - 1.0 - i, h.text) for i, h in enumerate(hits[self.depth :])]
+            out[qid] = reranked + tail
+        return out
+
+    # ------------------------------------------------------------ the app API
+    def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
+        """``docs`` ranked for ``query``, best first (``top_k`` of them when given)."""
+        if not isinstance(query, str) or not query.strip():
+            raise DataError("query must be a non-empty string")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        if isinstance(docs, (str, bytes)):
+            raise DataError("docs must be a list of documents, not a single string")
+        items = [_text_and_id(d, i) for i, d in enumerate(docs)]
+        scores = self.score([(query, t) for t, _ in items])
+        order = sorted(range(len(items)), key=lambda i: (-scores[i], i))
+        ranked = [RankedDoc(i, scores[i], items[i][0], items[i][1], docs[i]) for i in order]
+        return ranked[:top_k] if top_k is not None else ranked
+
+    async def arank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
+        """``rank`` in a worker thread, so an async app keeps serving while the model runs."""
+        return await asyncio.to_thread(self.rank, query, docs, top_k)
