@@ -170,6 +170,10 @@ def test_llm_pointwise_batches_and_truncates(dl19_pairs, caplog):
     tail = ids[-(len(q_ids) + len(llm.suffix)) :]
     assert tail[: len(q_ids)] == q_ids  # the query is kept whole after the passage
     assert math.isfinite(llm.score([(query, "steam " * 2000)])[0])
+    # in bf16 the yes/no projection stays fp32, so scores keep their resolution (a bf16 product
+    # left 20 passages with 6-7 distinct values)
+    bf16 = LLMPointwise(offline_model("SmolLM2-135M-Instruct"), dtype="bfloat16", max_length=256)
+    assert len(set(bf16.score(pairs))) >= 22
 
 
 def test_splade_scores_are_dot_products_and_rerank_dl19(dl19_pairs):

@@ -124,6 +124,8 @@ class Engine:
                     half = len(idx) // 2
                     pending[:0] = [idx[:half], idx[half:]]
                     continue
+                if isinstance(out, torch.Tensor):
+                    out = out.cpu().tolist()  # one device sync per batch, not one per item
                 self.cost.batches += 1
                 self.cost.calls += len(idx)
                 self.cost.tokens += sum(lengths[i] for i in idx)

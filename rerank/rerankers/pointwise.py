@@ -39,6 +39,7 @@ class _ModelReranker(Reranker):
     """Loading, device, dtype and the engine, shared by the pointwise models."""
 
     kind = "model"
+    auto_class = ""  # the transformers Auto class that loads the weights
     # tokens per batch: on CPU small batches stay in cache (MiniLM fp32, 1,000 DL19 pairs: 12.1 s at
     # 4,096 vs 14.2 s at 16,384); a GPU wants large ones
     cpu_batch_tokens = 4096
@@ -47,6 +48,7 @@ class _ModelReranker(Reranker):
     def __init__(self, name: str, *, max_length: int | None = None, batch_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
         super().__init__(depth=depth, cache=cache)
+        tf = _transformers()  # first: without the `models` extra, say how to get it
         self.model_name = name
         self.path = resolve_model(name)
         self.device = pick_device(device)
@@ -56,6 +58,12 @@ class _ModelReranker(Reranker):
         self._max_length = max_length
         self._truncated_logged = False
         self.name = f"{self.kind}:{name}"
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
+        self.model = getattr(tf, self.auto_class).from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+        self.window = self._window(self.tokenizer, self.model.config)
+        pad = self.tokenizer.pad_token_id
+        self.engine.pad_id = pad if pad is not None else 0
+        self.model_key = f"{self.kind}|{self.path}|{self.dtype}|{self.window}"
 
     @property
     def cost(self) -> Cost:
@@ -81,18 +89,14 @@ class CrossEncoder(_ModelReranker):
     one-label models) or "none" (raw logit). Two-label models score log p(relevant)."""
 
     kind = "cross-encoder"
+    auto_class = "AutoModelForSequenceClassification"
 
     def __init__(self, name: str, *, activation: str = "sigmoid", **kwargs: Any) -> None:
         if activation not in ("sigmoid", "none"):
             raise ValueError(f"activation must be 'sigmoid' or 'none', not {activation!r}")
         super().__init__(name, **kwargs)
-        tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-        self.model = tf.AutoModelForSequenceClassification.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
-        self.window = self._window(self.tokenizer, self.model.config)
         self.activation = activation
-        self.engine.pad_id = self.tokenizer.pad_token_id or 0
-        self.model_key = f"{self.kind}|{self.path}|{self.dtype}|{self.window}|{activation}"
+        self.model_key += f"|{activation}"
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
         qs, ds = [q for q, _ in pairs], [d for _, d in pairs]
@@ -130,6 +134,7 @@ class LLMPointwise(_ModelReranker):
     goes through the output layer, and only for the two answer tokens."""
 
     kind = "llm-pointwise"
+    auto_class = "AutoModelForCausalLM"
     gpu_batch_tokens = 16384
 
     def __init__(self, name: str, *, prompt: str = _PROMPT, max_query_tokens: int = 64, **kwargs: Any) -> None:
@@ -139,22 +144,19 @@ class LLMPointwise(_ModelReranker):
             raise ValueError("the prompt must put {passage} before {query}")
         kwargs.setdefault("max_length", 512)
         super().__init__(name, **kwargs)
-        tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-        self.model = tf.AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
-        self.window = self._window(self.tokenizer, self.model.config)
         self.max_query_tokens = max_query_tokens
-        self.engine.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.yes, self.no = self._answer_token("Yes"), self._answer_token("No")
         self.prefix, self.middle, self.suffix = self._template(prompt)
         fixed = len(self.prefix) + len(self.middle) + len(self.suffix)
         if fixed + max_query_tokens + 16 > self.window:
             raise ValueError(f"max_length {self.window} leaves no room for a passage after the prompt ({fixed} tokens)")
+        # the two answer rows of the output layer, kept in fp32: a bf16 product rounds the logits to
+        # steps of ~0.1, which leaves 20 passages with 6-7 distinct scores (measured) and many ties
         head = self.model.get_output_embeddings()
-        rows = head.weight[[self.yes, self.no]].detach()
-        self._head_w = rows
-        self._head_b = head.bias[[self.yes, self.no]].detach() if getattr(head, "bias", None) is not None else None
-        self.model_key = f"{self.kind}|{self.path}|{self.dtype}|{self.window}|{prompt}"
+        self._head_w = head.weight[[self.yes, self.no]].detach().float()
+        bias = getattr(head, "bias", None)
+        self._head_b = bias[[self.yes, self.no]].detach().float() if bias is not None else None
+        self.model_key += f"|{prompt}"
 
     def _answer_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
@@ -195,9 +197,9 @@ class LLMPointwise(_ModelReranker):
 
         hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch["lengths"] - 1]
-        logits = (last @ self._head_w.T).float()
+        logits = last.float() @ self._head_w.T
         if self._head_b is not None:
-            logits = logits + self._head_b.float()
+            logits = logits + self._head_b
         return logits[:, 0] - logits[:, 1]
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -209,17 +211,12 @@ class Splade(_ModelReranker):
     Unique queries and documents are encoded once each."""
 
     kind = "splade"
+    auto_class = "AutoModelForMaskedLM"
     gpu_batch_tokens = 8192  # the MLM output is batch x length x vocabulary
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", 256)
         super().__init__(name, **kwargs)
-        tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-        self.model = tf.AutoModelForMaskedLM.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
-        self.window = self._window(self.tokenizer, self.model.config)
-        self.engine.pad_id = self.tokenizer.pad_token_id or 0
-        self.model_key = f"{self.kind}|{self.path}|{self.dtype}|{self.window}"
 
     def _forward(self, batch: dict[str, Any]) -> Any:
         import torch
