@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,24 @@ _TRUE = {"1", "true", "yes", "on"}
 def offline() -> bool:
     """True when the user asked for no network: RERANK_OFFLINE or HF_HUB_OFFLINE set to 1/true."""
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("RERANK_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+_reachable: dict[tuple[str, int], bool] = {}
+PROBE_TIMEOUT_S = 3.0
+
+
+def reachable(host: str, port: int = 443) -> bool:
+    """Whether ``host`` accepts a TCP connection within a few seconds (remembered per process).
+    Asked before a library's own download retries, so a network that silently drops packets
+    fails in seconds rather than minutes."""
+    key = (host, port)
+    if key not in _reachable:
+        try:
+            socket.create_connection(key, timeout=PROBE_TIMEOUT_S).close()
+            _reachable[key] = True
+        except OSError:
+            _reachable[key] = False
+    return _reachable[key]
 
 
 def shared_data_dir() -> Path | None:

@@ -68,7 +68,7 @@ def online(monkeypatch):
     """Online mode whose downloads are refused (this machine has no route to the hosts)."""
     import requests
 
-    from rerank.data import irds
+    from rerank import env
 
     calls = []
 
@@ -80,7 +80,7 @@ def online(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("IR_DATASETS_DL_TRIES", "1")
     monkeypatch.setattr(requests, "get", refuse)
-    monkeypatch.setattr(irds, "_reachable", {})
+    monkeypatch.setattr(env, "_reachable", {})
     return calls
 
 
@@ -97,7 +97,7 @@ def test_failing_download_is_one_clear_error_then_fallback(online, monkeypatch):
 def test_unreachable_hosts_fail_before_any_download_retry(online, monkeypatch):
     import socket
 
-    from rerank.data import irds
+    from rerank import env
 
     probes = []
 
@@ -109,7 +109,7 @@ def test_unreachable_hosts_fail_before_any_download_retry(online, monkeypatch):
     with pytest.raises(DatasetUnavailable, match="no network connection to its download hosts"):
         load_dataset("msmarco-passage/trec-dl-2020/judged")
     assert online == []  # ir_datasets' retry loop never started
-    assert probes and all(t == irds.PROBE_TIMEOUT_S for _, t in probes)
+    assert probes and all(t == env.PROBE_TIMEOUT_S for _, t in probes)
 
 
 def test_unknown_dataset_lists_close_matches():

@@ -65,6 +65,7 @@ class Dataset:
     candidates: dict[str, Path] = field(default_factory=dict)
     rel: int = 1
     source: str = ""
+    encoding_errors: str = "strict"
     _runs: dict[str, Ranking] = field(default_factory=dict, repr=False)
 
     def candidate_run(self, name: str) -> Ranking:
@@ -72,7 +73,7 @@ class Dataset:
             have = ", ".join(sorted(self.candidates)) or "none"
             raise DataError(f"dataset {self.name!r} has no candidate run {name!r} (it has: {have})")
         if name not in self._runs:
-            self._runs[name] = read_run(self.candidates[name])
+            self._runs[name] = read_run(self.candidates[name], self.encoding_errors)
         return self._runs[name]
 
     def require_qrels(self) -> Qrels:
@@ -124,29 +125,31 @@ def _load_trec_folder(folder: Path, encoding_errors: str) -> Dataset:
     for p in sorted(folder.iterdir()):
         if p.suffix in (".json", ".jsonl") and p != topics:
             candidates[_candidate_name(p)] = p  # texts beat a bare TREC run of the same name
-    texted = [p for p in candidates.values() if p.suffix in (".json", ".jsonl")]
-    if topics is None and not texted:
+    texted_names = [n for n, p in candidates.items() if p.suffix in (".json", ".jsonl")]
+    if topics is None and not texted_names:
         raise DataError(f"{folder}: no topics file (topics*.txt/tsv, queries.tsv/jsonl) and no candidate files with query texts")
     if topics is not None:
         queries = read_topics(topics, encoding_errors)
     else:
         seen: dict[str, str] = {}
-        for p in texted:
-            seen.update(read_candidates(p, encoding_errors)[1])
+        for name in texted_names:
+            seen.update(read_candidates(candidates[name], encoding_errors)[1])
         queries = [Query(q, t) for q, t in seen.items()]
+    qrels = read_qrels(qrels_path) if qrels_path else None
+    ds = Dataset(folder.name, queries, qrels, None, candidates, source=str(folder), encoding_errors=encoding_errors)
 
-    def union() -> dict[str, str]:
+    def union() -> dict[str, str]:  # parsed once: the runs stay cached for candidate_run
         docs: dict[str, str] = {}
-        for p in texted:
-            for hits in read_candidates(p, encoding_errors)[0].values():
+        for name in texted_names:
+            for hits in ds.candidate_run(name).values():
                 for h in hits:
                     if h.text is not None:
                         docs.setdefault(h.docid, h.text)
         return docs
 
-    docs = MemoryDocStore(union, name=f"{folder.name}-candidates", complete=False) if texted else None
-    qrels = read_qrels(qrels_path) if qrels_path else None
-    return Dataset(folder.name, queries, qrels, docs, candidates, source=str(folder))
+    if texted_names:
+        ds.docs = MemoryDocStore(union, name=f"{folder.name}-candidates", complete=False)
+    return ds
 
 
 def _load_file(path: Path, encoding_errors: str) -> Dataset:

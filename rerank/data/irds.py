@@ -17,20 +17,17 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..env import offline, shared_data_dir
+from ..env import offline, reachable, shared_data_dir
 from ..errors import DatasetUnavailable
 
 _patched = False
 _lock = threading.Lock()
 _current = threading.local()
-_reachable: dict[tuple[str, int], bool] = {}
-PROBE_TIMEOUT_S = 3.0
 
 
 def _md5(path: Path) -> str:
@@ -60,23 +57,14 @@ def _mirror_for(cache_path: Path) -> Path | None:
 
 
 def _any_reachable(urls: list[str]) -> bool:
-    """Whether any mirror's host accepts a TCP connection within a few seconds (cached per host).
-    ir_datasets retries each mirror 3 times with a 15 s timeout; a network that silently drops
-    packets would otherwise hold the user for minutes before the same failure."""
+    """Whether any mirror's host answers (ir_datasets retries each mirror 3 times with a 15 s timeout)."""
     from urllib.parse import urlsplit
 
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return True  # not ours to judge (gs://, local paths)
-        key = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        if key not in _reachable:
-            try:
-                socket.create_connection(key, timeout=PROBE_TIMEOUT_S).close()
-                _reachable[key] = True
-            except OSError:
-                _reachable[key] = False
-        if _reachable[key]:
+        if reachable(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
             return True
     return False
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
-from ..env import offline
+from ..env import offline, reachable
 from ..errors import ModelNotFound
 
 log = logging.getLogger("rerank")
-HUB = ("huggingface.co", 443)
-_hub_reachable: bool | None = None
 
 
 def model_folders() -> list[Path]:
@@ -43,17 +40,6 @@ def _hf_cached(name: str) -> Path | None:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # noqa: BLE001 - any miss (not cached, bad id) means "not here"
         return None
-
-
-def _hub_up() -> bool:
-    global _hub_reachable
-    if _hub_reachable is None:
-        try:
-            socket.create_connection(HUB, timeout=3).close()
-            _hub_reachable = True
-        except OSError:
-            _hub_reachable = False
-    return _hub_reachable
 
 
 def resolve_model(name: str) -> str:
@@ -78,7 +64,7 @@ def resolve_model(name: str) -> str:
     if offline():
         raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); searched: {searched}. "
                             f"Put it in one of those folders (e.g. ../shared/tools/offline-models) or pass a path")
-    if not _hub_up():
+    if not reachable("huggingface.co"):
         raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: {searched}")
     return name
 
