@@ -18,35 +18,15 @@ Each part writes benchmarks/results/pointwise-<part>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, machine, offline, write_result
 
 from rerank import evaluate, load_dataset
-from rerank.env import atomic_write
-from rerank.models import model_folders
 from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def offline(name: str) -> str:
-    for folder in model_folders():
-        if (folder / name / "config.json").is_file():
-            return str(folder / name)
-    raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
-
-
-def machine() -> dict:
-    import torch
-
-    return {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "platform": platform.platform()}
 
 
 def dl19_pairs(n: int) -> list[tuple[str, str]]:
@@ -145,10 +125,7 @@ def main() -> None:
     args = ap.parse_args()
     result = {"benchmark": f"pointwise-{args.part}", "machine": machine(),
               **(throughput(args) if args.part == "throughput" else quality(args))}
-    out = Path(args.output or RESULTS / f"pointwise-{args.part}.json")
-    with atomic_write(out) as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    write_result(result, Path(args.output or RESULTS / f"pointwise-{args.part}.json"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ from .evaluate import Evaluation, compare, evaluate
 from .models.engine import ScoreCache
 from .rerankers import RankedDoc, Reranker, make_reranker
 from .rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
+from .models.encoder import Encoder
 from .retrieve.bm25 import BM25
+from .retrieve.dense import Dense
+from .retrieve.fusion import RRF, Interpolate
 from .retrieve.run import FromRun
 from .types import Cutoff, Hit, Pipeline, Query, Ranking, Stage
 
@@ -30,17 +33,21 @@ __all__ = [
     "Cutoff",
     "DataError",
     "Dataset",
+    "Dense",
+    "Encoder",
     "DatasetNotFound",
     "DatasetUnavailable",
     "DocStore",
     "Evaluation",
     "FromRun",
     "Hit",
+    "Interpolate",
     "LLMPointwise",
     "MemoryDocStore",
     "MissingDependency",
     "Pipeline",
     "Query",
+    "RRF",
     "RankedDoc",
     "Ranking",
     "RerankError",

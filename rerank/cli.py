@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import resource
 import sys
 import time
@@ -17,8 +18,11 @@ import click
 from .errors import RerankError
 
 log = logging.getLogger("rerank")
-RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), run:FILE (a TREC run or candidate file), "
+RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), dense:MODEL (sentence-transformers + FAISS), "
+                   "hybrid:A+B[+C...] (reciprocal-rank fusion of retrievers, e.g. hybrid:bm25+dense:MODEL), "
+                   "run:FILE (a TREC run or candidate file), "
                    "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed)")
+FUSION_DEPTH = 1000  # hits each part of a hybrid retriever contributes to the fusion
 RERANKERS_HELP = ("none, cross-encoder:MODEL, llm-pointwise:MODEL or splade:MODEL "
                   "(MODEL: a Hugging Face id, a local path, or a folder name under $RERANK_MODEL_PATH / the offline models)")
 
@@ -56,7 +60,7 @@ def _metric_list(value: str | None) -> list[str]:
     return names
 
 
-CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "rerank_depth", "dtype",
+CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "rerank_depth", "dtype", "dense_index",
                "metrics", "rel", "expected", "tolerance"}
 
 
@@ -124,8 +128,23 @@ def _load(dataset: str, split: str, qrels: str | None, encoding_errors: str) -> 
     return ds
 
 
-def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild: bool = False, with_text: bool = True) -> Any:
-    """The first stage named by a ``--retriever`` spec."""
+def _full_corpus(ds: Any, spec: str) -> None:
+    if ds.docs is None:
+        raise RerankError(f"dataset {ds.name!r} has no documents to index; use --retriever run:FILE")
+    if not ds.docs.complete:
+        raise RerankError(f"{ds.name} has no full corpus here to index for --retriever {spec} (only candidate passages); "
+                          f"use --retriever run:FILE or candidates:NAME (e.g. candidates:tas-b for a dense first stage)")
+
+
+def split_hybrid(arg: str) -> list[str]:
+    """``bm25+dense:org/model`` -> ``["bm25", "dense:org/model"]`` (a ``+`` inside a model name stays)."""
+    return [p for p in re.split(r"\+(?=(?:bm25|dense|run|candidates|hybrid)(?::|\+|$))", arg) if p]
+
+
+def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild: bool = False, with_text: bool = True,
+                      dense: dict[str, Any] | None = None) -> Any:
+    """The first stage named by a ``--retriever`` spec; ``dense``: options for dense retrievers
+    (index, device, dtype, batch_tokens)."""
     from .retrieve.bm25 import BACKENDS, BM25
     from .retrieve.run import FromRun
 
@@ -134,20 +153,36 @@ def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild:
         backend = arg or "bm25s"
         if backend not in BACKENDS:
             raise RerankError(f"unknown BM25 backend {backend!r} in --retriever {spec}; choose bm25 or bm25:lucene")
-        if ds.docs is not None and not ds.docs.complete:
-            if "bm25" in ds.candidates:
-                log.info("%s has no full corpus here (only its candidate passages); using its published BM25 "
-                         "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
-                return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % top_k
-            raise RerankError(f"{ds.name} has no full corpus here to index; use --retriever run:FILE or candidates:NAME")
-        if ds.docs is None:
-            raise RerankError(f"dataset {ds.name!r} has no documents to index; use --retriever run:FILE")
+        if ds.docs is not None and not ds.docs.complete and "bm25" in ds.candidates:
+            log.info("%s has no full corpus here (only its candidate passages); using its published BM25 "
+                     "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
+            return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % top_k
+        _full_corpus(ds, spec)
         return BM25(ds, backend=backend, k=top_k, threads=threads, rebuild=rebuild, with_text=with_text)
+    if kind == "dense":
+        from .retrieve.dense import Dense
+
+        if not arg:
+            raise RerankError("--retriever dense needs a model: dense:MODEL (e.g. dense:sentence-transformers/all-MiniLM-L6-v2)")
+        _full_corpus(ds, spec)
+        return Dense(arg, ds, k=top_k, threads=threads, rebuild=rebuild, with_text=with_text, **(dense or {}))
+    if kind == "hybrid":
+        from .retrieve.fusion import RRF
+
+        parts = split_hybrid(arg)
+        if len(parts) < 2:
+            raise RerankError(f"--retriever {spec}: a hybrid needs two or more retrievers joined by '+', e.g. hybrid:bm25+dense:MODEL")
+        depth = max(top_k, FUSION_DEPTH)
+        return RRF(*[build_first_stage(p, ds, depth, threads, rebuild, with_text, dense) for p in parts]) % top_k
     if kind == "run" and arg:
         return FromRun(arg, ds.docs if with_text else None) % top_k
     if kind == "candidates" and arg:
         return FromRun(ds.candidate_run(arg), ds.docs if with_text else None, name=f"candidates:{arg}") % top_k
     raise RerankError(f"unknown --retriever {spec!r}; use one of: {RETRIEVERS_HELP}")
+
+
+def _dense_options(index: str, device: str, dtype: str | None, batch_tokens: int | None) -> dict[str, Any]:
+    return {"index": index, "device": device, "dtype": dtype or "auto", "batch_tokens": batch_tokens}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,6 +199,7 @@ def main() -> None:
 @_dataset_options
 @click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
 @click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: flat].")
 @click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on GPU].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -176,7 +212,7 @@ def main() -> None:
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
-        top_k: int | None, rerank_depth: int | None, batch_tokens: int | None, device: str, dtype: str | None,
+        top_k: int | None, rerank_depth: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
         score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
@@ -188,6 +224,7 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     top_k = top_k or int(cfg.get("top_k", 100))
     rerank_depth = rerank_depth or int(cfg.get("rerank_depth", 100))
     dtype = dtype or cfg.get("dtype", "auto")
+    dense_index = dense_index or cfg.get("dense_index", "flat")
     rel = rel if rel is not None else cfg.get("rel")
     split = split or cfg.get("split", "test")
     if not retriever or not dataset:
@@ -202,7 +239,8 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     t0 = time.perf_counter()
     ds = _load(dataset, split, qrels, encoding_errors)
     load_s = time.perf_counter() - t0
-    stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=second is not None)
+    stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=second is not None,
+                              dense=_dense_options(dense_index, device, dtype, batch_tokens))
     if second is not None:
         stage = stage >> second
     t1 = time.perf_counter()
@@ -296,27 +334,36 @@ def eval_(runs: tuple[str, ...], dataset: str | None, split: str | None, qrels: 
 
 
 @main.command()
-@click.option("--retriever", "-r", default="bm25", show_default=True, help="bm25 or bm25:lucene")
+@click.option("--retriever", "-r", default="bm25", show_default=True, help="bm25, bm25:lucene, dense:MODEL, or hybrid:A+B")
 @click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
 @click.option("--split", default="test", show_default=True)
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="Encoding device: auto, cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per encoding batch.")
 @click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @_friendly
-def index(retriever: str, dataset: str, split: str, threads: int, rebuild: bool, encoding_errors: str) -> None:
-    """Build (or check) the index a retriever needs, under indexes/."""
-    from .retrieve.bm25 import BM25
+def index(retriever: str, dataset: str, split: str, dense_index: str, device: str, dtype: str, batch_tokens: int | None,
+          threads: int, rebuild: bool, encoding_errors: str) -> None:
+    """Build (or check) the indexes a retriever needs, under indexes/."""
+    from .retrieve.fusion import RRF
 
     _setup_logging(False)
-    kind, _, backend = retriever.partition(":")
-    if kind != "bm25":
-        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene")
+    if retriever.split(":")[0] not in ("bm25", "dense", "hybrid"):
+        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene, dense:MODEL, hybrid:A+B")
     ds = _load(dataset, split, None, encoding_errors)
     if ds.docs is None or not ds.docs.complete:
         raise RerankError(f"{ds.name} has no full corpus here to index")
-    t0 = time.perf_counter()
-    path = BM25(ds, backend=backend or "bm25s", threads=threads, rebuild=rebuild).index()
-    click.echo(f"{path} ({len(ds.docs)} documents, {time.perf_counter() - t0:.1f}s)")
+    stage = build_first_stage(retriever, ds, 1000, threads, rebuild, dense=_dense_options(dense_index, device, dtype, batch_tokens))
+    stages = stage.stages if hasattr(stage, "stages") else [stage]
+    parts = [p for s in stages for p in (s.stages if isinstance(s, RRF) else [s])]
+    for part in parts:
+        if hasattr(part, "index"):
+            t0 = time.perf_counter()
+            path = part.index()
+            click.echo(f"{part.name}: {path} ({len(ds.docs)} documents, {time.perf_counter() - t0:.1f}s)")
 
 
 @main.command()

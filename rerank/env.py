@@ -74,11 +74,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a folder under a temporary name and swap it into place only on success."""
+def atomic_dir(path: str | os.PathLike[str], work: Path | None = None) -> Iterator[Path]:
+    """Build a folder under a temporary name and swap it into place only on success.
+    ``work``: build in this folder (beside ``path``) instead, and keep it on failure, so a
+    long build can resume from what it wrote."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = work if work is not None else Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -90,5 +92,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if work is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

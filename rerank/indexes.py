@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,8 +52,29 @@ def stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
     return None
 
 
-def build_or_reuse(path: Path, expected: dict[str, Any], build: Callable[[Path], None], rebuild: bool = False) -> Path:
-    """Return ``path`` holding a current index, building it with ``build(tmpdir)`` when needed."""
+def partial_folder(path: Path, expected: dict[str, Any]) -> Path:
+    """The folder a resumable build works in: kept when the build stops, reused by the next build
+    that asks for the same thing, emptied when it asked for something else."""
+    tmp = path.with_name(f".{path.name}.partial")
+    stamp = tmp / "partial.json"
+    wanted = json.dumps(expected, sort_keys=True)
+    if tmp.exists() and not (stamp.is_file() and stamp.read_text() == wanted):
+        shutil.rmtree(tmp)
+    if not tmp.exists():
+        tmp.mkdir(parents=True)
+        with atomic_write(stamp) as f:
+            f.write(wanted)
+    else:
+        log.info("resuming the interrupted build in %s", tmp)
+    return tmp
+
+
+def build_or_reuse(path: Path, expected: dict[str, Any], build: Callable[[Path], None], rebuild: bool = False,
+                   resumable: bool = False) -> Path:
+    """Return ``path`` holding a current index, building it with ``build(tmpdir)`` when needed.
+
+    ``resumable``: ``build`` works in :func:`partial_folder`, which outlives an interrupted build,
+    so ``build`` can pick up where it stopped."""
     reason = "rebuild asked for" if rebuild else stale_reason(path, expected)
     if reason is None:
         log.info("using index %s", path)
@@ -62,8 +84,9 @@ def build_or_reuse(path: Path, expected: dict[str, Any], build: Callable[[Path],
     else:
         log.info("building index %s", path)
     t0 = time.perf_counter()
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, partial_folder(path, expected) if resumable else None) as tmp:
         build(tmp)
+        (tmp / "partial.json").unlink(missing_ok=True)
         manifest = dict(expected, format=FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         build_seconds=round(time.perf_counter() - t0, 3))
         with atomic_write(tmp / MANIFEST) as f:

@@ -48,3 +48,13 @@ def scifact(scifact_dir: Path):
     from rerank import load_dataset
 
     return load_dataset(str(scifact_dir))
+
+
+def offline_model(name: str) -> str:
+    """The folder of an installed offline model; a missing one fails the test (never skips it)."""
+    from rerank.models import model_folders
+
+    for folder in model_folders():
+        if (folder / name / "config.json").is_file():
+            return str(folder / name)
+    pytest.fail(f"offline model {name} is not installed: run ../shared/tools/offline-models small")

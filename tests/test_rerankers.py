@@ -12,20 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import offline_model
 
 from rerank import DataError, Hit, Query, evaluate, load_dataset
 from rerank.cli import main
 from rerank.errors import ModelNotFound, ScoringError
-from rerank.models import Engine, ScoreCache, model_folders, resolve_model
+from rerank.models import Engine, ScoreCache, resolve_model
 from rerank.rerankers import make_reranker
 from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
-
-
-def offline_model(name: str) -> str:
-    for folder in model_folders():
-        if (folder / name / "config.json").is_file():
-            return str(folder / name)
-    pytest.fail(f"offline model {name} is not installed: run ../shared/tools/offline-models small")
 
 
 @pytest.fixture(scope="session")

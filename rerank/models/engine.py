@@ -95,9 +95,11 @@ class Engine:
         tensors["lengths"] = torch.tensor([len(x["input_ids"]) for x in items], dtype=torch.long)
         return {k: v.to(self.device) for k, v in tensors.items()}
 
-    def run(self, items: Sequence[Encoded], forward: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    def run(self, items: Sequence[Encoded], forward: Callable[[dict[str, Any]], Any],
+            progress: Callable[[int], None] | None = None) -> list[Any]:
         """``forward(batch)`` gets padded tensors (plus ``lengths``) and returns one output per row
-        (a tensor with a leading batch dimension, or a list). Returns outputs in ``items`` order."""
+        (a tensor with a leading batch dimension, or a list). Returns outputs in ``items`` order:
+        floats for a 1-d tensor, NumPy rows for a 2-d one. ``progress(n)`` hears of each finished batch."""
         import torch
 
         results: list[Any] = [None] * len(items)
@@ -124,13 +126,15 @@ class Engine:
                     half = len(idx) // 2
                     pending[:0] = [idx[:half], idx[half:]]
                     continue
-                if isinstance(out, torch.Tensor):
-                    out = out.cpu().tolist()  # one device sync per batch, not one per item
+                if isinstance(out, torch.Tensor):  # one device sync per batch, not one per item
+                    out = out.cpu().tolist() if out.dim() == 1 else out.cpu().numpy()
                 self.cost.batches += 1
                 self.cost.calls += len(idx)
                 self.cost.tokens += sum(lengths[i] for i in idx)
                 for row, i in enumerate(idx):
                     results[i] = out[row]
+                if progress is not None:
+                    progress(len(idx))
         self.cost.seconds += time.perf_counter() - t0
         return results
 

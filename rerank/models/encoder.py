@@ -1,0 +1,153 @@
+"""Sentence-transformers bi-encoders on the batched engine.
+
+Texts are tokenized once, sorted by length and batched by a token budget (so a batch of short
+passages is large and a batch of long ones small), and run in bf16 where the hardware has fast
+bf16. Query and document prefixes ("prompts") and normalisation come from the model's own
+configuration unless overridden. Models whose first module is not a plain text transformer
+(static embeddings, CLIP, chat-template embedders, pooling that excludes the prompt) are
+encoded by sentence-transformers itself, with the same outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependency, ModelNotFound
+from .engine import Cost, Encoded, Engine
+from .loading import pick_device, pick_dtype, resolve_model
+
+log = logging.getLogger("rerank")
+SIMILARITIES = ("cosine", "dot", "euclidean")
+
+
+def _sentence_transformers() -> Any:
+    try:
+        import sentence_transformers
+        import transformers
+    except ImportError:
+        raise MissingDependency("dense retrieval", "models", "sentence-transformers") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return sentence_transformers
+
+
+class Encoder:
+    """A bi-encoder: ``encode_queries`` and ``encode_docs`` return float32 arrays (n x dim).
+
+    ``query_prefix``/``doc_prefix``: None takes the model's "query"/"document" prompts;
+    ``normalize``: None normalises when the model's similarity is cosine; ``max_length`` caps
+    the model's own maximum sequence length.
+    """
+
+    cpu_batch_tokens = 8192
+    gpu_batch_tokens = 65536
+
+    def __init__(self, name: str, *, query_prefix: str | None = None, doc_prefix: str | None = None,
+                 normalize: bool | None = None, max_length: int | None = None, batch_tokens: int | None = None,
+                 device: str = "auto", dtype: str = "auto") -> None:
+        st = _sentence_transformers()
+        self.name = name
+        self.path = resolve_model(name)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        try:
+            self.model = st.SentenceTransformer(self.path, device=self.device)
+        except (OSError, ValueError) as e:
+            raise ModelNotFound(f"{name!r} ({self.path}) does not load as a sentence-transformers model: {e}") from e
+        self.model.to(self.dtype).eval()
+        if max_length is not None:
+            if max_length < 2:
+                raise ValueError(f"max_length must be at least 2, got {max_length}")
+            self.model.max_seq_length = min(max_length, self.model.max_seq_length or max_length)
+        self.max_length = int(self.model.max_seq_length or 512)
+        self.similarity = str(getattr(self.model, "similarity_fn_name", None) or "cosine")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"{name}: similarity {self.similarity!r} is not supported for search; supported: {', '.join(SIMILARITIES)}")
+        prompts = dict(getattr(self.model, "prompts", None) or {})
+        self.query_prefix: str = query_prefix if query_prefix is not None else str(prompts.get("query") or "")
+        self.doc_prefix: str = doc_prefix if doc_prefix is not None else str(prompts.get("document") or prompts.get("passage") or "")
+        self.normalize = (self.similarity == "cosine") if normalize is None else bool(normalize)
+        if self.normalize and self.similarity == "euclidean":
+            self.similarity = "cosine"  # unit vectors: euclidean order equals cosine order
+        elif not self.normalize and self.similarity == "cosine":
+            self.similarity = "dot"  # asked not to normalise: raw inner products
+        default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
+        self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default)
+        self._tokenizer = self._fast_path_tokenizer()
+        if self._tokenizer is not None:
+            pad = self._tokenizer.pad_token_id
+            self.engine.pad_id = pad if pad is not None else 0
+            self.engine.padding_side = getattr(self._tokenizer, "padding_side", "right") or "right"
+        self._truncated_logged = False
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_fn() or self.encode_docs(["dimension probe"]).shape[1])
+
+    def _fast_path_tokenizer(self) -> Any:
+        """The tokenizer when the model is a text transformer we can batch ourselves, else None."""
+        first = self.model[0]
+        modalities = getattr(first, "modality_config", None) or {"text": None}
+        if type(first).__name__ != "Transformer" or "text" not in modalities or "message" in modalities:
+            return None
+        if getattr(first, "transformer_task", "feature-extraction") != "feature-extraction":
+            return None
+        prefixes = self.query_prefix or self.doc_prefix
+        if prefixes and any(getattr(m, "include_prompt", True) is False for m in self.model):
+            return None  # pooling that leaves the prompt out: sentence-transformers tracks its length
+        tok = getattr(first, "tokenizer", None) or getattr(first, "processor", None)
+        return tok if callable(tok) and hasattr(tok, "pad_token_id") else None
+
+    @property
+    def cost(self) -> Cost:
+        return self.engine.cost
+
+    def params(self) -> dict[str, Any]:
+        """What determines the document embeddings (an index built with other values is stale)."""
+        return {"model": self.name, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
+                "max_length": self.max_length, "similarity": self.similarity}
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, self.query_prefix)
+
+    def encode_docs(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._encode(texts, self.doc_prefix, progress)
+
+    def _encode(self, texts: Sequence[str], prefix: str, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        dim = getattr(self, "dim", 0)
+        if not texts:
+            return np.zeros((0, dim), dtype=np.float32)
+        if getattr(self, "_tokenizer", None) is None:
+            return self._encode_st(texts, prefix, progress)
+        enc = self._tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length,
+                              return_attention_mask=False)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        items: list[Encoded] = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+        self._note_truncation(sum(len(x["input_ids"]) >= self.max_length for x in items), len(items))
+        rows = self.engine.run(items, self._forward, progress)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _forward(self, batch: dict[str, Any]) -> Any:
+        import torch
+
+        features = {k: v for k, v in batch.items() if k != "lengths"}
+        out = self.model(features)["sentence_embedding"].float()
+        return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+    def _encode_st(self, texts: Sequence[str], prefix: str, progress: Callable[[int], None] | None) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), 1024):
+            chunk = list(texts[start : start + 1024])
+            out.append(self.model.encode(chunk, prompt=prefix or None, batch_size=32, convert_to_numpy=True,
+                                         normalize_embeddings=self.normalize, show_progress_bar=False))
+            if progress is not None:
+                progress(len(chunk))
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _note_truncation(self, n: int, total: int) -> None:
+        if n and not self._truncated_logged:
+            log.warning("%s: %d of %d texts are longer than %d tokens and were truncated (logged once)",
+                        self.name, n, total, self.max_length)
+            self._truncated_logged = True

@@ -1,0 +1,308 @@
+"""Dense first stage: a sentence-transformers bi-encoder and a FAISS index.
+
+Document embeddings are computed once per (model, corpus) and stored as float16 (memory-mapped,
+half the disk and page cache of float32) under ``indexes/``; every index type reads them, so
+switching from a flat to an HNSW index does not re-encode the corpus. Encoding goes in chunks
+with a checkpoint after each, so an interrupted encode of a large corpus resumes where it
+stopped. FAISS runs on the GPU when ``faiss.get_num_gpus() > 0`` (flat and IVF; HNSW is CPU-only
+in FAISS), else on the CPU.
+
+Index types: ``flat`` (exact, inner product or L2), ``ivf`` (IVF-Flat: ``nlist`` k-means
+cells, ``nprobe`` searched), ``hnsw`` (HNSW-Flat: ``hnsw_m`` links, ``ef_construction``,
+``ef_search``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Dataset
+from ..data.store import DocStore
+from ..env import atomic_write
+from ..errors import DataError, IndexStateError, MissingDependency
+from ..indexes import build_or_reuse, index_path, read_manifest, stale_reason
+from ..models.encoder import Encoder
+from ..types import Hit, Query, Ranking, Stage
+
+log = logging.getLogger("rerank")
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+EMBEDDINGS = "embeddings.npy"
+_CHUNK = 16384  # documents encoded between checkpoints
+_SEARCH_BATCH = 4096
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise MissingDependency("dense retrieval", "faiss-cpu", "faiss-cpu (or faiss-gpu-cu12)") from None
+    return faiss
+
+
+def _progress_bar(total: int, initial: int, show: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    # None: shown on a terminal for corpora worth waiting for
+    disable = (total < 20_000 or None) if show is None else not show
+    return tqdm(total=total, initial=initial, unit="doc", desc=desc, disable=disable, dynamic_ncols=True)
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells: the usual 4 * sqrt(n), but never fewer than 39 training points per cell."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: int | None = None, hnsw_m: int = 32,
+                      ef_construction: int = 200, seed: int = 0) -> Any:
+    """A CPU FAISS index of ``kind`` (flat, ivf, hnsw) over ``embeddings`` (any float dtype,
+    memory-mapped is fine: rows are converted to float32 64k at a time)."""
+    faiss = _faiss()
+    n, d = embeddings.shape
+    if kind == "flat":
+        index = faiss.IndexFlat(d, metric)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, metric)
+        index.hnsw.efConstruction = ef_construction
+    elif kind == "ivf":
+        index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, min(nlist or default_nlist(n), n), metric)
+        sample = min(n, 256 * index.nlist)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+    else:
+        raise ValueError(f"unknown dense index {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+    for start in range(0, n, 65536):
+        index.add(np.ascontiguousarray(embeddings[start : start + 65536], dtype=np.float32))
+    return index
+
+
+def set_search_params(index: Any, kind: str, k: int, nprobe: int, ef_search: int) -> None:
+    """IVF's nprobe / HNSW's efSearch (at least k) before a search."""
+    faiss = _faiss()
+    if kind == "ivf":
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    elif kind == "hnsw":
+        index.hnsw.efSearch = max(ef_search, k)
+
+
+class Dense(Stage):
+    """Dense retrieval over a document store (or a Dataset's documents).
+
+    ``Dense("sentence-transformers/all-MiniLM-L6-v2", ds.docs, index="hnsw")(ds.queries)``
+    encodes the corpus on first use (or reuses the stored embeddings), builds or loads the FAISS
+    index and returns the top ``k`` hits per query. ``model`` is an HF id, a local path, or an
+    :class:`Encoder`; encoder options (prefixes, normalisation, max_length, device, dtype,
+    batch_tokens) go to the Encoder.
+    """
+
+    def __init__(self, model: str | Encoder, docs: DocStore | Dataset, *, index: str = "flat", k: int = 1000,
+                 nlist: int | None = None, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 200,
+                 ef_search: int = 128, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
+                 rebuild: bool = False, threads: int = 0, progress: bool | None = None, **encoder_options: Any) -> None:
+        store = docs.docs if isinstance(docs, Dataset) else docs
+        if store is None:
+            raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
+        if index not in INDEX_TYPES:
+            raise ValueError(f"unknown dense index {index!r}; choose one of {', '.join(INDEX_TYPES)}")
+        for label, value in (("k", k), ("nprobe", nprobe), ("hnsw_m", hnsw_m), ("ef_construction", ef_construction),
+                             ("ef_search", ef_search)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if nlist is not None and nlist < 1:
+            raise ValueError(f"nlist must be a positive integer, got {nlist!r}")
+        _faiss()  # fail before loading a model when FAISS is missing
+        self.encoder = model if isinstance(model, Encoder) else Encoder(model, **encoder_options)
+        if isinstance(model, Encoder) and encoder_options:
+            raise ValueError(f"encoder options {sorted(encoder_options)} given with a ready Encoder; set them on it")
+        self.docs = store
+        self.index_type = index
+        self.k = k
+        self.nlist, self.nprobe, self.hnsw_m = nlist, nprobe, hnsw_m
+        self.ef_construction, self.ef_search = ef_construction, ef_search
+        self.with_text = with_text
+        self.index_root = Path(index_root) if index_root is not None else None
+        self.rebuild = rebuild
+        self.threads = threads
+        self.progress = progress
+        self.name = f"dense:{self.encoder.name}" + ("" if index == "flat" else f"@{index}")
+        self._index: Any = None
+        self._docids: list[str] = []
+        self._embeddings: np.ndarray | None = None
+        self.paths: dict[str, Path] = {}
+
+    @property
+    def cost(self) -> Any:
+        return self.encoder.cost
+
+    # ------------------------------------------------------------ building
+    def _corpus(self) -> dict[str, Any]:
+        return {"name": self.docs.name, "fingerprint": self.docs.fingerprint(), "documents": len(self.docs)}
+
+    def _faiss_params(self) -> dict[str, Any]:
+        if self.index_type == "ivf":
+            return {"nlist": self.nlist or default_nlist(len(self.docs))}
+        if self.index_type == "hnsw":
+            return {"M": self.hnsw_m, "ef_construction": self.ef_construction}
+        return {}
+
+    def _metric(self) -> int:
+        faiss = _faiss()
+        return faiss.METRIC_L2 if self.encoder.similarity == "euclidean" else faiss.METRIC_INNER_PRODUCT
+
+    def _check(self, path: Path) -> None:
+        """An index whose embeddings do not fit this model is an error, not something to search."""
+        m = read_manifest(path) or {}
+        if m.get("dim") != self.encoder.dim:
+            raise IndexStateError(
+                f"index {path} holds {m.get('dim')}-dimensional embeddings, but {self.encoder.name} "
+                f"produces {self.encoder.dim}-dimensional ones: the model changed since the index was built. "
+                f"Rebuild it (rerank index --rebuild, or rebuild=True)")
+
+    def index(self) -> Path:
+        """Encode the corpus and build the FAISS index when needed (or reuse current ones);
+        return the embeddings folder."""
+        if self._index is not None:
+            return self.paths["embeddings"]
+        faiss = _faiss()
+        if self.threads > 0:
+            faiss.omp_set_num_threads(self.threads)
+        if len(self.docs) == 0:
+            raise DataError(f"cannot build a dense index over an empty corpus ({self.docs.name})")
+        if not self.docs.complete:
+            log.warning("%s holds only part of a collection (%d documents); dense retrieval over it ranks only those",
+                        self.docs.name, len(self.docs))
+        params = self.encoder.params()
+        corpus = self._corpus()
+        expected = {"kind": "dense", "backend": "sentence-transformers", "params": params, "corpus": corpus,
+                    "dim": self.encoder.dim}
+        emb_path = index_path("dense", self.docs.name, params, self.index_root)
+        if not self.rebuild and stale_reason(emb_path, expected) is None:
+            self._check(emb_path)
+        build_or_reuse(emb_path, expected, self._encode_corpus, rebuild=self.rebuild, resumable=True)
+        self._check(emb_path)
+        self.paths["embeddings"] = emb_path
+        self._load_embeddings(emb_path)
+        if self.index_type == "flat":
+            index = self._build(self._embeddings)
+        else:
+            fparams = dict(params, index=self.index_type, **self._faiss_params())
+            path = index_path(f"faiss-{self.index_type}", self.docs.name, fparams, self.index_root)
+            fexpected = {"kind": f"faiss-{self.index_type}", "backend": f"faiss {faiss.__version__}", "params": fparams,
+                         "corpus": corpus, "dim": self.encoder.dim}
+            build_or_reuse(path, fexpected, self._build_faiss, rebuild=self.rebuild)
+            self._check(path)
+            self.paths["faiss"] = path
+            index = faiss.read_index(str(path / "faiss.index"))
+            if index.ntotal != len(self._docids):
+                raise IndexStateError(f"index {path} holds {index.ntotal} vectors for {len(self._docids)} documents; rebuild it")
+        self.rebuild = False
+        if faiss.get_num_gpus() > 0 and self.index_type != "hnsw":
+            index = faiss.index_cpu_to_all_gpus(index)
+            log.info("FAISS index on %d GPU(s)", faiss.get_num_gpus())
+        self._index = index
+        return emb_path
+
+    def _encode_corpus(self, folder: Path) -> None:
+        n, dim = len(self.docs), self.encoder.dim
+        emb_file, done_file = folder / EMBEDDINGS, folder / "progress.json"
+        done = json.loads(done_file.read_text())["done"] if done_file.is_file() and (folder / EMBEDDINGS).is_file() else 0
+        out = np.lib.format.open_memmap(emb_file, mode="r+" if done else "w+", dtype=np.float16, shape=(n, dim))
+        if done:
+            log.info("resuming the encoding of %s at document %d of %d", self.docs.name, done, n)
+        docids: list[str] = []
+        bar = _progress_bar(n, done, self.progress, f"encoding {self.docs.name}")
+        try:
+            items = iter(self.docs.items())
+            while chunk := list(itertools.islice(items, _CHUNK)):
+                start = len(docids)
+                if start + len(chunk) > n:
+                    raise DataError(f"{self.docs.name} yielded more than its {n} documents while being encoded")
+                docids.extend(d for d, _ in chunk)
+                if start + len(chunk) <= done:
+                    continue
+                skip = max(0, done - start)
+                vecs = self.encoder.encode_docs([t for _, t in chunk[skip:]], progress=bar.update)
+                half = vecs.astype(np.float16)
+                if not np.isfinite(half).all():
+                    raise DataError(f"{self.encoder.name}: embeddings overflow float16 (|x| > 65504); "
+                                    f"normalise them (normalize=True)")
+                out[start + skip : start + len(chunk)] = half
+                out.flush()
+                with atomic_write(done_file) as f:
+                    json.dump({"done": start + len(chunk)}, f)
+        finally:
+            bar.close()
+        if len(docids) != n:
+            raise DataError(f"{self.docs.name} yielded {len(docids)} documents, but says it has {n}")
+        if len(set(docids)) != n:
+            raise DataError(f"{self.docs.name} repeats document ids; a dense index needs unique ones")
+        del out
+        done_file.unlink()
+        (folder / "docids.json").write_text(json.dumps(docids))
+
+    def _load_embeddings(self, folder: Path) -> None:
+        try:
+            emb = np.load(folder / EMBEDDINGS, mmap_mode="r")
+            docids = json.loads((folder / "docids.json").read_text())
+        except (OSError, ValueError) as e:
+            raise IndexStateError(f"index {folder} is unreadable ({e}); rebuild it") from e
+        if emb.ndim != 2 or emb.shape != (len(docids), self.encoder.dim):
+            raise IndexStateError(f"index {folder}: embeddings of shape {emb.shape} for {len(docids)} documents of "
+                                  f"dimension {self.encoder.dim}; rebuild it")
+        self._embeddings, self._docids = emb, docids
+
+    @property
+    def embeddings(self) -> tuple[np.ndarray, list[str]]:
+        """The stored document embeddings (float16, memory-mapped) and their document ids."""
+        self.index()
+        assert self._embeddings is not None
+        return self._embeddings, self._docids
+
+    def _build(self, embeddings: Any) -> Any:
+        return build_faiss_index(self.index_type, embeddings, self._metric(), nlist=self.nlist, hnsw_m=self.hnsw_m,
+                                 ef_construction=self.ef_construction)
+
+    def _build_faiss(self, folder: Path) -> None:
+        _faiss().write_index(self._build(self._embeddings), str(folder / "faiss.index"))
+
+    # ------------------------------------------------------------ searching
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search for query vectors: (scores, row ids), higher scores better, -1 ids for holes."""
+        self.index()
+        k = min(k, len(self._docids))
+        set_search_params(self._index, self.index_type, k, self.nprobe, self.ef_search)
+        scores, ids = [], []
+        for start in range(0, len(vectors), _SEARCH_BATCH):
+            d, i = self._index.search(np.ascontiguousarray(vectors[start : start + _SEARCH_BATCH], dtype=np.float32), k)
+            scores.append(-d if self.encoder.similarity == "euclidean" else d)
+            ids.append(i)
+        if not scores:
+            return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+        return np.concatenate(scores), np.concatenate(ids)
+
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
+        if ranking is not None:
+            raise ValueError("Dense is a first-stage retriever: put it first in the pipeline")
+        if not queries:
+            return {}
+        self.index()
+        vectors = self.encoder.encode_queries([q.text for q in queries])
+        scores, ids = self.search(vectors, self.k)
+        out: Ranking = {}
+        for q, row_s, row_i in zip(queries, scores, ids):
+            hits = []
+            for s, i in zip(row_s, row_i):
+                if i < 0:
+                    continue
+                docid = self._docids[i]
+                hits.append(Hit(docid, float(s), self.docs.get(docid) if self.with_text else None))
+            out[q.qid] = hits
+        return out
