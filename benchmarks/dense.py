@@ -12,9 +12,13 @@ ann     flat vs IVF vs HNSW over >= 200k vectors: build seconds, queries per sec
         (normalised); the table says how many are synthetic and how many of the true top-10
         neighbours are. Queries are real (SciFact, DL19, Cranfield). With faiss-gpu and a GPU,
         flat and IVF are timed on the GPU too.
+quality SciFact test nDCG@10 / RR@10 / R@100 of BM25, each --models encoder (flat), and RRF of
+        BM25 with each (top 1000 from each part), beside the published figures; embeddings are
+        reused from $RERANK_INDEXES when built before.
 
     python benchmarks/dense.py encode [--docs 2000] [--model all-MiniLM-L6-v2]
     python benchmarks/dense.py ann [--vectors 200000]
+    python benchmarks/dense.py quality [--models all-MiniLM-L6-v2 all-mpnet-base-v2]
 
 Each part writes benchmarks/results/dense-<part>.json.
 """
@@ -152,11 +156,11 @@ def ann(args: argparse.Namespace) -> dict:
     synthetic_share = float(np.mean(truth >= len(real)))
     print(f"\n{n} vectors ({len(real)} real, {n_syn} synthetic), dim {base.shape[1]}, {len(qv)} real queries, k={k}; "
           f"{synthetic_share:.1%} of the true top-10 are synthetic")
-    print(f"{'index':<6} {'params':<34} {'build s':>8} {'QPS':>9} {'R@10':>7} {'MB':>8} {'dev':>4}")
+    print(f"{'index':<6} {'params':<44} {'build s':>8} {'QPS':>9} {'R@10':>7} {'MB':>8} {'dev':>4}")
     flat_qps = rows[0]["qps"]
     for r in rows:
         params = ", ".join(f"{p}={r[p]}" for p in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search") if p in r)
-        print(f"{r['index']:<6} {params:<34} {r.get('build_s', float('nan')):>8.2f} {r['qps']:>9.1f} {r['recall@10']:>7.4f} "
+        print(f"{r['index']:<6} {params:<44} {r.get('build_s', float('nan')):>8.2f} {r['qps']:>9.1f} {r['recall@10']:>7.4f} "
               f"{r.get('index_mb', float('nan')):>8.1f} {r['device']:>4}   ({r['qps'] / flat_qps:.1f}x flat QPS)")
         r["qps_vs_flat"] = round(r["qps"] / flat_qps, 2)
     return {"vectors": n, "real": len(real), "synthetic": n_syn, "dim": int(base.shape[1]), "queries": len(qv), "k": k,
@@ -164,9 +168,37 @@ def ann(args: argparse.Namespace) -> dict:
             "rows": rows}
 
 
+PUBLISHED = {"all-MiniLM-L6-v2": 0.645, "all-mpnet-base-v2": 0.656}  # SciFact nDCG@10 (BEIR/MTEB leaderboards)
+
+
+def quality(args: argparse.Namespace) -> dict:
+    from rerank import BM25, RRF, Dense, evaluate
+
+    ds = load_dataset("scifact")
+    metrics = ["nDCG@10", "RR@10", "R@100"]
+    bm25 = BM25(ds.docs, k=1000)
+    stages = [("bm25", bm25 % 100, None)]
+    for name in args.models:
+        dense = Dense(f"sentence-transformers/{name}", ds.docs, k=1000, progress=True)
+        stages += [(name, dense % 100, PUBLISHED.get(name)), (f"rrf(bm25, {name})", RRF(bm25, dense) % 100, None)]
+    rows = []
+    print(f"{'pipeline':<36} {'nDCG@10':>8} {'RR@10':>7} {'R@100':>7} {'published':>9} {'seconds':>8}")
+    for label, stage, published in stages:
+        t0 = time.perf_counter()
+        m = evaluate(stage(ds.queries), ds.qrels, metrics, ds.rel).metrics
+        row = {"pipeline": label, **{k: round(v, 4) for k, v in m.items()}, "published_nDCG@10": published,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(f"{label:<36} {m['nDCG@10']:>8.4f} {m['RR@10']:>7.4f} {m['R@100']:>7.4f} {published or '':>9} {row['seconds']:>8.1f}",
+              flush=True)
+    return {"dataset": "scifact test", "queries": len(ds.queries), "note": "seconds include encoding the corpus when not stored yet",
+            "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["encode", "ann"])
+    ap.add_argument("part", choices=["encode", "ann", "quality"])
+    ap.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--docs", type=int, default=2000, help="SciFact abstracts to encode (encode)")
     ap.add_argument("--st-batch", type=int, default=32, help="sentence-transformers batch size (its default)")
@@ -178,7 +210,8 @@ def main() -> None:
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--output")
     args = ap.parse_args()
-    result = {"benchmark": f"dense-{args.part}", "machine": machine(), **(encode(args) if args.part == "encode" else ann(args))}
+    part = {"encode": encode, "ann": ann, "quality": quality}[args.part]
+    result = {"benchmark": f"dense-{args.part}", "machine": machine(), **part(args)}
     write_result(result, Path(args.output or RESULTS / f"dense-{args.part}.json"))
 
 

@@ -14,10 +14,10 @@ from .data import ALIASES, Dataset, DocStore, MemoryDocStore, list_datasets, loa
 from .data.formats import read_qrels, read_run, read_topics, write_trec_run
 from .errors import DataError, DatasetNotFound, DatasetUnavailable, MissingDependency, RerankError
 from .evaluate import Evaluation, compare, evaluate
+from .models.encoder import Encoder
 from .models.engine import ScoreCache
 from .rerankers import RankedDoc, Reranker, make_reranker
 from .rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
-from .models.encoder import Encoder
 from .retrieve.bm25 import BM25
 from .retrieve.dense import Dense
 from .retrieve.fusion import RRF, Interpolate
@@ -29,15 +29,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ALIASES",
     "BM25",
+    "RRF",
     "CrossEncoder",
     "Cutoff",
     "DataError",
     "Dataset",
-    "Dense",
-    "Encoder",
     "DatasetNotFound",
     "DatasetUnavailable",
+    "Dense",
     "DocStore",
+    "Encoder",
     "Evaluation",
     "FromRun",
     "Hit",
@@ -47,7 +48,6 @@ __all__ = [
     "MissingDependency",
     "Pipeline",
     "Query",
-    "RRF",
     "RankedDoc",
     "Ranking",
     "RerankError",

@@ -72,8 +72,8 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, dl19):
     bad.write_text("264014 Q0 5611210 1 15.78 x\n264014 Q0 6641238 2\n")
     r = invoke("eval", bad, "--dataset", dl19)
     assert r.exit_code == 2 and f"{bad}:2: expected 6 columns" in r.stderr
-    r = invoke("run", "--retriever", "dense", "--dataset", dl19)
-    assert r.exit_code == 2 and "unknown --retriever 'dense'" in r.stderr
+    r = invoke("run", "--retriever", "splade", "--dataset", dl19)
+    assert r.exit_code == 2 and "unknown --retriever 'splade'" in r.stderr
     r = invoke("run", "--retriever", "bm25", "--reranker", "monot5", "--dataset", dl19)
     assert r.exit_code == 2 and "unknown reranker 'monot5'" in r.stderr
 

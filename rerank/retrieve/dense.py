@@ -88,7 +88,10 @@ def set_search_params(index: Any, kind: str, k: int, nprobe: int, ef_search: int
     """IVF's nprobe / HNSW's efSearch (at least k) before a search."""
     faiss = _faiss()
     if kind == "ivf":
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        # an index moved to GPUs (GpuIndexIVF*, or replicas of them) takes its nprobe through GpuParameterSpace
+        cls = type(index).__name__
+        gpu = hasattr(faiss, "GpuParameterSpace") and (cls.startswith("Gpu") or cls in ("IndexReplicas", "IndexShards"))
+        (faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()).set_index_parameter(index, "nprobe", nprobe)
     elif kind == "hnsw":
         index.hnsw.efSearch = max(ef_search, k)
 
