@@ -23,7 +23,8 @@ RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), dense:MODEL (s
                    "run:FILE (a TREC run or candidate file), "
                    "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed)")
 FUSION_DEPTH = 1000  # hits each part of a hybrid retriever contributes to the fusion
-RERANKERS_HELP = ("none, cross-encoder:MODEL, llm-pointwise:MODEL or splade:MODEL "
+RERANKERS_HELP = ("none, cross-encoder:MODEL, llm-pointwise:MODEL, splade:MODEL, prp:MODEL[:allpair|sorting|sliding], "
+                  "first[:MODEL] (FIRST single-token listwise; default castorini/first_mistral), listwise-gen:MODEL "
                   "(MODEL: a Hugging Face id, a local path, or a folder name under $RERANK_MODEL_PATH / the offline models)")
 
 
@@ -61,6 +62,7 @@ def _metric_list(value: str | None) -> list[str]:
 
 
 CONFIG_KEYS = {"name", "description", "dataset", "split", "retriever", "reranker", "top_k", "rerank_depth", "dtype", "dense_index",
+               "window", "stride",
                "metrics", "rel", "expected", "tolerance"}
 
 
@@ -199,6 +201,8 @@ def main() -> None:
 @_dataset_options
 @click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
 @click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
+@click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window (first, listwise-gen) [default: 20].")
+@click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
 @click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: flat].")
 @click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on GPU].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -212,7 +216,7 @@ def main() -> None:
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
-        top_k: int | None, rerank_depth: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
+        top_k: int | None, rerank_depth: int | None, window: int | None, stride: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
         score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
@@ -235,6 +239,7 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
         from .rerankers import make_reranker
 
         second = make_reranker(reranker, depth=rerank_depth, batch_tokens=batch_tokens, device=device, dtype=dtype,
+                               window=window or cfg.get("window"), stride=stride or cfg.get("stride"),
                                cache=score_cache)
     t0 = time.perf_counter()
     ds = _load(dataset, split, qrels, encoding_errors)

@@ -143,3 +143,82 @@ class Reranker(Stage):
     async def arank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
         """``rank`` in a worker thread, so an async app keeps serving while the model runs."""
         return await asyncio.to_thread(self.rank, query, docs, top_k)
+
+
+class ListReranker(Reranker):
+    """Rerankers that order a query's candidates jointly (pairwise and listwise LLMs) rather than
+    score each pair alone. Subclasses implement ``_order(queries, lists)``: for every query its
+    candidates' new order (indices, best first) and a score per candidate in that order; all
+    queries come in one call, so independent prompts of different queries share batches."""
+
+    def __init__(self, name: str, *, depth: int = 100, max_passage_tokens: int | None = None, device: str = "auto",
+                 dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None) -> None:
+        from ..models.llm import LLM
+
+        super().__init__(depth=depth)
+        if cache is not None:
+            raise ValueError(f"{type(self).__name__} orders lists jointly: a per-pair score cache does not apply")
+        if max_passage_tokens is not None and max_passage_tokens < 1:
+            raise ValueError(f"max_passage_tokens must be positive, got {max_passage_tokens}")
+        self.max_passage_tokens = max_passage_tokens
+        self.llm = LLM(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+        self.model_name = name
+        self.name = f"{self.kind}:{name}"
+
+    kind = "list"
+
+    @property
+    def cost(self) -> Any:
+        return self.llm.cost
+
+    def _order(self, queries: Sequence[str], lists: Sequence[Sequence[str]]) -> list[tuple[list[int], list[float]]]:
+        raise NotImplementedError
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        raise TypeError(f"{self.name} ranks lists, it does not score single pairs: use rank(query, docs) or it as a stage")
+
+    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
+        if ranking is None:
+            raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
+        text = {q.qid: q.text for q in queries}
+        qids = [qid for qid in ranking if qid in text]
+        lists = []
+        for qid in qids:
+            for h in ranking[qid][: self.depth]:
+                if h.text is None:
+                    raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
+                                    f"documents (a dataset with texts, or candidates with passages)")
+            lists.append([h.text or "" for h in ranking[qid][: self.depth]])
+        orders = dict(zip(qids, self._order([text[q] for q in qids], lists)))
+        out: Ranking = {}
+        for qid, hits in ranking.items():
+            if qid not in orders:
+                out[qid] = list(hits)
+                continue
+            perm, scores = orders[qid]
+            top = hits[: self.depth]
+            reranked = [Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores)]
+            floor = reranked[-1].score if reranked else 0.0
+            out[qid] = reranked + [Hit(h.docid, floor - 1.0 - i, h.text) for i, h in enumerate(hits[self.depth :])]
+        return out
+
+    def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
+        if not isinstance(query, str) or not query.strip():
+            raise DataError("query must be a non-empty string")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        if isinstance(docs, (str, bytes)):
+            raise DataError("docs must be a list of documents, not a single string")
+        items = [_text_and_id(d, i) for i, d in enumerate(docs)]
+        head = items[: self.depth]
+        perm, scores = self._order([query], [[t for t, _ in head]])[0] if head else ([], [])
+        order = list(perm) + list(range(len(head), len(items)))
+        floor = scores[-1] if scores else 0.0
+        scores = list(scores) + [floor - 1.0 - i for i in range(len(items) - len(head))]
+        ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores)]
+        return ranked[:top_k] if top_k is not None else ranked
+
+
+def positional_scores(n: int) -> list[float]:
+    """Scores for an order without scores of its own: n, n-1, ..., 1."""
+    return [float(n - i) for i in range(n)]

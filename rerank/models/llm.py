@@ -1,0 +1,192 @@
+"""The causal-LM backend of the LLM rerankers (pairwise PRP, listwise FIRST, generative listwise).
+
+Prompts are chat messages rendered with the model's chat template (plain text for base models),
+tokenized once, and run on the batched engine: many prompts per forward pass, sorted by length
+and grouped by a token budget. Two ways to read the model:
+
+* :meth:`LLM.next_token_logits`: one forward pass per prompt, the hidden state at the last
+  position projected onto a few candidate tokens only, in fp32 (a bf16 projection rounds the
+  logits to steps of ~0.1 and leaves ties);
+* :meth:`LLM.generate`: greedy decoding, batched with left padding, for the generative methods.
+
+:class:`LLMCost` counts calls (prompts), prompt tokens, generated tokens and seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DataError, MissingDependency
+from .engine import Engine
+from .loading import pick_device, pick_dtype, resolve_model
+
+log = logging.getLogger("rerank")
+
+
+@dataclass
+class LLMCost:
+    """Prompts run, their tokens, tokens generated, seconds, batches, and repaired outputs."""
+
+    calls: int = 0
+    tokens: int = 0
+    generated: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+    cached: int = 0
+    repaired: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"model_calls": self.calls, "tokens": self.tokens, "generated_tokens": self.generated,
+                "seconds": round(self.seconds, 3), "batches": self.batches, "repaired_outputs": self.repaired}
+
+
+def _transformers() -> Any:
+    try:
+        import torch  # noqa: F401
+        import transformers
+    except ImportError:
+        raise MissingDependency("LLM rerankers", "models", "torch and transformers") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+class LLM:
+    """A Hugging Face causal LM by id or path, with batched scoring and generation."""
+
+    cpu_batch_tokens = 8192
+    gpu_batch_tokens = 65536
+
+    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
+                 max_length: int | None = None) -> None:
+        tf = _transformers()
+        self.name = name
+        self.path = resolve_model(name)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
+        self.model = tf.AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+        limits = [getattr(self.model.config, "max_position_embeddings", None), getattr(self.tokenizer, "model_max_length", None),
+                  max_length]
+        self.window = min([x for x in limits if isinstance(x, int) and 0 < x < 1_000_000] or [4096])
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
+        self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default, pad_id=pad, padding_side="right")
+        self.cost = LLMCost()
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self._head = self.model.get_output_embeddings()
+
+    # ------------------------------------------------------------ prompts
+    def render(self, user: str, system: str | None = None, assistant: str = "") -> str:
+        """The prompt text: chat template with the assistant turn opened (and primed with
+        ``assistant``), or plain text for models without a template."""
+        if not self.chat:
+            return (f"{system}\n\n" if system else "") + f"{user}\n\nAnswer: {assistant}"
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) + assistant
+
+    def wrap(self, system: str | None = None, assistant: str = "") -> tuple[list[int], list[int]]:
+        """Token ids before and after the user message: ``before + user_ids + after`` is a prompt."""
+        mark = "\u2063USER\u2063"
+        before, after = self.render(mark, system, assistant).split(mark)
+        pre = self.tokenizer(before, add_special_tokens=not self.chat)["input_ids"]  # BOS where a plain LM wants one
+        return list(pre), self.tokens([after])[0] if after else []
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of text pieces, no special tokens added."""
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def single_token(self, text: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise DataError(f"{self.name}: {text!r} is {len(ids)} tokens in this tokenizer, but must be one")
+        return int(ids[0])
+
+    # ------------------------------------------------------------ running
+    def next_token_logits(self, prompts: Sequence[list[int]], candidates: Sequence[int]) -> list[list[float]]:
+        """For each tokenized prompt, the logits of the ``candidates`` tokens as the next token."""
+        import torch
+
+        if not prompts:
+            return []
+        too_long = [len(p) for p in prompts if len(p) > self.window]
+        if too_long:
+            raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens exceeds the {self.window}-token context")
+        w = self._head.weight[list(candidates)].detach().float()
+        bias = getattr(self._head, "bias", None)
+        b = bias[list(candidates)].detach().float() if bias is not None else None
+
+        def forward(batch: dict[str, Any]) -> Any:
+            hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch["lengths"] - 1].float()
+            logits = last @ w.T
+            return (logits + b) if b is not None else logits
+
+        before, batches = self.engine.cost.seconds, self.engine.cost.batches
+        out = self.engine.run([{"input_ids": list(p)} for p in prompts], forward)
+        self.cost.batches += self.engine.cost.batches - batches
+        self._account(prompts, self.engine.cost.seconds - before)
+        return [list(map(float, row)) for row in out]
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
+        import torch
+
+        if not prompts:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        too_long = [len(p) for p in prompts if len(p) + max_new_tokens > self.window]
+        if too_long:
+            raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens leaves no room for {max_new_tokens} new tokens "
+                            f"in the {self.window}-token context")
+        t0 = time.perf_counter()
+        outputs: list[str] = [""] * len(prompts)
+        lengths = [len(p) + max_new_tokens for p in prompts]
+        eos = {self.tokenizer.eos_token_id, self.engine.pad_id} - {None}
+        with torch.inference_mode():
+            for idx in self.engine.batches(lengths):
+                width = max(len(prompts[i]) for i in idx)
+                ids = torch.tensor([[self.engine.pad_id] * (width - len(prompts[i])) + list(prompts[i]) for i in idx],
+                                   device=self.device)
+                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=self.device)
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.engine.pad_id, temperature=None, top_p=None, top_k=None)
+                for row, i in enumerate(idx):
+                    new = gen[row, width:].tolist()
+                    n = next((j for j, t in enumerate(new) if t in eos), len(new))
+                    self.cost.generated += n
+                    outputs[i] = self.tokenizer.decode(new[:n], skip_special_tokens=True)
+                self.cost.batches += 1
+        self._account(prompts, time.perf_counter() - t0)
+        return outputs
+
+    def _account(self, prompts: Sequence[list[int]], seconds: float) -> None:
+        self.cost.calls += len(prompts)
+        self.cost.tokens += sum(len(p) for p in prompts)
+        self.cost.seconds += seconds
+
+
+def fit_passages(passages: Sequence[list[int]], budget: int, cap: int | None = None) -> list[list[int]]:
+    """Cut tokenized passages so that together they use at most ``budget`` tokens: every passage
+    gets an equal share, and the share a short passage leaves unused goes to the longer ones
+    (water-filling); ``cap`` limits each passage on its own first. The beginning of each is kept."""
+    if budget < len(passages):
+        raise DataError(f"the prompt leaves {budget} tokens for {len(passages)} passages; raise max_length or use fewer passages")
+    lengths = [min(len(p), cap) if cap else len(p) for p in passages]
+    order = sorted(range(len(passages)), key=lambda i: lengths[i])
+    share: dict[int, int] = {}
+    left, count = budget, len(passages)
+    for i in order:
+        share[i] = min(lengths[i], left // count)
+        left -= share[i]
+        count -= 1
+    return [list(p[: share[i]]) for i, p in enumerate(passages)]
