@@ -26,10 +26,12 @@ from typing import Any
 
 from common import RESULTS, machine, offline, write_result
 
-from rerank import Hit, evaluate, load_dataset
+from rerank import DataError, Hit, compare, evaluate, load_dataset
 from rerank.rerankers.listwise import First, ListwiseGenerate
 from rerank.rerankers.pairwise import PRP
 from rerank.rerankers.pointwise import LLMPointwise
+
+EVALS: dict[str, Any] = {}  # label -> Evaluation, for paired tests
 
 
 def setup(n_queries: int, depth: int) -> tuple[Any, list, dict, dict]:
@@ -47,7 +49,9 @@ def measure(label: str, reranker: Any, ds: Any, queries: list, ranking: dict) ->
     run = reranker(queries, ranking)
     seconds = time.perf_counter() - t0
     after = reranker.cost.as_dict()
-    m = evaluate(run, {q.qid: ds.qrels[q.qid] for q in queries if q.qid in ds.qrels}, ["nDCG@10"], ds.rel).metrics
+    ev = evaluate(run, {q.qid: ds.qrels[q.qid] for q in queries if q.qid in ds.qrels}, ["nDCG@10"], ds.rel)
+    EVALS[label] = ev
+    m = ev.metrics
     calls = after["model_calls"] - before["model_calls"]
     row = {"reranker": label, "nDCG@10": round(m["nDCG@10"], 4), "seconds": round(seconds, 1),
            "seconds_per_query": round(seconds / len(queries), 2), "prompts_per_query": round(calls / len(queries), 1),
@@ -65,15 +69,29 @@ def listwise(args: argparse.Namespace) -> dict:
     print(f"{len(queries)} DL19 queries, BM25 top-{args.depth}, window {args.window} stride {args.stride}; BM25 nDCG@10 {base:.4f}")
     opts = {"depth": args.depth, "window": args.window, "stride": args.stride, "max_passage_tokens": args.passage_tokens}
     first, gen = First(path, **opts), ListwiseGenerate(path, **opts)
-    rows = [measure("FIRST", first, ds, queries, top), measure("listwise-gen", gen, ds, queries, top),
-            measure("FIRST (reversed input)", first, ds, queries, reverse),
-            measure("listwise-gen (reversed input)", gen, ds, queries, reverse)]
+    rows = [measure("FIRST", first, ds, queries, top), measure("listwise-gen", gen, ds, queries, top)]
+    if not args.main_only:
+        rows += [measure("FIRST (reversed input)", first, ds, queries, reverse),
+                 measure("listwise-gen (reversed input)", gen, ds, queries, reverse)]
+    from rerank.rerankers.listwise import STRATEGIES, identifier_tokens
+
+    for strategy in () if args.main_only else STRATEGIES:  # how FIRST reads identifiers: every other way this tokenizer allows
+        try:
+            prime, labels, _ = identifier_tokens(first.llm.tokenizer, args.window, strategy)
+        except DataError:  # not supported by this tokenizer
+            continue
+        if (prime, labels) != (first._prime, first.labels):
+            other = First(path, identifiers=strategy, **opts)
+            rows.append(measure(f"FIRST (identifiers: {strategy})", other, ds, queries, top))
     ratio = rows[0]["seconds"] / rows[1]["seconds"]
     diff = rows[0]["nDCG@10"] - rows[1]["nDCG@10"]
-    print(f"FIRST / generative latency {ratio:.2f}x (goal <= 0.6x); nDCG@10 difference {diff:+.4f} (goal within 0.01)")
+    test = compare(EVALS["listwise-gen"], EVALS["FIRST"])[0]
+    print(f"FIRST / generative latency {ratio:.2f}x (goal <= 0.6x); nDCG@10 difference {diff:+.4f} (goal within 0.01; "
+          f"paired t-test p={test.t_pvalue:.3f}, randomization p={test.randomization_pvalue:.3f})")
     return {"model": args.model, "queries": len(queries), "depth": args.depth, "window": args.window, "stride": args.stride,
-            "bm25_nDCG@10": round(base, 4), "first_prime": first._prime, "rows": rows,
-            "first_vs_generative_latency": round(ratio, 3), "first_minus_generative_nDCG@10": round(diff, 4)}
+            "bm25_nDCG@10": round(base, 4), "first_prime": first._prime, "first_labels": first.labels, "rows": rows,
+            "first_vs_generative_latency": round(ratio, 3), "first_minus_generative_nDCG@10": round(diff, 4),
+            "paired_test_first_vs_generative": {"p_ttest": test.t_pvalue, "p_randomization": test.randomization_pvalue}}
 
 
 def pairwise(args: argparse.Namespace) -> dict:
@@ -104,6 +122,7 @@ def main() -> None:
     ap.add_argument("--passage-tokens", type=int, default=100)
     ap.add_argument("--prp-depth", type=int, default=10)
     ap.add_argument("--prp-passage-tokens", type=int, default=64)
+    ap.add_argument("--main-only", action="store_true", help="listwise: skip the reversed input and the identifier readings")
     ap.add_argument("--output")
     args = ap.parse_args()
     result = {"benchmark": f"llm-{args.part}", "machine": machine(), **(listwise(args) if args.part == "listwise" else pairwise(args))}

@@ -133,18 +133,25 @@ class FakeTokenizer:
 
 
 def test_identifier_token_strategies():
-    labels = LABELS[:5]
-    tok = FakeTokenizer(merged=set())
-    prime, ids = identifier_tokens(tok, labels)
-    assert prime == "[" and [tok.decode([i]) for i in ids] == list(labels)
-    tok = FakeTokenizer(merged=set(labels))
-    prime, ids = identifier_tokens(tok, labels)
-    assert prime == "" and [tok.decode([i]) for i in ids] == [f"[{x}" for x in labels]
-    tok = FakeTokenizer(merged={"A", "B"})  # mixed at the start; " [" keeps letters apart
-    prime, ids = identifier_tokens(tok, labels)
-    assert prime == " [" and [tok.decode([i]) for i in ids] == list(labels)
+    def names(tok, ids):
+        return [tok.decode([i]) for i in ids]
+
+    tok = FakeTokenizer(merged=set())  # "[A]" = "[" "A" "]"
+    prime, labels, ids = identifier_tokens(tok, 5)
+    assert (prime, labels, names(tok, ids)) == ("[", "ABCDE", list("ABCDE"))
+    tok = FakeTokenizer(merged=set(LABELS) - {"C"})  # every "[X" one token but "[C": labels skip C
+    prime, labels, ids = identifier_tokens(tok, 5)
+    assert (prime, labels, names(tok, ids)) == ("", "ABDEF", ["[A", "[B", "[D", "[E", "[F"])
+    tok = FakeTokenizer(merged={"A", "B"})  # too few merged letters; " [" keeps the letters apart
+    prime, labels, ids = identifier_tokens(tok, 5)
+    assert (prime, labels, names(tok, ids)) == (" [", "ABCDE", list("ABCDE"))
+    prime, labels, ids = identifier_tokens(FakeTokenizer(merged=set(LABELS) - {"C"}), 5, "letters")
+    assert prime == "[" and labels == "ABCDE"
     with pytest.raises(DataError, match="splits the identifier letter 'C'.*listwise-gen"):
-        identifier_tokens(FakeTokenizer(merged=set(), split_letters={"C"}), labels)
+        identifier_tokens(FakeTokenizer(merged=set(), split_letters={"C"}), 5)
+    with pytest.raises(ValueError, match="unknown identifier strategy"):
+        identifier_tokens(FakeTokenizer(merged=set()), 5, "digits")
+    assert parse_permutation("[D] > [A]", 3, "ABD") == ([2, 0, 1], True)
 
 
 # ------------------------------------------------------------ the real model

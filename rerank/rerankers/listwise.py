@@ -49,36 +49,48 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
         end -= stride
 
 
-def identifier_tokens(tokenizer: Any, labels: Sequence[str]) -> tuple[str, list[int]]:
-    """How the answer's first identifier is read: (assistant prime, one token id per label).
+STRATEGIES = ("bracket", "merged", "space-bracket", "letters")
 
-    The first of these that tokenizes every label canonically wins:
-    prime "[" and read the letters ("[A]" = "[" + "A" + "]": Llama, Mistral, SmolLM);
-    prime nothing and read "[X" tokens (every "[X" one token);
-    prime " [" and read the letters (" [A]" = " [" + "A" + "]": Qwen2, whose "[A" merges for
-    most letters but not all). Failing those, prime "[" and read the single-letter tokens
-    anyway (not the tokenizer's own split; logged). A label that is not one token is an error."""
-    def pieces(fmt: str) -> list[list[int]]:
-        return [list(tokenizer.encode(fmt.format(x), add_special_tokens=False)) for x in labels]
 
-    def text(ids: list[int]) -> list[str]:
-        return [tokenizer.decode([t]) for t in ids]
+def identifier_tokens(tokenizer: Any, window: int, strategy: str = "auto") -> tuple[str, str, list[int]]:
+    """How FIRST reads the answer's first identifier: (assistant prime, the labels, one token id
+    per label). ``strategy`` "auto" takes the first of these that the tokenizer supports:
 
-    for prime, fmt, pos in (("[", "[{}]", 1), ("", "[{}]", 0), (" [", " [{}]", 1)):
-        seqs = pieces(fmt)
-        head = prime.strip() if pos == 0 else prime
-        if all(len(s) > pos and text(s)[:pos] == ([head] if pos else []) and text(s)[pos] == (x if pos else f"[{x}")
-               for s, x in zip(seqs, labels)):
-            ids = [s[pos] for s in seqs]
-            if len(set(ids)) == len(ids):
-                return prime, ids
-    letters = pieces("{}")
-    if all(len(s) == 1 for s in letters) and len({s[0] for s in letters}) == len(labels):
-        log.info("identifiers [X] have no uniform tokenization here; FIRST primes '[' and reads the single-letter tokens")
-        return "[", [s[0] for s in letters]
-    bad = next(x for s, x in zip(letters, labels) if len(s) != 1)
-    raise DataError(f"this tokenizer splits the identifier letter {bad!r} into several tokens: FIRST needs single-token "
-                    f"identifiers; use the generative listwise reranker (listwise-gen) instead")
+    * "bracket": prime "[" and read the letters, where "[A]" is "[" + "A" + "]" (Llama, Mistral, SmolLM);
+    * "merged": prime nothing and read "[X" tokens, using the first ``window`` letters whose
+      "[X" is one token (Qwen2 merges "[A" for every letter but O and Q: labels A..N, P, R..V);
+    * "space-bracket": prime " [" and read the letters, where " [A]" is " [" + "A" + "]";
+    * "letters": prime "[" and read the single-letter tokens even though the tokenizer would
+      not split "[A]" that way.
+
+    A letter that is not one token at all is a DataError pointing to the generative reranker."""
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise ValueError(f"unknown identifier strategy {strategy!r}; choose auto or one of {', '.join(STRATEGIES)}")
+
+    def split(fmt: str, x: str) -> list[str]:
+        return [tokenizer.decode([t]) for t in tokenizer.encode(fmt.format(x), add_special_tokens=False)]
+
+    def ids_of(fmt: str, labels: str, pos: int) -> list[int]:
+        return [int(tokenizer.encode(fmt.format(x), add_special_tokens=False)[pos]) for x in labels]
+
+    first = LABELS[:window]
+    for name in STRATEGIES if strategy == "auto" else (strategy,):
+        if name == "bracket" and all(split("[{}]", x)[:2] == ["[", x] for x in first):
+            return "[", first, ids_of("[{}]", first, 1)
+        if name == "merged":
+            merged = "".join(x for x in LABELS if split("[{}]", x)[0] == f"[{x}")[:window]
+            if len(merged) == window:
+                return "", merged, ids_of("[{}]", merged, 0)
+        if name == "space-bracket" and all(split(" [{}]", x)[:2] == [" [", x] for x in first):
+            return " [", first, ids_of(" [{}]", first, 1)
+        if name == "letters" and all(len(split("{}", x)) == 1 for x in first):
+            log.info("FIRST primes '[' and reads single-letter tokens, which this tokenizer would not split off '['")
+            return "[", first, ids_of("{}", first, 0)
+    bad = next((x for x in first if len(split("{}", x)) != 1), None)
+    if bad is not None:
+        raise DataError(f"this tokenizer splits the identifier letter {bad!r} into several tokens: FIRST needs single-token "
+                        f"identifiers; use the generative listwise reranker (listwise-gen) instead")
+    raise DataError(f"this tokenizer does not support the {strategy!r} identifier strategy; use strategy='auto'")
 
 
 class _Listwise(ListReranker):
@@ -92,6 +104,7 @@ class _Listwise(ListReranker):
             raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
         super().__init__(name, depth=depth, max_passage_tokens=max_passage_tokens, **options)
         self.window, self.stride = window, stride
+        self.labels = LABELS[:window]
         self._prime = ""
         self._wrapped: tuple[list[int], list[int]] | None = None
 
@@ -100,7 +113,7 @@ class _Listwise(ListReranker):
         n = len(passages)
         pre_h, post_h = self._split(HEAD, n)
         pre_t, post_t = self._split(TAIL, n)
-        labels = self.llm.tokens([f"[{LABELS[i]}] " for i in range(n)])
+        labels = self.llm.tokens([f"[{self.labels[i]}] " for i in range(n)])
         newline = self.llm.tokens(["\n"])[0]
         before, after = self._wrap
         fixed = (len(before) + len(after) + len(pre_h) + len(post_h) + len(pre_t) + len(post_t) + 2 * len(query)
@@ -148,9 +161,9 @@ class First(_Listwise):
     kind = "first"
     DEFAULT_MODEL = "castorini/first_mistral"
 
-    def __init__(self, name: str = DEFAULT_MODEL, **options: Any) -> None:
+    def __init__(self, name: str = DEFAULT_MODEL, *, identifiers: str = "auto", **options: Any) -> None:
         super().__init__(name, **options)
-        self._prime, self._ids = identifier_tokens(self.llm.tokenizer, LABELS[: self.window])
+        self._prime, self.labels, self._ids = identifier_tokens(self.llm.tokenizer, self.window, identifiers)
 
     def _rank_windows(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
         logits = self.llm.next_token_logits(prompts, self._ids)
@@ -177,19 +190,19 @@ class ListwiseGenerate(_Listwise):
         for n, idx in by_size.items():
             texts = self.llm.generate([prompts[i] for i in idx], max_new_tokens=self._max_new(n))
             for i, text in zip(idx, texts):
-                perm, repaired = parse_permutation(text, n)
+                perm, repaired = parse_permutation(text, n, self.labels)
                 self.cost.repaired += repaired
                 out[i] = perm
         return out
 
 
-def parse_permutation(text: str, n: int) -> tuple[list[int], bool]:
+def parse_permutation(text: str, n: int, labels: str = LABELS) -> tuple[list[int], bool]:
     """``"[B] > [A] > [C]"`` -> ([1, 0, 2], False). Unknown and repeated identifiers are dropped,
     missing ones appended in their incoming order; the flag says whether anything was repaired."""
     seen: list[int] = []
     bad = False
     for label in re.findall(r"\[\s*([A-Za-z])\s*\]", text):
-        i = LABELS.find(label.upper())
+        i = labels.find(label.upper())
         if i < 0 or i >= n or i in seen:
             bad = True
             continue
