@@ -16,23 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependency, ModelNotFound
+from ..errors import ModelNotFound
 from .engine import Cost, Encoded, Engine
-from .loading import pick_device, pick_dtype, resolve_model
+from .loading import import_transformers, pick_device, pick_dtype, resolve_model
 
 log = logging.getLogger("rerank")
 SIMILARITIES = ("cosine", "dot", "euclidean")
 
 
-def _sentence_transformers() -> Any:
-    try:
-        import sentence_transformers
-        import transformers
-    except ImportError:
-        raise MissingDependency("dense retrieval", "models", "sentence-transformers") from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return sentence_transformers
 
 
 class Encoder:
@@ -49,7 +40,7 @@ class Encoder:
     def __init__(self, name: str, *, query_prefix: str | None = None, doc_prefix: str | None = None,
                  normalize: bool | None = None, max_length: int | None = None, batch_tokens: int | None = None,
                  device: str = "auto", dtype: str = "auto") -> None:
-        st = _sentence_transformers()
+        st = import_transformers("dense retrieval", sentence_transformers=True)
         self.name = name
         self.path = resolve_model(name)
         self.device = pick_device(device)

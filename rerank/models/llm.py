@@ -20,39 +20,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DataError, MissingDependency
-from .engine import Engine
-from .loading import pick_device, pick_dtype, resolve_model
+from ..errors import DataError
+from .engine import Cost, Engine
+from .loading import import_transformers, pick_device, pick_dtype, resolve_model
 
 log = logging.getLogger("rerank")
 
 
 @dataclass
-class LLMCost:
-    """Prompts run, their tokens, tokens generated, seconds, batches, and repaired outputs."""
+class LLMCost(Cost):
+    """:class:`Cost` plus tokens generated and outputs that had to be repaired."""
 
-    calls: int = 0
-    tokens: int = 0
     generated: int = 0
-    seconds: float = 0.0
-    batches: int = 0
-    cached: int = 0
     repaired: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"model_calls": self.calls, "tokens": self.tokens, "generated_tokens": self.generated,
-                "seconds": round(self.seconds, 3), "batches": self.batches, "repaired_outputs": self.repaired}
-
-
-def _transformers() -> Any:
-    try:
-        import torch  # noqa: F401
-        import transformers
-    except ImportError:
-        raise MissingDependency("LLM rerankers", "models", "torch and transformers") from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
+        return {**super().as_dict(), "generated_tokens": self.generated, "repaired_outputs": self.repaired}
 
 
 class LLM:
@@ -63,7 +46,7 @@ class LLM:
 
     def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
                  max_length: int | None = None) -> None:
-        tf = _transformers()
+        tf = import_transformers("LLM rerankers")
         self.name = name
         self.path = resolve_model(name)
         self.device = pick_device(device)

@@ -17,11 +17,28 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from ..env import offline, reachable
-from ..errors import ModelNotFound
+from ..errors import MissingDependency, ModelNotFound
 
 log = logging.getLogger("rerank")
+
+
+def import_transformers(what: str, sentence_transformers: bool = False) -> Any:
+    """transformers (and sentence-transformers), quiet; without the ``models`` extra, the error
+    says how to install it."""
+    try:
+        import torch  # noqa: F401
+        import transformers
+
+        if sentence_transformers:
+            import sentence_transformers as st
+    except ImportError:
+        raise MissingDependency(what, "models", "sentence-transformers" if sentence_transformers else "torch and transformers") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return st if sentence_transformers else transformers
 
 
 def model_folders() -> list[Path]:

@@ -52,6 +52,17 @@ def _text_and_id(doc: Any, i: int) -> tuple[str, str | None]:
     return text, None if did is None else str(did)
 
 
+def _rank_items(query: str, docs: Sequence[Any], top_k: int | None) -> list[tuple[str, str | None]]:
+    """``rank``'s arguments checked, and each document's (text, id)."""
+    if not isinstance(query, str) or not query.strip():
+        raise DataError("query must be a non-empty string")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if isinstance(docs, (str, bytes)):
+        raise DataError("docs must be a list of documents, not a single string")
+    return [_text_and_id(d, i) for i, d in enumerate(docs)]
+
+
 class Reranker(Stage):
     """Base class of model-backed rerankers (see the module docstring)."""
 
@@ -128,13 +139,7 @@ class Reranker(Stage):
     # ------------------------------------------------------------ the app API
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
         """``docs`` ranked for ``query``, best first (``top_k`` of them when given)."""
-        if not isinstance(query, str) or not query.strip():
-            raise DataError("query must be a non-empty string")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be positive, got {top_k}")
-        if isinstance(docs, (str, bytes)):
-            raise DataError("docs must be a list of documents, not a single string")
-        items = [_text_and_id(d, i) for i, d in enumerate(docs)]
+        items = _rank_items(query, docs, top_k)
         scores = self.score([(query, t) for t, _ in items])
         order = sorted(range(len(items)), key=lambda i: (-scores[i], i))
         ranked = [RankedDoc(i, scores[i], items[i][0], items[i][1], docs[i]) for i in order]
@@ -203,13 +208,7 @@ class ListReranker(Reranker):
         return out
 
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
-        if not isinstance(query, str) or not query.strip():
-            raise DataError("query must be a non-empty string")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be positive, got {top_k}")
-        if isinstance(docs, (str, bytes)):
-            raise DataError("docs must be a list of documents, not a single string")
-        items = [_text_and_id(d, i) for i, d in enumerate(docs)]
+        items = _rank_items(query, docs, top_k)
         head = items[: self.depth]
         perm, scores = self._order([query], [[t for t, _ in head]])[0] if head else ([], [])
         order = list(perm) + list(range(len(head), len(items)))

@@ -16,23 +16,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import DataError, MissingDependency
+from ..errors import DataError
 from ..models.engine import Cost, Encoded, Engine, finite_scores
-from ..models.loading import pick_device, pick_dtype, resolve_model
+from ..models.loading import import_transformers, pick_device, pick_dtype, resolve_model
 from .base import Reranker
 
 log = logging.getLogger("rerank")
 
 
-def _transformers() -> Any:
-    try:
-        import torch  # noqa: F401
-        import transformers
-    except ImportError:
-        raise MissingDependency("model-based rerankers", "models", "torch and transformers") from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
 
 
 class _ModelReranker(Reranker):
@@ -48,7 +39,7 @@ class _ModelReranker(Reranker):
     def __init__(self, name: str, *, max_length: int | None = None, batch_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
         super().__init__(depth=depth, cache=cache)
-        tf = _transformers()  # first: without the `models` extra, say how to get it
+        tf = import_transformers("model-based rerankers")  # first: without the `models` extra, say how to get it
         self.model_name = name
         self.path = resolve_model(name)
         self.device = pick_device(device)
