@@ -33,3 +33,25 @@ def write_result(result: dict[str, Any], out: str | Path) -> None:
     with atomic_write(out) as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")
+
+
+def versus_baseline(rows: list[dict[str, Any]], n: int, unit: str, title: str, agreement: dict[str, float]) -> dict[str, float]:
+    """Rates for rows of rerank vs sentence-transformers at float32 and bfloat16 (``seconds`` for
+    ``n`` items), the three speed ratios against the baseline, printed as a table; returns the ratios."""
+    rate = f"{unit}_per_s"
+    for r in rows:
+        r[rate] = round(n / r["seconds"], 1)
+        r["seconds"] = round(r["seconds"], 2)
+    by = {(r["system"], r["dtype"]): r[rate] for r in rows}
+    ratios = {"fp32_vs_st_fp32": by["rerank", "float32"] / by["sentence-transformers", "float32"],
+              "bf16_vs_st_bf16": by["rerank", "bfloat16"] / by["sentence-transformers", "bfloat16"],
+              "bf16_vs_st_fp32": by["rerank", "bfloat16"] / by["sentence-transformers", "float32"]}
+    print(title)
+    print(f"{'system':<22} {'dtype':<9} {'seconds':>8} {unit + '/s':>9}")
+    for r in rows:
+        print(f"{r['system']:<22} {r['dtype']:<9} {r['seconds']:>8.2f} {r[rate]:>9.1f}")
+    for k, v in ratios.items():
+        print(f"ratio {k:<18} {v:5.2f}x")
+    for k, v in agreement.items():
+        print(f"{k:<28} {v:.6g}")
+    return {k: round(v, 3) for k, v in ratios.items()}

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, offline, write_result
+from common import RESULTS, machine, offline, versus_baseline, write_result
 
 from rerank import load_dataset
 from rerank.models.encoder import Encoder
@@ -62,29 +62,15 @@ def encode(args: argparse.Namespace) -> dict:
         embs["rerank", dtype] = ours.encode_docs(texts)
         rows.append({"system": "rerank", "dtype": dtype, "seconds": time.perf_counter() - t0,
                      "batch_tokens": ours.engine.batch_tokens})
-    for r in rows:
-        r["docs_per_s"] = round(len(texts) / r["seconds"], 1)
-        r["seconds"] = round(r["seconds"], 2)
-    by = {(r["system"], r["dtype"]): r["docs_per_s"] for r in rows}
-    ratios = {"fp32_vs_st_fp32": by["rerank", "float32"] / by["sentence-transformers", "float32"],
-              "bf16_vs_st_bf16": by["rerank", "bfloat16"] / by["sentence-transformers", "bfloat16"],
-              "bf16_vs_st_fp32": by["rerank", "bfloat16"] / by["sentence-transformers", "float32"]}
 
     def min_cos(a: np.ndarray, b: np.ndarray) -> float:
         return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
     agreement = {"min_cosine_fp32_vs_st_fp32": min_cos(embs["rerank", "float32"], embs["st", "float32"]),
                  "min_cosine_bf16_vs_st_fp32": min_cos(embs["rerank", "bfloat16"], embs["st", "float32"])}
-    print(f"{len(texts)} SciFact abstracts, {args.model}, on {device}")
-    print(f"{'system':<22} {'dtype':<9} {'seconds':>8} {'docs/s':>8}")
-    for r in rows:
-        print(f"{r['system']:<22} {r['dtype']:<9} {r['seconds']:>8.2f} {r['docs_per_s']:>8.1f}")
-    for k, v in ratios.items():
-        print(f"ratio {k:<18} {v:5.2f}x")
-    for k, v in agreement.items():
-        print(f"{k:<28} {v:.6f}")
+    ratios = versus_baseline(rows, len(texts), "docs", f"{len(texts)} SciFact abstracts, {args.model}, on {device}", agreement)
     return {"docs": len(texts), "model": args.model, "device": device, "rows": rows,
-            "ratios": {k: round(v, 3) for k, v in ratios.items()}, "agreement": agreement}
+            "ratios": ratios, "agreement": agreement}
 
 
 def real_texts() -> tuple[list[str], list[str]]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, offline, write_result
+from common import RESULTS, machine, offline, versus_baseline, write_result
 
 from rerank import evaluate, load_dataset
 from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
@@ -62,28 +62,12 @@ def throughput(args: argparse.Namespace) -> dict:
             scores[("rerank", dtype)] = np.asarray(ours.score(pairs), dtype=np.float64)
             rows.append({"system": "rerank", "dtype": dtype, "seconds": time.perf_counter() - t0,
                          "batch_tokens": ours.engine.batch_tokens})
-    for r in rows:
-        r["pairs_per_s"] = round(len(pairs) / r["seconds"], 1)
-        r["seconds"] = round(r["seconds"], 2)
-    by = {(r["system"], r["dtype"]): r for r in rows}
-    ratios = {
-        "fp32_vs_st_fp32": by["rerank", "float32"]["pairs_per_s"] / by["sentence-transformers", "float32"]["pairs_per_s"],
-        "bf16_vs_st_bf16": by["rerank", "bfloat16"]["pairs_per_s"] / by["sentence-transformers", "bfloat16"]["pairs_per_s"],
-        "bf16_vs_st_fp32": by["rerank", "bfloat16"]["pairs_per_s"] / by["sentence-transformers", "float32"]["pairs_per_s"],
-    }
     agreement = {
         "max_abs_diff_fp32": float(np.abs(scores["rerank", "float32"] - scores["st", "float32"]).max()),
         "spearman_bf16_vs_st_fp32": float(spearmanr(scores["rerank", "bfloat16"], scores["st", "float32"]).statistic),
     }
-    print(f"{len(pairs)} DL19 pairs on {device}")
-    print(f"{'system':<22} {'dtype':<9} {'seconds':>8} {'pairs/s':>9}")
-    for r in rows:
-        print(f"{r['system']:<22} {r['dtype']:<9} {r['seconds']:>8.2f} {r['pairs_per_s']:>9.1f}")
-    for k, v in ratios.items():
-        print(f"ratio {k:<18} {v:5.2f}x")
-    for k, v in agreement.items():
-        print(f"{k:<28} {v:.6g}")
-    return {"pairs": len(pairs), "device": device, "rows": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+    ratios = versus_baseline(rows, len(pairs), "pairs", f"{len(pairs)} DL19 pairs on {device}", agreement)
+    return {"pairs": len(pairs), "device": device, "rows": rows, "ratios": ratios,
             "agreement": agreement}
 
 

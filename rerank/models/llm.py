@@ -61,6 +61,7 @@ class LLM:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
         self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default, pad_id=pad, padding_side="right")
+        self._left = Engine(device=self.device, pad_id=pad, padding_side="left")  # generation pads on the left
         self.cost = LLMCost()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self._head = self.model.get_output_embeddings()
@@ -136,12 +137,11 @@ class LLM:
         lengths = [len(p) + max_new_tokens for p in prompts]
         eos = {self.tokenizer.eos_token_id, self.engine.pad_id} - {None}
         with torch.inference_mode():
-            for idx in self.engine.batches(lengths):
-                width = max(len(prompts[i]) for i in idx)
-                ids = torch.tensor([[self.engine.pad_id] * (width - len(prompts[i])) + list(prompts[i]) for i in idx],
-                                   device=self.device)
-                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=self.device)
-                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            for idx in self.engine.batches(lengths):  # the scoring engine's token budget
+                batch = self._left.pad([{"input_ids": list(prompts[i])} for i in idx])
+                width = batch["input_ids"].shape[1]
+                gen = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self.engine.pad_id, temperature=None, top_p=None, top_k=None)
                 for row, i in enumerate(idx):
                     new = gen[row, width:].tolist()

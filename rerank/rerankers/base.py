@@ -52,6 +52,17 @@ def _text_and_id(doc: Any, i: int) -> tuple[str, str | None]:
     return text, None if did is None else str(did)
 
 
+def tail_scores(floor: float, n: int) -> list[float]:
+    """Scores for ``n`` hits kept below a reranked head whose lowest score is ``floor``, in their order."""
+    return [floor - 1.0 - i for i in range(n)]
+
+
+def with_tail(reranked: list[Hit], rest: Sequence[Hit]) -> list[Hit]:
+    """The reranked head, then the hits below the rerank depth in their first-stage order."""
+    floor = reranked[-1].score if reranked else 0.0
+    return reranked + [Hit(h.docid, s, h.text) for h, s in zip(rest, tail_scores(floor, len(rest)))]
+
+
 def _rank_items(query: str, docs: Sequence[Any], top_k: int | None) -> list[tuple[str, str | None]]:
     """``rank``'s arguments checked, and each document's (text, id)."""
     if not isinstance(query, str) or not query.strip():
@@ -130,10 +141,7 @@ class Reranker(Stage):
                 continue
             a = starts[qid]
             top = sorted(((scores[a + i], i, h) for i, h in enumerate(hits[: self.depth])), key=lambda r: (-r[0], r[1]))
-            reranked = [Hit(h.docid, s, h.text) for s, _, h in top]
-            floor = reranked[-1].score if reranked else 0.0
-            tail = [Hit(h.docid, floor - 1.0 - i, h.text) for i, h in enumerate(hits[self.depth :])]
-            out[qid] = reranked + tail
+            out[qid] = with_tail([Hit(h.docid, s, h.text) for s, _, h in top], hits[self.depth :])
         return out
 
     # ------------------------------------------------------------ the app API
@@ -202,9 +210,7 @@ class ListReranker(Reranker):
                 continue
             perm, scores = orders[qid]
             top = hits[: self.depth]
-            reranked = [Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores)]
-            floor = reranked[-1].score if reranked else 0.0
-            out[qid] = reranked + [Hit(h.docid, floor - 1.0 - i, h.text) for i, h in enumerate(hits[self.depth :])]
+            out[qid] = with_tail([Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores)], hits[self.depth :])
         return out
 
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
@@ -212,8 +218,7 @@ class ListReranker(Reranker):
         head = items[: self.depth]
         perm, scores = self._order([query], [[t for t, _ in head]])[0] if head else ([], [])
         order = list(perm) + list(range(len(head), len(items)))
-        floor = scores[-1] if scores else 0.0
-        scores = list(scores) + [floor - 1.0 - i for i in range(len(items) - len(head))]
+        scores = list(scores) + tail_scores(scores[-1] if scores else 0.0, len(items) - len(head))
         ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores)]
         return ranked[:top_k] if top_k is not None else ranked
 

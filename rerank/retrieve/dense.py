@@ -29,7 +29,7 @@ from ..data import Dataset
 from ..data.store import DocStore
 from ..env import atomic_write
 from ..errors import DataError, IndexStateError, MissingDependency
-from ..indexes import build_or_reuse, index_path, read_manifest, stale_reason
+from ..indexes import build_or_reuse, index_path, read_manifest
 from ..models.encoder import Encoder
 from ..types import Hit, Query, Ranking, Stage
 
@@ -187,8 +187,6 @@ class Dense(Stage):
         expected = {"kind": "dense", "backend": "sentence-transformers", "params": params, "corpus": corpus,
                     "dim": self.encoder.dim}
         emb_path = index_path("dense", self.docs.name, params, self.index_root)
-        if not self.rebuild and stale_reason(emb_path, expected) is None:
-            self._check(emb_path)
         build_or_reuse(emb_path, expected, self._encode_corpus, rebuild=self.rebuild, resumable=True)
         self._check(emb_path)
         self.paths["embeddings"] = emb_path
