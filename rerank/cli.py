@@ -371,6 +371,112 @@ def index(retriever: str, dataset: str, split: str, dense_index: str, device: st
             click.echo(f"{part.name}: {path} ({len(ds.docs)} documents, {time.perf_counter() - t0:.1f}s)")
 
 
+def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `rerank train` and `rerank train-ltr` (loss, schedule, seed, output)."""
+    opts = [
+        click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the model and its checkpoint."),
+        click.option("--loss", default="listnet", show_default=True, help="bce, mse, ranknet, ranknet-weighted, hinge, lambdarank, ndcg1, ndcg2, lambdaloss (NDCG-Loss2++), "
+                     "listnet, listmle, approxndcg, neuralndcg."),
+        click.option("--epochs", default=1, type=click.IntRange(min=1), show_default=True),
+        click.option("--batch-size", default=4, type=click.IntRange(min=1), show_default=True, help="Lists per micro-batch."),
+        click.option("--accumulate", default=1, type=click.IntRange(min=1), show_default=True, help="Micro-batches per optimiser step."),
+        click.option("--lr", default=5e-5, type=click.FloatRange(min=0, min_open=True), show_default=True),
+        click.option("--seed", default=0, type=int, show_default=True),
+        click.option("--checkpoint-every", default=100, type=click.IntRange(min=1), show_default=True, help="Steps between checkpoints."),
+        click.option("--overwrite", is_flag=True, help="Train again into an output folder that holds a finished run."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _config(loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int, checkpoint_every: int,
+            precision: str = "auto") -> Any:
+    from .train.trainer import TrainConfig
+
+    return TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, accumulate=accumulate, lr=lr, seed=seed,
+                       checkpoint_every=checkpoint_every, precision=precision)
+
+
+def _report(result: dict[str, Any], output: str) -> None:
+    for h in result["history"]:
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in h.items() if k not in ("epoch", "step"))
+        click.echo(f"epoch {h['epoch']} (step {h['step']}): {metrics}")
+    click.echo(f"saved epoch {result['saved_epoch']} to {output}")
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Encoder body or cross-encoder: HF id, path or offline model name.")
+@click.option("--dataset", "-d", required=True, help="Dataset with training queries and qrels (alias, ir_datasets id or path).")
+@click.option("--split", default="train", show_default=True)
+@click.option("--negatives", default="bm25:30", show_default=True, help="RETRIEVER:DEPTH mining hard negatives (any --retriever).")
+@click.option("--group-size", default=8, type=click.IntRange(min=2), show_default=True, help="Items per list: 1 positive + negatives.")
+@click.option("--max-length", default=256, type=click.IntRange(min=16), show_default=True)
+@click.option("--dev-queries", default=50, type=click.IntRange(min=0), show_default=True,
+              help="Training queries held out to evaluate each epoch (best epoch kept).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on GPUs and on CPUs with native bf16.")
+@_train_options
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@_friendly
+def train(model: str, dataset: str, split: str, negatives: str, group_size: int, max_length: int, dev_queries: int, device: str,
+          precision: str, output: str, loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int,
+          checkpoint_every: int, overwrite: bool, encoding_errors: str) -> None:
+    """Train a cross-encoder reranker over candidate lists (resumes from OUTPUT's checkpoint)."""
+    from .models.loading import pick_device
+    from .train.crossencoder import train_cross_encoder
+
+    _setup_logging(False)
+    ds = _load(dataset, split, None, encoding_errors)
+    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision)
+    result = train_cross_encoder(model, ds, output, cfg, negatives=negatives, group_size=group_size, max_length=max_length,
+                                 dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
+    _report(result, output)
+    click.echo(f"use it: rerank run --reranker cross-encoder:{output} ...")
+
+
+@main.command("train-ltr")
+@click.option("--features", "features_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training data, SVMlight/LETOR (label qid:Q i:v ...; or LightGBM's with a .query file beside).")
+@click.option("--valid", type=click.Path(exists=True, dir_okay=False), help="Dev data (default: --dev-fraction of the training queries).")
+@click.option("--dev-fraction", default=0.2, type=click.FloatRange(0, 1, max_open=True), show_default=True)
+@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), help="Report nDCG@10 on this file after training.")
+@click.option("--hidden", default="256,128", show_default=True, help="MLP hidden layer widths.")
+@click.option("--dropout", default=0.1, type=click.FloatRange(0, 1, max_open=True), show_default=True)
+@click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="torch threads (small MLPs: 1 is fastest).")
+@_train_options
+@_friendly
+def train_ltr(features_path: str, valid: str | None, dev_fraction: float, test_path: str | None, hidden: str, dropout: float,
+              threads: int, output: str, loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int,
+              checkpoint_every: int, overwrite: bool) -> None:
+    """Train an MLP ranker over LETOR features with any loss (the feature ranker loads with FeatureRanker.load)."""
+    import torch
+
+    from .train.features import FeatureRanker, letor_ndcg, read_letor, split_queries, train_feature_ranker
+
+    _setup_logging(False)
+    torch.set_num_threads(threads)
+    try:
+        widths = [int(w) for w in hidden.split(",") if w.strip()]
+    except ValueError:
+        raise RerankError(f"--hidden takes comma-separated widths, e.g. 256,128; got {hidden!r}") from None
+    data = read_letor(features_path)
+    if valid:
+        train_data, dev = data, read_letor(valid, num_features=data.num_features)
+    elif dev_fraction > 0:
+        train_data, dev = split_queries(data, dev_fraction, seed)
+    else:
+        train_data, dev = data, None
+    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, "fp32")
+    result = train_feature_ranker(train_data, output, cfg, dev=dev, hidden=widths, dropout=dropout, overwrite=overwrite)
+    _report(result, output)
+    if test_path:
+        test = read_letor(test_path, num_features=data.num_features)
+        click.echo(f"test nDCG@10 {letor_ndcg(test, FeatureRanker.load(output).predict(test))['nDCG@10']:.4f} "
+                   f"({len(test.qrels())} queries with a relevant document)")
+
+
 @main.command()
 def datasets() -> None:
     """List the dataset aliases (any ir_datasets id or local path works too)."""

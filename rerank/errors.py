@@ -44,3 +44,7 @@ class ModelNotFound(RerankError, FileNotFoundError):
 
 class ScoringError(RerankError, RuntimeError):
     """A model produced unusable scores (NaN/inf) or could not run even one item."""
+
+
+class TrainingError(RerankError, RuntimeError):
+    """Training cannot go on: a finished run in the output folder, a diverging loss, a foreign checkpoint."""

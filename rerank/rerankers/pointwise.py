@@ -40,17 +40,35 @@ class _ModelReranker(Reranker):
                  dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
         super().__init__(depth=depth, cache=cache)
         tf = import_transformers("model-based rerankers")  # first: without the `models` extra, say how to get it
-        self.model_name = name
-        self.path = resolve_model(name)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
-        self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default)
+        path = resolve_model(name)
+        device = pick_device(device)
+        self._setup(name, path, device, pick_dtype(dtype, device), batch_tokens, max_length)
+        self._attach(tf.AutoTokenizer.from_pretrained(self.path),
+                     getattr(tf, self.auto_class).from_pretrained(self.path, dtype=self.dtype).to(self.device).eval())
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str = "in-memory", *, max_length: int | None = None,
+                    batch_tokens: int | None = None, depth: int = 100, **options: Any) -> Any:
+        """Wrap a model already in memory (e.g. one being trained) without loading anything."""
+        self = cls.__new__(cls)
+        Reranker.__init__(self, depth=depth)
+        for k, v in options.items():  # subclass options (e.g. activation), as their __init__ would set them
+            setattr(self, k, v)
+        param = next(model.parameters())
+        self._setup(name, name, str(param.device), param.dtype, batch_tokens, max_length)
+        self._attach(tokenizer, model)
+        return self
+
+    def _setup(self, name: str, path: str, device: str, dtype: Any, batch_tokens: int | None, max_length: int | None) -> None:
+        self.model_name, self.path, self.device, self.dtype = name, path, device, dtype
+        default = self.gpu_batch_tokens if device.startswith("cuda") else self.cpu_batch_tokens
+        self.engine = Engine(device=device, batch_tokens=batch_tokens or default)
         self._max_length = max_length
         self._truncated_logged = False
         self.name = f"{self.kind}:{name}"
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-        self.model = getattr(tf, self.auto_class).from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+
+    def _attach(self, tokenizer: Any, model: Any) -> None:
+        self.tokenizer, self.model = tokenizer, model
         self.window = self._window(self.tokenizer, self.model.config)
         pad = self.tokenizer.pad_token_id
         self.engine.pad_id = pad if pad is not None else 0

@@ -1,0 +1,297 @@
+"""A seeded, resumable training loop for rankers over lists.
+
+A :class:`Task` says how to turn a batch of list indices into model inputs with labels and a
+mask, how to score them, how to evaluate on a dev split and how to save the result; the
+:class:`Trainer` owns the rest: AdamW with linear warm-up and decay, gradient accumulation,
+gradient clipping, bf16 autocast (GPU, or CPU with native bf16), a checkpoint (model,
+optimiser, scheduler, RNG states, position in the epoch) written atomically every
+``checkpoint_every`` steps and at each epoch's end, and a dev evaluation per epoch.
+
+Determinism: the list order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone,
+and tasks draw their own sampling (negatives) from ``(seed, epoch, index)``, so a run that is
+stopped and resumed from its checkpoint takes exactly the steps an uninterrupted run takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..env import atomic_write
+from ..errors import DataError, TrainingError
+from .losses import get_loss
+
+log = logging.getLogger("rerank")
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "training.json"
+
+
+class Task(Protocol):
+    """What the trainer needs to know about the data and the model."""
+
+    def __len__(self) -> int: ...  # number of training lists
+
+    def batch(self, indices: Sequence[int], epoch: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Model inputs, labels [B, L] and mask [B, L] for these lists (deterministic)."""
+        ...
+
+    def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        """[B, L] scores of a batch's inputs."""
+        ...
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Dev metrics (empty dict when there is no dev split)."""
+        ...
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        """Write the trained model so that it loads by path."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the data and model (a resumed run must match it)."""
+        ...
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "listnet"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 1
+    batch_size: int = 8  # lists per micro-batch
+    accumulate: int = 1  # micro-batches per optimiser step
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the steps
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp32
+    checkpoint_every: int = 100  # optimiser steps
+    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total: for tests and budgets
+    keep_best: bool = True  # save the epoch with the best dev metric (the first one the task reports), not the last
+
+    def check(self) -> None:
+        get_loss(self.loss)
+        for name in ("epochs", "batch_size", "accumulate", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+
+
+def use_bf16(precision: str, device: str) -> bool:
+    from ..models.loading import cpu_supports_bf16
+
+    if precision != "auto":
+        return precision == "bf16"
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    return device == "cpu" and cpu_supports_bf16()
+
+
+def autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train ``model`` on ``task`` into ``output`` (a folder): resumes from its checkpoint."""
+
+    def __init__(self, model: torch.nn.Module, task: Task, config: TrainConfig, output: str | Path, *,
+                 device: str = "cpu", overwrite: bool = False) -> None:
+        config.check()
+        if len(task) == 0:
+            raise DataError("no training lists: every query lacks a relevant or a non-relevant candidate")
+        self.model, self.task, self.config = model, task, config
+        self.output = Path(output)
+        self.device = device
+        self.bf16 = use_bf16(config.precision, device)
+        self.loss_fn = get_loss(config.loss)
+        self.steps_per_epoch = math.ceil(len(task) / (config.batch_size * config.accumulate))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        done = self.output / HISTORY
+        if done.is_file() and json.loads(done.read_text()).get("finished") and not overwrite:
+            raise TrainingError(f"{self.output} already holds a finished training run; pick another --output "
+                                  "or pass overwrite=True (--overwrite) to train again")
+        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+        warm = int(config.warmup * self.total_steps)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.steps_log: list[dict[str, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (dev metric, epoch, state)
+        self.identity = {"config": {k: v for k, v in asdict(config).items() if k not in ("max_steps", "checkpoint_every")},
+                         "task": task.describe()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path:
+        return self.output / CHECKPOINT
+
+    def save_checkpoint(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        state = {"identity": self.identity, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "epoch": self.epoch,
+                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "history": self.history,
+                 "steps_log": self.steps_log, "best": self.best}
+        with atomic_write(self._checkpoint_path(), "wb", encoding=None) as f:
+            torch.save(state, f)
+
+    def resume(self) -> bool:
+        """Load the checkpoint in ``output`` when there is one; False when starting afresh."""
+        path = self._checkpoint_path()
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["identity"] != self.identity:
+            diff = sorted(k for part in ("config", "task") for k in set(state["identity"][part]) | set(self.identity[part])
+                          if state["identity"][part].get(k) != self.identity[part].get(k))
+            raise TrainingError(f"{path} belongs to a different training run (differs in: {', '.join(diff)}); "
+                            "use another --output, or delete the checkpoint to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.history, self.steps_log, self.best = state["history"], state["steps_log"], state["best"]
+        log.info("resumed from %s: epoch %d, step %d of %d", path, self.epoch + 1, self.global_step, self.total_steps)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def _groups(self, epoch: int) -> Iterator[tuple[int, list[list[int]]]]:
+        order = _order(len(self.task), self.config.seed, epoch)
+        per_step = self.config.batch_size * self.config.accumulate
+        for step in range(self.steps_per_epoch):
+            chunk = order[step * per_step : (step + 1) * per_step]
+            micro = [chunk[i : i + self.config.batch_size] for i in range(0, len(chunk), self.config.batch_size)]
+            yield step, micro
+
+    def _step(self, micro: list[list[int]], epoch: int) -> float:
+        total = sum(len(m) for m in micro)
+        value = 0.0
+        for part in micro:
+            inputs, labels, mask = self.task.batch(part, epoch)
+            labels, mask = labels.to(self.device), mask.to(self.device)
+            with autocast(self.device, self.bf16):
+                scores = self.task.scores(self.model, inputs)
+            loss = self.loss_fn(scores.float(), labels.float(), mask, **self.config.loss_options)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the {self.config.loss} loss became {loss.item()} at step {self.global_step + 1}; "
+                                         "lower the learning rate")
+            (loss * (len(part) / total)).backward()
+            value += loss.item() * len(part) / total
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value
+
+    def evaluate(self) -> dict[str, float]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                return self.task.evaluate(self.model)
+        finally:
+            self.model.train(was)
+
+    def train(self) -> dict[str, Any]:
+        """Run (or finish) the training; returns the history written to ``training.json``."""
+        self.resume()
+        if not self.history and self.global_step == 0:
+            before = self.evaluate()
+            if before:
+                self.history.append({"epoch": 0, "step": 0, **before})
+                log.info("dev before training: %s", _fmt(before))
+        self.model.train()
+        start = time.perf_counter()
+        while self.epoch < self.config.epochs:
+            for step, micro in self._groups(self.epoch):
+                if step < self.step_in_epoch:
+                    continue  # done before the checkpoint
+                loss = self._step(micro, self.epoch)
+                self.step_in_epoch = step + 1
+                self.global_step += 1
+                self.steps_log.append({"step": self.global_step, "loss": round(loss, 6),
+                                       "lr": float(self.scheduler.get_last_lr()[0])})
+                if self.global_step % 10 == 0 or self.global_step == self.total_steps:
+                    recent = [s["loss"] for s in self.steps_log[-10:]]
+                    log.info("epoch %d step %d/%d loss %.4f (%.1f s)", self.epoch + 1, self.global_step, self.total_steps,
+                             sum(recent) / len(recent), time.perf_counter() - start)
+                if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
+                    self.save_checkpoint()
+                    return {"stopped_at": self.global_step, "history": self.history}
+                if self.global_step % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+            metrics = self.evaluate()
+            self.history.append({"epoch": self.epoch + 1, "step": self.global_step, **metrics})
+            if metrics:
+                log.info("dev after epoch %d: %s", self.epoch + 1, _fmt(metrics))
+                value = next(iter(metrics.values()))
+                if self.config.keep_best and (self.best is None or value > self.best[0]):
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                    self.best = (value, self.epoch + 1, state)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.save_checkpoint()
+        self.output.mkdir(parents=True, exist_ok=True)
+        best_epoch = self.config.epochs
+        if self.best is not None and self.best[1] != self.config.epochs:
+            best_epoch = self.best[1]
+            log.info("keeping epoch %d (best dev metric %.4f)", best_epoch, self.best[0])
+            self.model.load_state_dict(self.best[2])
+        self.task.save(self.model, self.output)
+        result = {"finished": True, **self.identity, "steps": self.global_step, "saved_epoch": best_epoch,
+                  "history": self.history,
+                  "loss_per_step": self.steps_log, "train_seconds_this_process": round(time.perf_counter() - start, 1)}
+        with atomic_write(self.output / HISTORY) as f:
+            json.dump(result, f, indent=1)
+        self._checkpoint_path().unlink(missing_ok=True)
+        return result
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
