@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import RESULTS, machine, offline, write_result
 
 from rerank.data import load_dataset
+from rerank.data.formats import read_trec_run, write_trec_run
 from rerank.evaluate import compare, evaluate
 from rerank.rerankers.pointwise import CrossEncoder
 from rerank.retrieve.bm25 import BM25
@@ -68,10 +69,16 @@ def main() -> None:
                                 max_length=args.max_length, dev_queries=50)
         history = json.loads(done.read_text())
         train_s = time.perf_counter() - t0
-        reranker = CrossEncoder(str(out), activation="none", depth=args.depth)
-        t1 = time.perf_counter()
-        run = reranker(test.queries, bm25_run)
-        rerank_s = time.perf_counter() - t1
+        cached = out / f"test-run-bm25-top{args.depth}.trec"  # a finished model's test run is reused
+        if cached.is_file():
+            run, rerank_s = read_trec_run(cached), json.loads(cached.with_suffix(".json").read_text())["seconds"]
+        else:
+            reranker = CrossEncoder(str(out), activation="none", depth=args.depth)
+            t1 = time.perf_counter()
+            run = reranker(test.queries, bm25_run)
+            rerank_s = time.perf_counter() - t1
+            write_trec_run(run, cached, tag=loss)
+            cached.with_suffix(".json").write_text(json.dumps({"seconds": rerank_s}))
         ev = evaluate(run, qrels, METRICS)
         cmp = {c.metric: c for c in compare(ev, base)}
         rows.append({"system": f"minilm-ce {loss}", **{m: round(v, 4) for m, v in ev.metrics.items()},
