@@ -80,7 +80,7 @@ def main() -> None:
             write_trec_run(run, cached, tag=loss)
             cached.with_suffix(".json").write_text(json.dumps({"seconds": rerank_s}))
         ev = evaluate(run, qrels, METRICS)
-        cmp = {c.metric: c for c in compare(ev, base)}
+        cmp = {c.metric: c for c in compare(base, ev)}  # delta = reranked - BM25
         rows.append({"system": f"minilm-ce {loss}", **{m: round(v, 4) for m, v in ev.metrics.items()},
                      "delta_ndcg10_vs_bm25": round(cmp["nDCG@10"].delta, 4),
                      "p_ndcg10_vs_bm25": round(cmp["nDCG@10"].randomization_pvalue, 4),
