@@ -172,7 +172,15 @@ def test_train_ltr_cli(shared, tmp_path):
     assert res.exit_code == 2 and "unknown loss 'nope'" in res.output
 
 
-def test_train_cli_rejects_bad_negatives(scifact_dir, tmp_path):
-    res = CliRunner().invoke(main, ["train", "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir),
-                                    "--negatives", "bm25", "-o", str(tmp_path / "x")])
+def test_train_cli(scifact_dir, tmp_path):
+    base = ["train", "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir)]
+    res = CliRunner().invoke(main, [*base, "--negatives", "bm25", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "RETRIEVER:DEPTH" in res.output
+    # a short real run: SciFact train, BM25 top-20 negatives, queries longer than the window included
+    res = CliRunner().invoke(main, [*base, "--negatives", "bm25:20", "--loss", "ranknet", "--group-size", "2",
+                                    "--max-length", "48", "--batch-size", "64", "--dev-queries", "4", "-o", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "saved epoch 1" in res.output and "cross-encoder:" in res.output
+    saved = json.loads((tmp_path / "m" / HISTORY).read_text())
+    assert saved["finished"] and saved["steps"] == 13 and saved["task"]["lists"] == 805
+    assert (tmp_path / "m" / "config.json").is_file() and not (tmp_path / "m" / "checkpoint.pt").exists()

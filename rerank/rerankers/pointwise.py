@@ -26,6 +26,16 @@ log = logging.getLogger("rerank")
 
 
 
+def tokenize_pairs(tokenizer: Any, queries: list[str], docs: list[str], max_length: int, name: str, **options: Any) -> Any:
+    """Tokenize (query, document) pairs, truncating the document; when a query alone overflows
+    ``max_length``, both sides are shortened (longer first) and a warning says so."""
+    try:
+        return tokenizer(queries, docs, truncation="only_second", max_length=max_length, **options)
+    except Exception:  # noqa: BLE001 - the tokenizer raises a bare Exception for this
+        log.warning("%s: some queries do not fit %d tokens with any passage; they are truncated too", name, max_length)
+        return tokenizer(queries, docs, truncation="longest_first", max_length=max_length, **options)
+
+
 class _ModelReranker(Reranker):
     """Loading, device, dtype and the engine, shared by the pointwise models."""
 
@@ -108,12 +118,7 @@ class CrossEncoder(_ModelReranker):
         self.model_key += f"|{activation}"
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
-        qs, ds = [q for q, _ in pairs], [d for _, d in pairs]
-        try:
-            enc = self.tokenizer(qs, ds, truncation="only_second", max_length=self.window)
-        except Exception:  # noqa: BLE001 - a query that alone overflows the window: shorten both, longer first
-            enc = self.tokenizer(qs, ds, truncation="longest_first", max_length=self.window)
-            log.warning("%s: some queries do not fit %d tokens with any passage; they are truncated too", self.name, self.window)
+        enc = tokenize_pairs(self.tokenizer, [q for q, _ in pairs], [d for _, d in pairs], self.window, self.name)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         items = [{k: enc[k][i] for k in keys} for i in range(len(pairs))]
         self._note_truncation(sum(len(x["input_ids"]) >= self.window for x in items), len(pairs), self.window)

@@ -27,6 +27,7 @@ from ..data.store import DocStore
 from ..errors import DataError
 from ..evaluate import evaluate
 from ..models.loading import import_transformers, resolve_model
+from ..rerankers.pointwise import tokenize_pairs
 from ..types import Query, Ranking
 
 log = logging.getLogger("rerank")
@@ -129,7 +130,7 @@ class CrossEncoderTask:
                 where.append((b, j))
                 labels[b, j] = float(grade)
                 mask[b, j] = True
-        enc = self.tokenizer(qs, ds, truncation="only_second", max_length=self.max_length, padding=True,
+        enc = tokenize_pairs(self.tokenizer, qs, ds, self.max_length, f"training {self.model_name}", padding=True,
                              return_tensors="pt")
         return (enc, where, (len(rows), width)), labels, mask
 
