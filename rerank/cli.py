@@ -410,7 +410,9 @@ def _report(result: dict[str, Any], output: str) -> None:
 @click.option("--dataset", "-d", required=True, help="Dataset with training queries and qrels (alias, ir_datasets id or path).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--negatives", default="bm25:30", show_default=True, help="RETRIEVER:DEPTH mining hard negatives (any --retriever).")
-@click.option("--group-size", default=8, type=click.IntRange(min=2), show_default=True, help="Items per list: 1 positive + negatives.")
+@click.option("--group-size", default=8, type=click.IntRange(min=2), show_default=True, help="Items per list: positives + negatives.")
+@click.option("--positives", default=1, type=click.IntRange(min=1), show_default=True,
+              help="Relevant documents per list (at most; graded ones keep their grade as label).")
 @click.option("--max-length", default=256, type=click.IntRange(min=16), show_default=True)
 @click.option("--dev-queries", default=50, type=click.IntRange(min=0), show_default=True,
               help="Training queries held out to evaluate each epoch (best epoch kept).")
@@ -420,7 +422,7 @@ def _report(result: dict[str, Any], output: str) -> None:
 @_train_options
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @_friendly
-def train(model: str, dataset: str, split: str, negatives: str, group_size: int, max_length: int, dev_queries: int, device: str,
+def train(model: str, dataset: str, split: str, negatives: str, group_size: int, positives: int, max_length: int, dev_queries: int, device: str,
           precision: str, output: str, loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int,
           checkpoint_every: int, overwrite: bool, encoding_errors: str) -> None:
     """Train a cross-encoder reranker over candidate lists (resumes from OUTPUT's checkpoint)."""
@@ -430,7 +432,7 @@ def train(model: str, dataset: str, split: str, negatives: str, group_size: int,
     _setup_logging(False)
     ds = _load(dataset, split, None, encoding_errors)
     cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision)
-    result = train_cross_encoder(model, ds, output, cfg, negatives=negatives, group_size=group_size, max_length=max_length,
+    result = train_cross_encoder(model, ds, output, cfg, negatives=negatives, group_size=group_size, positives=positives, max_length=max_length,
                                  dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
     _report(result, output)
     click.echo(f"use it: rerank run --reranker cross-encoder:{output} ...")

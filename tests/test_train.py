@@ -140,6 +140,12 @@ def test_cross_encoder_training_improves_dev_and_loads_by_path(scifact_dir, tmp_
                             dev_queries=dev_q, dev_depth=10)
     _x, labels, mask = task.batch([0, 1], epoch=0)
     assert labels.shape == (2, 4) and (labels[:, 0] == 1).all() and (labels[:, 1:] == 0).all() and mask.all()
+    multi = next(i for i, (_, pos, _) in enumerate(task.lists) if len(pos) >= 2)
+    two = CrossEncoderTask("minilm", tok, train_q, ds.qrels, candidates, ds.docs, group_size=4, positives=2, max_length=96)
+    _, labels, _ = two.batch([multi], epoch=0)
+    assert labels[0].tolist() == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="positives must be between 1 and group_size - 1"):
+        CrossEncoderTask("minilm", tok, train_q, ds.qrels, candidates, ds.docs, group_size=4, positives=4)
     cfg = TrainConfig(loss="listnet", epochs=2, batch_size=4, lr=2e-4, warmup=0.1)
     torch.manual_seed(0)
     result = Trainer(model, task, cfg, tmp_path / "ce").train()

@@ -1,7 +1,7 @@
 """Training cross-encoders over candidate lists: a query, a positive and hard negatives.
 
-Each training list holds one relevant document of a query (drawn afresh each epoch when the
-query has several) and ``group_size - 1`` negatives drawn from the query's first-stage
+Each training list holds up to ``positives`` relevant documents of a query (drawn afresh each
+epoch when the query has more) and fills the rest of its ``group_size`` slots with negatives drawn from the query's first-stage
 candidates that are not judged relevant (judged grades below ``rel`` keep their grade as label,
 so graded collections give graded lists). Draws depend on ``(seed, epoch, list)`` only.
 
@@ -61,9 +61,13 @@ class CrossEncoderTask:
 
     def __init__(self, model_name: str, tokenizer: Any, queries: Sequence[Query], qrels: Qrels, candidates: Ranking,
                  docs: DocStore | None = None, *, group_size: int = 8, max_length: int = 256, rel: int = 1,
-                 seed: int = 0, dev_queries: Sequence[Query] = (), dev_depth: int = 30, device: str = "cpu") -> None:
+                 seed: int = 0, dev_queries: Sequence[Query] = (), dev_depth: int = 30, device: str = "cpu",
+                 positives: int = 1) -> None:
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a positive and a negative), got {group_size}")
+        if not 1 <= positives < group_size:
+            raise ValueError(f"positives must be between 1 and group_size - 1 ({group_size - 1}), got {positives}")
+        self.positives = positives
         if max_length < 16:
             raise ValueError(f"max_length {max_length} is too short for a query and a passage")
         self.model_name, self.tokenizer = model_name, tokenizer
@@ -109,12 +113,13 @@ class CrossEncoderTask:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "lists": len(self.lists), "fingerprint": self._fingerprint,
-                "group_size": self.group_size, "max_length": self.max_length, "dev_queries": len(self.dev_queries)}
+                "group_size": self.group_size, "positives": self.positives, "max_length": self.max_length, "dev_queries": len(self.dev_queries)}
 
     def _draw(self, index: int, epoch: int) -> tuple[str, list[tuple[str, int]]]:
         qtext, pos, neg = self.lists[index]
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
-        chosen = [rng.choice(pos)] + rng.sample(neg, min(self.group_size - 1, len(neg)))
+        chosen = rng.sample(pos, min(self.positives, len(pos)))
+        chosen += rng.sample(neg, min(self.group_size - len(chosen), len(neg)))
         return qtext, chosen
 
     def batch(self, indices: Sequence[int], epoch: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -172,8 +177,8 @@ def split_dev(queries: Sequence[Query], qrels: Mapping[str, Any], n: int, seed: 
 
 
 def train_cross_encoder(model: str, dataset: Any, output: str | Path, config: Any, *, negatives: str = "bm25:30",
-                        group_size: int = 8, max_length: int = 256, dev_queries: int = 50, device: str = "cpu",
-                        overwrite: bool = False) -> dict[str, Any]:
+                        group_size: int = 8, positives: int = 1, max_length: int = 256, dev_queries: int = 50,
+                        device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (a loaded :class:`~rerank.data.Dataset`, its train split) with hard
     negatives from the first stage ``negatives`` (``RETRIEVER:DEPTH``, e.g. ``bm25:30``)."""
     from ..cli import build_first_stage
@@ -190,5 +195,5 @@ def train_cross_encoder(model: str, dataset: Any, output: str | Path, config: An
     body, tokenizer = load_cross_encoder_body(model, device)
     task = CrossEncoderTask(model, tokenizer, train_q, qrels, candidates, dataset.docs, group_size=group_size,
                             max_length=max_length, rel=dataset.rel, seed=config.seed, dev_queries=dev_q,
-                            dev_depth=int(depth_s), device=device)
+                            dev_depth=int(depth_s), device=device, positives=positives)
     return Trainer(body, task, config, output, device=device, overwrite=overwrite).train()
