@@ -67,10 +67,9 @@ class CrossEncoderTask:
             raise ValueError(f"group_size must be >= 2 (a positive and a negative), got {group_size}")
         if not 1 <= positives < group_size:
             raise ValueError(f"positives must be between 1 and group_size - 1 ({group_size - 1}), got {positives}")
-        self.positives = positives
         if max_length < 16:
             raise ValueError(f"max_length {max_length} is too short for a query and a passage")
-        self.model_name, self.tokenizer = model_name, tokenizer
+        self.model_name, self.tokenizer, self.positives = model_name, tokenizer, positives
         self.group_size, self.max_length, self.rel, self.seed = group_size, max_length, rel, seed
         self.device = device
         self.dev_depth = dev_depth
@@ -113,7 +112,8 @@ class CrossEncoderTask:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "lists": len(self.lists), "fingerprint": self._fingerprint,
-                "group_size": self.group_size, "positives": self.positives, "max_length": self.max_length, "dev_queries": len(self.dev_queries)}
+                "group_size": self.group_size, "positives": self.positives, "max_length": self.max_length,
+                "dev_queries": len(self.dev_queries)}
 
     def _draw(self, index: int, epoch: int) -> tuple[str, list[tuple[str, int]]]:
         qtext, pos, neg = self.lists[index]

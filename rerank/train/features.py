@@ -226,7 +226,7 @@ class FeatureRanker:
         if x.shape[1] != self.num_features:
             raise DataError(f"the ranker takes {self.num_features} features, the data has {x.shape[1]}")
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.ascontiguousarray(x)).float()).numpy()
+            return self.model(torch.from_numpy(np.ascontiguousarray(x)).float()).float().numpy()
 
 
 def letor_ndcg(data: LetorData, scores: np.ndarray, metrics: Sequence[str] = ("nDCG@10",)) -> dict[str, float]:
@@ -283,9 +283,8 @@ class FeatureTask:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         if self.dev is None:
             return {}
-        with torch.no_grad():
-            s = model(torch.from_numpy(self.dev.features).to(self.device)).float().cpu().numpy()
-        return {"dev nDCG@10": letor_ndcg(self.dev, s)["nDCG@10"]}
+        assert isinstance(model, FeatureMLP)
+        return {"dev nDCG@10": letor_ndcg(self.dev, FeatureRanker(model).predict(self.dev))["nDCG@10"]}
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         assert isinstance(model, FeatureMLP)
