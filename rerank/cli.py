@@ -372,15 +372,16 @@ def index(retriever: str, dataset: str, split: str, dense_index: str, device: st
 
 
 def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by `rerank train` and `rerank train-ltr` (loss, schedule, seed, output)."""
+    """Options shared by `rerank train` and `rerank train-ltr` (loss, schedule, seed, output);
+    schedule defaults depend on what is trained (see each command's help)."""
     opts = [
         click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the model and its checkpoint."),
-        click.option("--loss", default="listnet", show_default=True, help="bce, mse, ranknet, ranknet-weighted, hinge, lambdarank, ndcg1, ndcg2, lambdaloss (NDCG-Loss2++), "
-                     "listnet, listmle, approxndcg, neuralndcg."),
-        click.option("--epochs", default=1, type=click.IntRange(min=1), show_default=True),
-        click.option("--batch-size", default=4, type=click.IntRange(min=1), show_default=True, help="Lists per micro-batch."),
+        click.option("--loss", help="bce, mse, ranknet, ranknet-weighted, hinge, lambdarank, ndcg1, ndcg2, lambdaloss (NDCG-Loss2++), "
+                     "listnet, listmle, approxndcg, neuralndcg, softmax [default: listnet; softmax with --clicks]."),
+        click.option("--epochs", type=click.IntRange(min=1), help="[default: 1; 100 with --clicks; 60 for train-ltr]"),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Lists per micro-batch [default: 4; 16 with --clicks and train-ltr]."),
         click.option("--accumulate", default=1, type=click.IntRange(min=1), show_default=True, help="Micro-batches per optimiser step."),
-        click.option("--lr", default=5e-5, type=click.FloatRange(min=0, min_open=True), show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[default: 5e-5 for cross-encoders; 1e-3 for feature MLPs]"),
         click.option("--seed", default=0, type=int, show_default=True),
         click.option("--checkpoint-every", default=100, type=click.IntRange(min=1), show_default=True, help="Steps between checkpoints."),
         click.option("--overwrite", is_flag=True, help="Train again into an output folder that holds a finished run."),
@@ -390,24 +391,72 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _config(loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int, checkpoint_every: int,
-            precision: str = "auto") -> Any:
+def _feature_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of feature-MLP training (`rerank train-ltr`, `rerank train --clicks --features`)."""
+    opts = [
+        click.option("--valid", type=click.Path(exists=True, dir_okay=False), help="Labelled dev data (default: --dev-fraction of the training queries)."),
+        click.option("--dev-fraction", default=0.2, type=click.FloatRange(0, 1, max_open=True), show_default=True),
+        click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), help="Report nDCG@10 on this labelled file after training."),
+        click.option("--hidden", default="256,128", show_default=True, help="MLP hidden layer widths."),
+        click.option("--dropout", default=0.1, type=click.FloatRange(0, 1, max_open=True), show_default=True),
+        click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="torch threads (small MLPs: 1 is fastest)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _widths(hidden: str) -> list[int]:
+    try:
+        return [int(w) for w in hidden.split(",") if w.strip()]
+    except ValueError:
+        raise RerankError(f"--hidden takes comma-separated widths, e.g. 256,128; got {hidden!r}") from None
+
+
+def _feature_split(data: Any, valid: str | None, dev_fraction: float, seed: int) -> tuple[Any, Any]:
+    from .train.features import read_letor, split_queries
+
+    if valid:
+        return data, read_letor(valid, num_features=data.num_features)
+    if dev_fraction > 0:
+        return split_queries(data, dev_fraction, seed)
+    return data, None
+
+
+def _report_test(test_path: str | None, output: str, num_features: int) -> None:
+    if test_path:
+        from .train.features import FeatureRanker, letor_ndcg, read_letor
+
+        test = read_letor(test_path, num_features=num_features)
+        click.echo(f"test nDCG@10 {letor_ndcg(test, FeatureRanker.load(output).predict(test))['nDCG@10']:.4f} "
+                   f"({len(test.qrels())} queries with a relevant document)")
+
+
+def _config(loss: str | None, epochs: int | None, batch_size: int | None, accumulate: int, lr: float | None, seed: int,
+            checkpoint_every: int, precision: str = "auto", *, defaults: tuple[str, int, int, float] = ("listnet", 1, 4, 5e-5),
+            **extra: Any) -> Any:
+    """A TrainConfig from the shared options; ``defaults``: (loss, epochs, batch size, lr) of this kind of training."""
     from .train.trainer import TrainConfig
 
-    return TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, accumulate=accumulate, lr=lr, seed=seed,
-                       checkpoint_every=checkpoint_every, precision=precision)
+    d_loss, d_epochs, d_batch, d_lr = defaults
+    return TrainConfig(loss=loss or d_loss, epochs=epochs or d_epochs, batch_size=batch_size or d_batch, accumulate=accumulate,
+                       lr=lr or d_lr, seed=seed, checkpoint_every=checkpoint_every, precision=precision, **extra)
 
 
 def _report(result: dict[str, Any], output: str) -> None:
-    for h in result["history"]:
+    history = result["history"]
+    if len(history) > 12:  # long runs: a dozen epochs evenly, the last and the saved one
+        keep = {round(i * (len(history) - 1) / 10) for i in range(11)} | {result["saved_epoch"]}
+        history = [h for h in history if h["epoch"] in keep]
+    for h in history:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in h.items() if k not in ("epoch", "step"))
         click.echo(f"epoch {h['epoch']} (step {h['step']}): {metrics}")
     click.echo(f"saved epoch {result['saved_epoch']} to {output}")
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="Encoder body or cross-encoder: HF id, path or offline model name.")
-@click.option("--dataset", "-d", required=True, help="Dataset with training queries and qrels (alias, ir_datasets id or path).")
+@click.option("--model", "-m", help="Encoder body or cross-encoder: HF id, path or offline model name.")
+@click.option("--dataset", "-d", help="Dataset with training queries and qrels (alias, ir_datasets id or path).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--negatives", default="bm25:30", show_default=True, help="RETRIEVER:DEPTH mining hard negatives (any --retriever).")
 @click.option("--group-size", default=8, type=click.IntRange(min=2), show_default=True, help="Items per list: positives + negatives.")
@@ -419,17 +468,44 @@ def _report(result: dict[str, Any], output: str) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 autocast on GPUs and on CPUs with native bf16.")
+@click.option("--clicks", type=click.Path(exists=True, dir_okay=False),
+              help="Learn from this click log (JSON lines, .gz, or Yandex format) instead of labels: with --features "
+                   "(LETOR rows) a feature MLP, with --model and --dataset a cross-encoder.")
+@click.option("--algorithm", type=click.Choice(["dla", "ipw", "naive"]), default="dla", show_default=True,
+              help="Click learner: DLA (propensities learnt jointly), IPW (given --propensities) or naive (clicks as labels).")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="LETOR file whose rows the click log's documents name (with --clicks).")
+@click.option("--propensities", help="For ipw: θ per rank, comma-separated, or a position-based model (pbm, an ULTRA PBM JSON).")
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True,
+              help="Ranks modelled (sessions showing more are cut, the clicks below counted).")
+@click.option("--max-weight", type=click.FloatRange(min=1), help="Clip propensity (and DLA relevance) weights at this value.")
+@click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="DLA: learning rate of the propensity model.")
+@_feature_options
 @_train_options
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @_friendly
-def train(model: str, dataset: str, split: str, negatives: str, group_size: int, positives: int, max_length: int, dev_queries: int, device: str,
-          precision: str, output: str, loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int,
-          checkpoint_every: int, overwrite: bool, encoding_errors: str) -> None:
-    """Train a cross-encoder reranker over candidate lists (resumes from OUTPUT's checkpoint)."""
+def train(model: str | None, dataset: str | None, split: str, negatives: str, group_size: int, positives: int, max_length: int,
+          dev_queries: int, device: str, precision: str, clicks: str | None, algorithm: str, features_path: str | None,
+          propensities: str | None, list_size: int, max_weight: float | None, propensity_lr: float, valid: str | None,
+          dev_fraction: float, test_path: str | None, hidden: str, dropout: float, threads: int, output: str, loss: str | None,
+          epochs: int | None, batch_size: int | None, accumulate: int, lr: float | None, seed: int, checkpoint_every: int,
+          overwrite: bool, encoding_errors: str) -> None:
+    """Train a cross-encoder reranker over candidate lists, or (--clicks) a ranker from a click log;
+    resumes from OUTPUT's checkpoint."""
     from .models.loading import pick_device
-    from .train.crossencoder import train_cross_encoder
 
     _setup_logging(False)
+    if clicks:
+        _train_clicks(clicks, algorithm, features_path, model, dataset, split, propensities, list_size, max_weight,
+                      propensity_lr, valid, dev_fraction, test_path, hidden, dropout, threads, max_length, dev_queries,
+                      pick_device(device), precision, output, loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every,
+                      overwrite, encoding_errors)
+        return
+    if not model or not dataset:
+        raise click.UsageError("training from labels needs --model and --dataset (or give --clicks LOG)")
+    from .train.crossencoder import train_cross_encoder
+
     ds = _load(dataset, split, None, encoding_errors)
     cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision)
     result = train_cross_encoder(model, ds, output, cfg, negatives=negatives, group_size=group_size, positives=positives, max_length=max_length,
@@ -438,45 +514,266 @@ def train(model: str, dataset: str, split: str, negatives: str, group_size: int,
     click.echo(f"use it: rerank run --reranker cross-encoder:{output} ...")
 
 
+def _propensity_spec(spec: str) -> list[float]:
+    """θ per rank from a position-based click model or a comma-separated list."""
+    from .ultr.simulate import load_click_model, position_propensities
+
+    if "," in spec:
+        try:
+            return [float(v) for v in spec.split(",")]
+        except ValueError:
+            raise RerankError(f"--propensities: {spec!r} is not a comma-separated list of numbers") from None
+    return position_propensities(load_click_model(spec))
+
+
+def _hold_out(stats: Any, dev_ids: set[str]) -> None:
+    """Leave the clicks of dev queries out of training (their labels judge the epochs)."""
+    before = len(stats.groups)
+    stats.groups = [g for g in stats.groups if g.qid not in dev_ids]
+    if len(stats.groups) < before:
+        click.echo(f"{before - len(stats.groups)} shown lists of dev queries left out of training")
+
+
+def _train_clicks(clicks: str, algorithm: str, features_path: str | None, model: str | None, dataset: str | None, split: str,
+                  propensities: str | None, list_size: int, max_weight: float | None, propensity_lr: float, valid: str | None,
+                  dev_fraction: float, test_path: str | None, hidden: str, dropout: float, threads: int, max_length: int,
+                  dev_queries: int, device: str, precision: str, output: str, loss: str | None, epochs: int | None,
+                  batch_size: int | None, accumulate: int, lr: float | None, seed: int, checkpoint_every: int, overwrite: bool,
+                  encoding_errors: str) -> None:
+    import torch
+
+    from .ultr.learn import FeatureScorer, TextScorer, train_from_clicks
+    from .ultr.log import aggregate, iter_sessions
+
+    if algorithm == "ipw" and not propensities:
+        raise click.UsageError("--algorithm ipw needs --propensities")
+    theta = _propensity_spec(propensities) if propensities else None
+    stats = aggregate(iter_sessions(clicks), list_size, source=clicks)
+    click.echo(json.dumps(stats.summary()))
+    scorer: Any
+    if features_path:
+        from .train.features import read_letor
+
+        torch.set_num_threads(threads)
+        data = read_letor(features_path)
+        _, dev = _feature_split(data, valid, dev_fraction, seed)
+        if dev is not None and not valid:
+            _hold_out(stats, set(dev.qids))
+        scorer = FeatureScorer(data, stats.groups, dev, hidden=_widths(hidden), dropout=dropout)
+        cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, "fp32",
+                      defaults=("softmax", 100, 16, 1e-3))
+    elif model and dataset:
+        from .train.crossencoder import CrossEncoderTask, split_dev
+
+        ds = _load(dataset, split, None, encoding_errors)
+        qrels = ds.qrels or {}
+        _, dev_q = split_dev(ds.queries, qrels, dev_queries, seed) if qrels and dev_queries else (ds.queries, [])
+        _hold_out(stats, {q.qid for q in dev_q})
+        scorer = TextScorer(model, stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs, max_length=max_length,
+                            device=device)
+        if dev_q:  # dev evaluation: rerank the dev queries' BM25 top 30
+            scorer.ce = CrossEncoderTask(model, scorer.tokenizer, [], qrels, build_first_stage("bm25", ds, 30)(dev_q), ds.docs,
+                                         max_length=max_length, rel=ds.rel, dev_queries=dev_q, dev_depth=30, device=device)
+        cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision,
+                      defaults=("softmax", 1, 4, 5e-5))
+    else:
+        raise click.UsageError("--clicks needs --features FILE (LETOR rows) or --model and --dataset (texts)")
+    result = train_from_clicks(stats, scorer, output, cfg, algorithm=algorithm, propensities=theta, max_weight=max_weight,
+                               propensity_lr=propensity_lr, device=device if not features_path else "cpu", overwrite=overwrite)
+    _report(result, output)
+    if "propensity" in result:
+        click.echo("estimated propensity (rank: θ/θ1): " + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(result["propensity"])))
+    if features_path:
+        _report_test(test_path, output, scorer.data.num_features)
+    else:
+        click.echo(f"use it: rerank run --reranker cross-encoder:{output} ...")
+
+
 @main.command("train-ltr")
 @click.option("--features", "features_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Training data, SVMlight/LETOR (label qid:Q i:v ...; or LightGBM's with a .query file beside).")
-@click.option("--valid", type=click.Path(exists=True, dir_okay=False), help="Dev data (default: --dev-fraction of the training queries).")
-@click.option("--dev-fraction", default=0.2, type=click.FloatRange(0, 1, max_open=True), show_default=True)
-@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), help="Report nDCG@10 on this file after training.")
-@click.option("--hidden", default="256,128", show_default=True, help="MLP hidden layer widths.")
-@click.option("--dropout", default=0.1, type=click.FloatRange(0, 1, max_open=True), show_default=True)
-@click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="torch threads (small MLPs: 1 is fastest).")
+@_feature_options
 @_train_options
 @_friendly
 def train_ltr(features_path: str, valid: str | None, dev_fraction: float, test_path: str | None, hidden: str, dropout: float,
-              threads: int, output: str, loss: str, epochs: int, batch_size: int, accumulate: int, lr: float, seed: int,
-              checkpoint_every: int, overwrite: bool) -> None:
+              threads: int, output: str, loss: str | None, epochs: int | None, batch_size: int | None, accumulate: int,
+              lr: float | None, seed: int, checkpoint_every: int, overwrite: bool) -> None:
     """Train an MLP ranker over LETOR features with any loss (the feature ranker loads with FeatureRanker.load)."""
     import torch
 
-    from .train.features import FeatureRanker, letor_ndcg, read_letor, split_queries, train_feature_ranker
+    from .train.features import read_letor, train_feature_ranker
 
     _setup_logging(False)
     torch.set_num_threads(threads)
-    try:
-        widths = [int(w) for w in hidden.split(",") if w.strip()]
-    except ValueError:
-        raise RerankError(f"--hidden takes comma-separated widths, e.g. 256,128; got {hidden!r}") from None
     data = read_letor(features_path)
-    if valid:
-        train_data, dev = data, read_letor(valid, num_features=data.num_features)
-    elif dev_fraction > 0:
-        train_data, dev = split_queries(data, dev_fraction, seed)
-    else:
-        train_data, dev = data, None
-    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, "fp32")
-    result = train_feature_ranker(train_data, output, cfg, dev=dev, hidden=widths, dropout=dropout, overwrite=overwrite)
+    train_data, dev = _feature_split(data, valid, dev_fraction, seed)
+    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, "fp32", defaults=("listnet", 60, 16, 1e-3))
+    result = train_feature_ranker(train_data, output, cfg, dev=dev, hidden=_widths(hidden), dropout=dropout, overwrite=overwrite)
     _report(result, output)
-    if test_path:
-        test = read_letor(test_path, num_features=data.num_features)
-        click.echo(f"test nDCG@10 {letor_ndcg(test, FeatureRanker.load(output).predict(test))['nDCG@10']:.4f} "
-                   f"({len(test.qrels())} queries with a relevant document)")
+    _report_test(test_path, output, data.num_features)
+
+
+@main.group()
+def clicks() -> None:
+    """Click logs: simulate them, summarise them, estimate position bias (train on them: rerank train --clicks)."""
+
+
+@clicks.command("simulate")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="Labelled LETOR file to simulate on (documents are named by their row in the query).")
+@click.option("--dataset", "-d", help="Or a dataset with qrels: the logging ranker is --retriever, labels from the qrels.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--retriever", "-r", default="bm25", show_default=True, help="Logging ranker for --dataset: " + RETRIEVERS_HELP)
+@click.option("--model", "click_model", default="pbm", show_default=True,
+              help="Click model: pbm, cascade, ubm (ULTRA's parameters) or an ULTRA ClickModel JSON file.")
+@click.option("--eta", type=float, help="Severity of position bias for named models: θ^eta [default: 1].")
+@click.option("--sessions", default=100_000, type=click.IntRange(min=1), show_default=True)
+@click.option("--top", default=10, type=click.IntRange(min=1), show_default=True, help="Results shown per session.")
+@click.option("--logging-ranker", type=click.Path(exists=True, file_okay=False),
+              help="A trained feature ranker folder to log with (--features); default: one trained on --logging-fraction of the labels.")
+@click.option("--logging-fraction", default=0.01, type=click.FloatRange(0, 1, min_open=True), show_default=True)
+@click.option("--randomize", is_flag=True, help="Show each session's list in a uniformly random order (for propensity estimation).")
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Click log to write (.jsonl, or .jsonl.gz).")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@_friendly
+def clicks_simulate(features_path: str | None, dataset: str | None, split: str, retriever: str, click_model: str, eta: float | None,
+                    sessions: int, top: int, logging_ranker: str | None, logging_fraction: float, randomize: bool, seed: int,
+                    output: str, encoding_errors: str) -> None:
+    """Simulate a click log over labelled data with a click model, seeded."""
+    import tempfile
+
+    from .ultr.log import write_click_log
+    from .ultr.simulate import letor_lists, load_click_model, run_lists, simulate
+
+    _setup_logging(False)
+    model = load_click_model(click_model, eta=eta)
+    if features_path:
+        from .train.features import FeatureRanker, read_letor
+        from .ultr.learn import train_logging_ranker
+
+        data = read_letor(features_path)
+        if logging_ranker:
+            ranker = FeatureRanker.load(logging_ranker)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ranker = train_logging_ranker(data, tmp, fraction=logging_fraction, seed=seed)
+        lists = letor_lists(data, ranker.predict(data), top)
+    elif dataset:
+        ds = _load(dataset, split, None, encoding_errors)
+        lists = run_lists(ds.queries, build_first_stage(retriever, ds, top, with_text=False)(ds.queries), ds.require_qrels(), top)
+    else:
+        raise click.UsageError("give --features FILE or --dataset NAME to simulate on")
+    n = write_click_log(simulate(lists, model, sessions, seed=seed, randomize=randomize), output)
+    click.echo(f"wrote {n} sessions over {len(lists)} queries ({model.name}, top {top}{', randomized' if randomize else ''}) to {output}")
+
+
+@clicks.command("stats")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
+@_friendly
+def clicks_stats(log: str, list_size: int) -> None:
+    """Sessions, shown lists, clicks and click-through rate by rank of a click log."""
+    from .ultr.log import aggregate, iter_sessions
+
+    click.echo(json.dumps(aggregate(iter_sessions(log), list_size, source=log).summary(), indent=1))
+
+
+@clicks.command("propensity")
+@click.option("--clicks", "log", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--method", type=click.Choice(["dla", "randomization"]), default="dla", show_default=True,
+              help="dla: learnt jointly with a ranker (any log); randomization: click rates of a log shown in random order.")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="DLA's ranker: a feature MLP over these LETOR rows (default: one score per query-document pair).")
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
+@click.option("--epochs", default=100, type=click.IntRange(min=1), show_default=True)
+@click.option("--lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True, help="Ranker learning rate (table ranker; 1e-3 suits --features).")
+@click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True)
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--truth", help="Compare with a position-based click model's θ: pbm or an ULTRA PBM JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the estimate as JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Plot the estimate to this PNG (needs matplotlib).")
+@_friendly
+def clicks_propensity(log: str, method: str, features_path: str | None, list_size: int, epochs: int, lr: float, propensity_lr: float,
+                      seed: int, truth: str | None, output: str | None, plot: str | None) -> None:
+    """Estimate the examination propensity of each rank, relative to rank 1."""
+    import tempfile
+
+    from .ultr.learn import propensity_error, randomization_propensities
+    from .ultr.log import aggregate, iter_sessions
+
+    _setup_logging(False)
+    stats = aggregate(iter_sessions(log), list_size, source=log)
+    se: list[float] | None = None
+    if method == "randomization":
+        est, err = randomization_propensities(stats)
+        estimate, se = est.tolist(), err.tolist()
+    else:
+        import torch
+
+        from .train.trainer import TrainConfig
+        from .ultr.learn import FeatureScorer, TableScorer, train_from_clicks
+
+        torch.set_num_threads(1)
+        scorer: Any = TableScorer(stats.groups)
+        if features_path:
+            from .train.features import read_letor
+
+            scorer = FeatureScorer(read_letor(features_path), stats.groups)
+        cfg = TrainConfig(loss="softmax", epochs=epochs, batch_size=16, lr=lr, warmup=0.0, weight_decay=0.0, seed=seed,
+                          precision="fp32", checkpoint_every=10**9)
+        with tempfile.TemporaryDirectory() as tmp:
+            estimate = train_from_clicks(stats, scorer, tmp, cfg, algorithm="dla", propensity_lr=propensity_lr)["propensity"]
+    result: dict[str, Any] = {"log": log, "method": method, "sessions": stats.sessions, "propensity": estimate}
+    if se is not None:
+        result["stderr"] = se
+    click.echo("rank  θ/θ1" + ("   ±se" if se else "") + ("   truth" if truth else ""))
+    true_rel = None
+    if truth:
+        from .ultr.simulate import load_click_model, position_propensities
+
+        t = position_propensities(load_click_model(truth), len(estimate))
+        true_rel = [v / t[0] for v in t]
+        result["truth"] = true_rel
+        result["error"] = propensity_error(estimate, true_rel)
+    for i, v in enumerate(estimate):
+        click.echo(f"{i + 1:>4}  {v:.3f}" + (f"  {se[i]:.3f}" if se else "") + (f"  {true_rel[i]:.3f}" if true_rel else ""))
+    if "error" in result:
+        click.echo(f"max relative error {result['error']['max_relative_error']:.3f}, Pearson r {result['error']['pearson']:.4f}")
+    if output:
+        from .env import atomic_write
+
+        with atomic_write(output) as f:
+            json.dump(result, f, indent=1)
+    if plot:
+        _plot_propensity(plot, {f"{method} estimate": (estimate, se)} | ({"truth": (true_rel, None)} if true_rel else {}),
+                         f"{Path(log).name}: {stats.sessions:,} sessions")
+        click.echo(f"plot: {plot}")
+
+
+def _plot_propensity(path: str, curves: dict[str, tuple[Any, Any]], title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RerankError("--plot needs matplotlib: pip install 'rerank[plot]'") from None
+    from .env import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, (values, err) in curves.items():
+        ranks = range(1, len(values) + 1)
+        ax.errorbar(ranks, values, yerr=err, marker="o", capsize=2, label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("examination θ / θ1")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
 
 
 @main.command()

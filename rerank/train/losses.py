@@ -202,6 +202,19 @@ def listnet(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, tempe
     return _mean_over(per, _informative(y, m), s)
 
 
+def softmax(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Softmax cross-entropy (TF-Ranking's softmax loss; the loss of DLA and IPW on clicks):
+    ``Σ_lists Σ_i y_i · -log softmax(s)_i / Σ_lists Σ_i y_i``. Labels act as weights (click
+    counts times propensity weights in :mod:`rerank.ultr`), so a list counts in proportion to its
+    label mass and lists with none add nothing."""
+    s, y, m = _prepare(scores, labels, mask)
+    logp = torch.log_softmax(torch.where(m, s, torch.full_like(s, -math.inf)), dim=1)
+    total = y.sum()
+    if not bool(total > 0):
+        return (s * 0.0).sum()
+    return -(y * torch.where(m, logp, torch.zeros_like(logp))).sum() / total
+
+
 def listmle(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, ties: str = "random",
             generator: torch.Generator | None = None) -> Tensor:
     """ListMLE: the negative Plackett-Luce log-likelihood of the label order,
@@ -310,6 +323,7 @@ LOSSES: dict[str, LossFn] = {
     "ndcg2": _fixed(lambdaloss, weighting="ndcg2"),
     "lambdaloss": _fixed(lambdaloss, weighting="ndcg2pp"),  # NDCG-Loss2++, the paper's best
     "listnet": listnet,
+    "softmax": softmax,
     "listmle": listmle,
     "approxndcg": approx_ndcg,
     "neuralndcg": neural_ndcg,

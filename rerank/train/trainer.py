@@ -61,6 +61,9 @@ class Task(Protocol):
         """What identifies the data and model (a resumed run must match it)."""
         ...
 
+    # Optional: ``loss(model, inputs, labels, mask) -> Tensor`` replaces ``scores`` + the
+    # configured loss (the click learners of rerank.ultr weigh clicks with their own models).
+
 
 @dataclass
 class TrainConfig:
@@ -145,10 +148,15 @@ class Trainer:
         if done.is_file() and json.loads(done.read_text()).get("finished") and not overwrite:
             raise TrainingError(f"{self.output} already holds a finished training run; pick another --output "
                                   "or pass overwrite=True (--overwrite) to train again")
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+        groups = getattr(model, "param_groups", None)
+        if callable(groups):  # a model that sets its own learning rates (e.g. DLA's propensity model)
+            param_groups = groups(config.lr, config.weight_decay)
+        else:
+            decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+            rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
+            param_groups = [{"params": decay, "weight_decay": config.weight_decay},
+                            {"params": rest, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(param_groups, lr=config.lr)
         warm = int(config.warmup * self.total_steps)
 
         def schedule(step: int) -> float:
@@ -214,9 +222,14 @@ class Trainer:
         for part in micro:
             inputs, labels, mask = self.task.batch(part, epoch)
             labels, mask = labels.to(self.device), mask.to(self.device)
+            custom = getattr(self.task, "loss", None)
             with autocast(self.device, self.bf16):
-                scores = self.task.scores(self.model, inputs)
-            loss = self.loss_fn(scores.float(), labels.float(), mask, **self.config.loss_options)
+                if callable(custom):  # a task with its own objective (click learners)
+                    loss = custom(self.model, inputs, labels, mask)
+                else:
+                    scores = self.task.scores(self.model, inputs)
+            if not callable(custom):
+                loss = self.loss_fn(scores.float(), labels.float(), mask, **self.config.loss_options)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the {self.config.loss} loss became {loss.item()} at step {self.global_step + 1}; "
                                          "lower the learning rate")

@@ -1,0 +1,436 @@
+"""Learning to rank from clicks: naive, IPW, propensities by result randomization, and DLA.
+
+Every learner trains on the click counts of :func:`rerank.ultr.log.aggregate` (per query and
+shown list: sessions, clicks at each rank), with the softmax loss of
+:func:`rerank.train.losses.softmax`: ``-Σ_i c_i w_i log softmax(s)_i``, normalised by ``Σ c_i w_i``.
+Summing one session's loss over the sessions that showed the same list gives exactly this, so
+the aggregate is a sufficient statistic and a log of millions of sessions costs what its
+distinct lists cost.
+
+- ``naive``: ``w_i = 1`` (clicks as relevance labels; biased towards what was shown high).
+- ``ipw``: ``w_i = θ_1 / θ_i`` for given examination propensities θ (per rank, or per list).
+- ``dla`` (Ai et al., SIGIR 2018, the Dual Learning Algorithm): a propensity model (one logit
+  per rank, ``θ̂ = softmax(g)``) is trained jointly with the ranker. The ranker takes weights
+  ``θ̂_1 / θ̂_i``; the propensity model the same loss on its own logits with the inverse-relevance
+  weights ``ρ_1 / ρ_i``, ``ρ = softmax(s)`` over the shown list. Both weights are detached, and
+  optionally clipped at ``max_weight``. ``θ̂_i / θ̂_1`` estimates the examination probability
+  of rank ``i`` relative to rank 1.
+- :func:`randomization_propensities`: with results shown in a uniformly random order, the click
+  rate of a rank is proportional to its examination probability (Joachims et al., WSDM 2017).
+
+Rankers: a :class:`~rerank.train.features.FeatureMLP` over LETOR features, a table of one score
+per (query, document) (for logs without features, e.g. the Yandex sample: it yields the
+propensities), or a cross-encoder over query and document texts of a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..env import atomic_write
+from ..errors import DataError
+from ..train.features import FeatureMLP, FeatureRanker, LetorData, letor_ndcg
+from ..train.losses import softmax
+from .log import ClickGroup, ClickStats
+
+log = logging.getLogger("rerank")
+
+ALGORITHMS = ("naive", "ipw", "dla")
+Propensities = Sequence[float] | np.ndarray | Callable[[ClickGroup], np.ndarray]
+
+
+class Scorer(Protocol):
+    """How one kind of ranker reads click groups (see :class:`FeatureScorer`)."""
+
+    def make_ranker(self) -> torch.nn.Module: ...
+
+    def inputs(self, groups: Sequence[ClickGroup], width: int) -> Any: ...
+
+    def scores(self, ranker: torch.nn.Module, inputs: Any) -> torch.Tensor: ...  # [B, width]
+
+    def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]: ...
+
+    def save(self, ranker: torch.nn.Module, folder: Path) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class FeatureScorer:
+    """Shown documents are rows of a LETOR set (document id = row inside its query); the
+    ranker is a :class:`FeatureMLP` whose input normalisation is fitted on all of ``data``."""
+
+    def __init__(self, data: LetorData, groups: Sequence[ClickGroup], dev: LetorData | None = None, *,
+                 hidden: Sequence[int] = (256, 128), dropout: float = 0.1) -> None:
+        self.data, self.dev, self.hidden, self.dropout = data, dev, list(hidden), dropout
+        if dev is not None and dev.num_features != data.num_features:
+            raise DataError(f"the dev data has {dev.num_features} features, the training data {data.num_features}")
+        self.qindex = {q: i for i, q in enumerate(data.qids)}
+        for g in groups:
+            i = self.qindex.get(g.qid)
+            if i is None:
+                raise DataError(f"query {g.qid!r} of the click log is not in {data.source}")
+            size = data.rows(i).stop - data.rows(i).start
+            bad = [d for d in g.docs if not d.isdigit() or int(d) >= size]
+            if bad:
+                raise DataError(f"query {g.qid!r}: shown documents {bad[:3]} are not rows 0..{size - 1} of the query "
+                                f"in {data.source}")
+
+    def make_ranker(self) -> torch.nn.Module:
+        model = FeatureMLP(self.data.num_features, self.hidden, self.dropout)
+        model.fit_normalizer(self.data.features)
+        return model
+
+    def inputs(self, groups: Sequence[ClickGroup], width: int) -> Any:
+        rows = np.zeros((len(groups), width), dtype=np.int64)
+        for b, g in enumerate(groups):
+            start = self.data.rows(self.qindex[g.qid]).start
+            rows[b, : len(g.docs)] = [start + int(d) for d in g.docs]
+        return torch.from_numpy(self.data.features[rows])
+
+    def scores(self, ranker: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        return ranker(inputs)
+
+    def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]:
+        if self.dev is None:
+            return {}
+        assert isinstance(ranker, FeatureMLP)
+        return {"dev nDCG@10": letor_ndcg(self.dev, FeatureRanker(ranker).predict(self.dev))["nDCG@10"]}
+
+    def save(self, ranker: torch.nn.Module, folder: Path) -> None:
+        assert isinstance(ranker, FeatureMLP)
+        ranker.save(folder)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ranker": "feature-mlp", "features": self.data.source, "hidden": self.hidden, "dropout": self.dropout}
+
+
+class _Table(torch.nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.score = torch.nn.Parameter(torch.zeros(size))
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.score[index]
+
+
+class TableScorer:
+    """One free score per (query, document): a ranker for logs without features. It only ranks
+    what was shown, but it is all DLA needs to estimate the propensities of a real log."""
+
+    def __init__(self, groups: Sequence[ClickGroup]) -> None:
+        self.keys: dict[tuple[str, str], int] = {}
+        for g in groups:
+            for d in g.docs:
+                self.keys.setdefault((g.qid, d), len(self.keys))
+
+    def make_ranker(self) -> torch.nn.Module:
+        return _Table(len(self.keys))
+
+    def inputs(self, groups: Sequence[ClickGroup], width: int) -> Any:
+        index = torch.zeros(len(groups), width, dtype=torch.long)
+        for b, g in enumerate(groups):
+            index[b, : len(g.docs)] = torch.tensor([self.keys[(g.qid, d)] for d in g.docs])
+        return index
+
+    def scores(self, ranker: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        return ranker(inputs)
+
+    def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]:
+        return {}
+
+    def save(self, ranker: torch.nn.Module, folder: Path) -> None:
+        assert isinstance(ranker, _Table)
+        scores = ranker.score.detach().tolist()
+        with atomic_write(folder / "scores.json") as f:
+            json.dump([{"qid": q, "docid": d, "score": round(scores[i], 6)} for (q, d), i in self.keys.items()], f)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ranker": "table", "pairs": len(self.keys)}
+
+
+class TextScorer:
+    """A cross-encoder over (query text, document text): texts come from the sessions when the
+    log carries them, else from ``queries`` / ``docs`` (a dataset's). ``dev``: a
+    :class:`~rerank.train.crossencoder.CrossEncoderTask` holding dev queries with their
+    candidates and qrels, for the per-epoch evaluation; it also saves the model (loadable by
+    ``CrossEncoder(folder)``)."""
+
+    def __init__(self, model_name: str, groups: Sequence[ClickGroup], queries: dict[str, str], docs: Any, *,
+                 max_length: int = 256, device: str = "cpu", dev: Any = None) -> None:
+        from ..train.crossencoder import CrossEncoderTask, load_cross_encoder_body
+
+        self.model_name, self.max_length, self.device = model_name, max_length, device
+        self.body, self.tokenizer = load_cross_encoder_body(model_name, device)
+        self.ce = dev if dev is not None else CrossEncoderTask(model_name, self.tokenizer, [], {}, {}, None,
+                                                               max_length=max_length, device=device)
+        self.query_text: dict[str, str] = {}
+        self.doc_text: dict[tuple[str, str], str] = {}
+        for g in groups:
+            q = g.query if g.query is not None else queries.get(g.qid)
+            if q is None:
+                raise DataError(f"query {g.qid!r} of the click log has no text: the log has no 'query' and the "
+                                "dataset does not hold it")
+            self.query_text[g.qid] = q
+            for j, d in enumerate(g.docs):
+                t = g.texts[j] if g.texts is not None else docs.get(d) if docs is not None else None
+                if t is None:
+                    raise DataError(f"document {d!r} (query {g.qid!r}) has no text: the log has no 'texts' and the "
+                                    "dataset does not hold it")
+                self.doc_text[(g.qid, d)] = t
+
+    def make_ranker(self) -> torch.nn.Module:
+        return self.body
+
+    def inputs(self, groups: Sequence[ClickGroup], width: int) -> Any:
+        from ..rerankers.pointwise import tokenize_pairs
+
+        qs, ds, where = [], [], []
+        for b, g in enumerate(groups):
+            for j, d in enumerate(g.docs):
+                qs.append(self.query_text[g.qid])
+                ds.append(self.doc_text[(g.qid, d)])
+                where.append((b, j))
+        enc = tokenize_pairs(self.tokenizer, qs, ds, self.max_length, f"training {self.model_name}", padding=True,
+                             return_tensors="pt")
+        return enc, where, (len(groups), width)
+
+    def scores(self, ranker: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        return self.ce.scores(ranker, inputs)
+
+    def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]:
+        return self.ce.evaluate(ranker)
+
+    def save(self, ranker: torch.nn.Module, folder: Path) -> None:
+        self.ce.save(ranker, folder)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ranker": "cross-encoder", "model": self.model_name, "max_length": self.max_length,
+                "dev_queries": len(self.ce.dev_queries)}
+
+
+class PropensityModel(torch.nn.Module):
+    """One logit per rank; ``θ̂ = softmax`` over the ranks a session showed."""
+
+    def __init__(self, list_size: int) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(list_size))
+
+    def forward(self, width: int) -> torch.Tensor:
+        return self.logits[:width]
+
+    def relative(self) -> list[float]:
+        """``θ̂_i / θ̂_1`` for every rank."""
+        g = self.logits.detach().double()
+        return torch.exp(g - g[0]).tolist()
+
+
+class ClickModelPair(torch.nn.Module):
+    """The ranker and (for DLA) the propensity model, trained together."""
+
+    def __init__(self, ranker: torch.nn.Module, propensity: PropensityModel | None, propensity_lr: float | None) -> None:
+        super().__init__()
+        self.ranker = ranker
+        self.propensity = propensity
+        self.propensity_lr = propensity_lr
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        decay = [p for p in self.ranker.parameters() if p.requires_grad and p.dim() > 1]
+        rest = [p for p in self.ranker.parameters() if p.requires_grad and p.dim() <= 1]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+                                        {"params": rest, "weight_decay": 0.0, "lr": lr}]
+        if self.propensity is not None:
+            groups.append({"params": list(self.propensity.parameters()), "weight_decay": 0.0,
+                           "lr": self.propensity_lr or lr})
+        return [g for g in groups if g["params"]]
+
+
+def _ratio_to_first(p: torch.Tensor, mask: torch.Tensor, max_weight: float | None) -> torch.Tensor:
+    """``p_1 / p_i`` per list (detached), 0 on padding, clipped at ``max_weight``."""
+    p = p.detach()
+    w = p[:, :1] / p.clamp_min(1e-30)
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    return torch.where(mask, w, torch.zeros_like(w))
+
+
+def _masked_softmax(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(torch.where(mask, s, torch.full_like(s, -torch.inf)), dim=1)
+
+
+class ClickTask:
+    """Click groups as lists for :class:`~rerank.train.trainer.Trainer`, with the loss of one of
+    :data:`ALGORITHMS` (the trainer calls :meth:`loss` instead of a loss from the registry)."""
+
+    def __init__(self, stats: ClickStats, scorer: Scorer, algorithm: str = "dla", *,
+                 propensities: Propensities | None = None, max_weight: float | None = None) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        if algorithm == "ipw" and propensities is None:
+            raise ValueError("ipw needs propensities (one per rank, or a function of the shown list)")
+        if max_weight is not None and not max_weight >= 1:
+            raise ValueError(f"max_weight must be >= 1, got {max_weight}")
+        self.stats, self.scorer, self.algorithm, self.max_weight = stats, scorer, algorithm, max_weight
+        self.groups = [g for g in stats.groups if g.clicks.sum() > 0]  # zero-click lists carry no gradient
+        self.width = stats.list_size
+        self._ipw: list[np.ndarray] = []
+        if algorithm == "ipw":
+            assert propensities is not None
+            for g in self.groups:
+                theta = np.asarray(propensities(g) if callable(propensities) else propensities, dtype=np.float64)
+                if len(theta) < len(g.docs):
+                    raise DataError(f"{len(theta)} propensities given, but the log shows {len(g.docs)} results "
+                                    f"(query {g.qid!r}); pass one per rank up to the list size {self.width}")
+                theta = theta[: len(g.docs)]
+                if not (theta > 0).all():
+                    raise DataError(f"propensities must be > 0, got {theta.tolist()}")
+                self._ipw.append(theta[0] / theta)
+        self.propensities = propensities if not callable(propensities) and propensities is not None else None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def describe(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "log": self.stats.source, "sessions": self.stats.sessions,
+                "lists": len(self.groups), "list_size": self.width, "max_weight": self.max_weight,
+                "propensities": None if self.propensities is None else [float(x) for x in self.propensities],
+                **self.scorer.describe()}
+
+    def batch(self, indices: Sequence[int], epoch: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        groups = [self.groups[i] for i in indices]
+        width = max(len(g.docs) for g in groups)
+        counts = torch.zeros(len(groups), width, dtype=torch.float64)
+        mask = torch.zeros(len(groups), width, dtype=torch.bool)
+        ipw = torch.ones(len(groups), width, dtype=torch.float64)
+        for b, (i, g) in enumerate(zip(indices, groups)):
+            counts[b, : len(g.docs)] = torch.from_numpy(g.clicks)
+            mask[b, : len(g.docs)] = True
+            if self._ipw:
+                ipw[b, : len(g.docs)] = torch.from_numpy(self._ipw[i])
+        return (self.scorer.inputs(groups, width), ipw), counts, mask
+
+    def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        assert isinstance(model, ClickModelPair)
+        return self.scorer.scores(model.ranker, inputs[0])
+
+    def loss(self, model: torch.nn.Module, inputs: Any, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        assert isinstance(model, ClickModelPair)
+        s = self.scorer.scores(model.ranker, inputs[0]).float()
+        counts = counts.to(s.device).float()
+        mask = mask.to(s.device)
+        if self.algorithm == "naive":
+            return softmax(s, counts, mask)
+        if self.algorithm == "ipw":
+            w = inputs[1].to(s.device).float()
+            if self.max_weight is not None:
+                w = w.clamp(max=self.max_weight)
+            return softmax(s, counts * w, mask)
+        assert model.propensity is not None
+        g = model.propensity(s.shape[1])[None, :].expand_as(s).float()
+        pw = _ratio_to_first(_masked_softmax(g, mask), mask, self.max_weight)
+        rw = _ratio_to_first(_masked_softmax(s, mask), mask, self.max_weight)
+        return softmax(s, counts * pw, mask) + softmax(g, counts * rw, mask)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        assert isinstance(model, ClickModelPair)
+        return self.scorer.evaluate(model.ranker)
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        assert isinstance(model, ClickModelPair)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.scorer.save(model.ranker, folder)
+        info: dict[str, Any] = {"algorithm": self.algorithm, "clicks": self.stats.summary()}
+        if model.propensity is not None:
+            info["propensity"] = [round(v, 6) for v in model.propensity.relative()]
+        with atomic_write(folder / "clicks.json") as f:
+            json.dump(info, f, indent=1)
+
+
+def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, config: Any, *, algorithm: str = "dla",
+                      propensities: Propensities | None = None, max_weight: float | None = None,
+                      propensity_lr: float | None = None, device: str = "cpu",
+                      overwrite: bool = False) -> dict[str, Any]:
+    """Train a ranker (and for DLA a propensity model) on a click log's ``stats``; the result
+    (``training.json``) gains ``propensity`` (``θ̂_i / θ̂_1``) for DLA. ``config.loss`` must be
+    ``softmax``."""
+    from ..train.trainer import Trainer
+
+    if config.loss != "softmax":
+        raise ValueError(f"click learners use the softmax loss; got loss={config.loss!r}")
+    task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight)
+    if len(task) == 0:
+        raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
+    torch.manual_seed(config.seed)
+    model = ClickModelPair(scorer.make_ranker(), PropensityModel(stats.list_size) if algorithm == "dla" else None,
+                           propensity_lr)
+    result = Trainer(model.to(device), task, config, output, device=device, overwrite=overwrite).train()
+    if model.propensity is not None:
+        result["propensity"] = model.propensity.relative()
+    return result
+
+
+def load_propensity(folder: str | Path) -> list[float]:
+    """``θ̂_i / θ̂_1`` saved by a DLA run."""
+    path = Path(folder) / "clicks.json"
+    if not path.is_file():
+        raise DataError(f"{folder} holds no click-trained model (no clicks.json)")
+    info = json.loads(path.read_text())
+    if "propensity" not in info:
+        raise DataError(f"{path}: the {info.get('algorithm')} run estimated no propensities (only dla does)")
+    return [float(v) for v in info["propensity"]]
+
+
+def randomization_propensities(stats: ClickStats) -> tuple[np.ndarray, np.ndarray]:
+    """(``θ̂_i / θ̂_1``, standard errors) from a log whose lists were shown in uniformly random
+    order: the click rate of rank ``i`` is ``θ_i`` times the mean attractiveness of the list,
+    the same at every rank (delta-method errors from binomial rates)."""
+    clicks = np.zeros(stats.list_size)
+    shown = np.zeros(stats.list_size)
+    for g in stats.groups:
+        clicks[: len(g.clicks)] += g.clicks
+        shown[: len(g.clicks)] += g.sessions
+    if shown[0] == 0 or clicks[0] == 0:
+        raise DataError("no click at rank 1: cannot estimate propensities relative to it")
+    ctr = np.divide(clicks, shown, out=np.zeros_like(clicks), where=shown > 0)
+    rel = ctr / ctr[0]
+    var = np.divide(ctr * (1 - ctr), shown, out=np.zeros_like(ctr), where=shown > 0)
+    se = rel * np.sqrt(np.divide(var, np.maximum(ctr, 1e-300) ** 2, out=np.zeros_like(ctr), where=ctr > 0)
+                       + var[0] / ctr[0] ** 2)
+    se[0] = 0.0  # rank 1 is the reference
+    return rel, se
+
+
+def propensity_error(estimate: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
+    """Max relative error and Pearson correlation of ``θ̂_i / θ̂_1`` against ``θ_i / θ_1``."""
+    est = np.asarray(estimate, dtype=np.float64)
+    tru = np.asarray(truth, dtype=np.float64)
+    n = min(len(est), len(tru))
+    est, tru = est[:n] / est[0], tru[:n] / tru[0]
+    return {"max_relative_error": float(np.max(np.abs(est - tru) / tru)),
+            "pearson": float(np.corrcoef(est, tru)[0, 1]) if n > 2 else float("nan")}
+
+
+def train_logging_ranker(data: LetorData, output: str | Path, *, fraction: float = 0.01, seed: int = 0,
+                         epochs: int = 30) -> FeatureRanker:
+    """A weak production ranker: the feature MLP trained (ListNet) on the labels of a random
+    ``fraction`` of the queries with a relevant document (at least one query)."""
+    from ..train.features import train_feature_ranker
+    from ..train.trainer import TrainConfig
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the logging ranker's fraction of labelled queries must be in (0, 1], got {fraction}")
+    judged = [i for i in range(len(data)) if (data.labels[data.rows(i)] > 0).any()]
+    if not judged:
+        raise DataError(f"{data.source}: no query has a relevant document")
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(judged, size=max(1, round(fraction * len(data))), replace=False).tolist())
+    config = TrainConfig(loss="listnet", epochs=epochs, batch_size=1, lr=1e-3, warmup=0.0, seed=seed,
+                         precision="fp32", checkpoint_every=10_000)
+    train_feature_ranker(data.subset(pick), output, config, overwrite=True)
+    return FeatureRanker.load(output)

@@ -1,0 +1,306 @@
+"""Click simulation over labelled lists: position-based, cascade and user-browsing models.
+
+Each model clicks a result of relevance label ``y`` with the attractiveness
+``click_prob[y] = ε + (1 - ε) (2^y - 1) / (2^ymax - 1)`` once it is examined; they differ in
+what is examined:
+
+- **PBM** (position-based): rank ``r`` is examined with ``θ_r^η``, independently.
+- **cascade**: the user scans top-down (examining rank ``r`` with ``exam_prob[r]``, 1 in the
+  classic model) and stops after the first click.
+- **UBM** (user browsing): rank ``r`` is examined with ``γ[r][d - 1]``, ``d`` the distance to
+  the last click above it (``d = r + 1`` with no click above).
+
+Parameters come by name (``pbm``, ``cascade``, ``ubm``: ULTRA's defaults, ε = 0.1,
+ymax = 4, η = 1, with ``eta`` to sharpen or flatten the bias) or from a JSON file of ULTRA's
+``ClickModel`` layout (``model_name``, ``click_prob``, ``exam_prob``, ``eta``; there
+``exam_prob`` already holds ``θ^η``). Ranks beyond a table use its last entry.
+
+:func:`simulate` draws sessions, seeded: a query uniformly at random, its logged top-k list
+(optionally shuffled, for propensity estimation by result randomization), and clicks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError
+from .log import ClickSession
+
+if TYPE_CHECKING:
+    from ..train.features import LetorData
+
+ULTRA_CLICK_PROB = [0.1, 0.16, 0.28, 0.52, 1.0]  # ε = 0.1, ymax = 4
+ULTRA_THETA = [0.68, 0.61, 0.48, 0.34, 0.28, 0.2, 0.11, 0.1, 0.08, 0.06]
+ULTRA_UBM = [[1.0], [0.98, 1.0], [1.0, 0.62, 0.95], [1.0, 0.77, 0.42, 0.82], [1.0, 0.92, 0.55, 0.31, 0.69],
+             [1.0, 0.96, 0.63, 0.4, 0.22, 0.54], [1.0, 0.99, 0.73, 0.46, 0.29, 0.17, 0.47],
+             [1.0, 1.0, 0.89, 0.52, 0.35, 0.24, 0.14, 0.43], [1.0, 1.0, 0.95, 0.68, 0.4, 0.29, 0.19, 0.12, 0.41],
+             [1.0, 1.0, 1.0, 0.96, 0.52, 0.36, 0.27, 0.18, 0.12, 0.43]]
+NAMES = {"pbm": "position_biased_model", "cascade": "cascade_model", "ubm": "user_browsing_model"}
+
+
+def attractiveness(epsilon: float = 0.1, max_grade: int = 4) -> list[float]:
+    """``click_prob[y] = ε + (1 - ε)(2^y - 1)/(2^ymax - 1)`` for ``y = 0..ymax``."""
+    if not 0 <= epsilon <= 1 or max_grade < 1:
+        raise ValueError(f"need 0 <= epsilon <= 1 and max_grade >= 1, got {epsilon}, {max_grade}")
+    return [epsilon + (1 - epsilon) * (2**y - 1) / (2**max_grade - 1) for y in range(max_grade + 1)]
+
+
+class ClickModel:
+    """Base: attractiveness per label; subclasses define examination."""
+
+    kind = ""
+
+    def __init__(self, click_prob: Sequence[float], exam_prob: Any, eta: float = 1.0) -> None:
+        if not click_prob or any(not 0 <= p <= 1 for p in click_prob):
+            raise DataError(f"click_prob must be probabilities, one per label, got {click_prob}")
+        self.click_prob = np.asarray(click_prob, dtype=np.float64)
+        self.exam_prob = exam_prob
+        self.eta = eta
+
+    @property
+    def name(self) -> str:
+        return next(k for k, v in NAMES.items() if v == self.kind)
+
+    def to_json(self) -> dict[str, Any]:
+        exam = self.exam_prob.tolist() if isinstance(self.exam_prob, np.ndarray) else self.exam_prob
+        return {"model_name": self.kind, "eta": self.eta, "click_prob": self.click_prob.tolist(), "exam_prob": exam}
+
+    def relevance(self, labels: np.ndarray) -> np.ndarray:
+        """Attractiveness of each label (labels above the table's top take its last entry)."""
+        y = np.asarray(labels, dtype=np.float64)
+        if (y < 0).any() or not np.array_equal(y, np.round(y)):
+            raise DataError(f"click models need integer labels >= 0, got {np.unique(y)[:10]}")
+        return self.click_prob[np.minimum(y.astype(np.int64), len(self.click_prob) - 1)]
+
+    def sample(self, labels: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Clicks [n, L] (0/1) for n lists of labels [n, L] whose first ``lengths[i]`` are real."""
+        raise NotImplementedError
+
+    def examination(self, labels: Sequence[float]) -> np.ndarray:
+        """Marginal probability that each rank of one list is examined."""
+        raise NotImplementedError
+
+    def click_rates(self, labels: Sequence[float]) -> np.ndarray:
+        """Analytic click probability of each rank of one list: ``P(E_r) · click_prob[y_r]``
+        (examination and attractiveness are independent given the clicks above)."""
+        return self.examination(labels) * self.relevance(np.asarray(labels))
+
+
+def _per_rank(table: np.ndarray, length: int) -> np.ndarray:
+    return table[np.minimum(np.arange(length), len(table) - 1)]
+
+
+class PositionBased(ClickModel):
+    kind = "position_biased_model"
+
+    def __init__(self, click_prob: Sequence[float], exam_prob: Sequence[float], eta: float = 1.0) -> None:
+        if not exam_prob or any(not 0 < p <= 1 for p in exam_prob):
+            raise DataError(f"PBM exam_prob must be probabilities in (0, 1], one per rank, got {exam_prob}")
+        super().__init__(click_prob, np.asarray(exam_prob, dtype=np.float64), eta)
+
+    def theta(self, length: int) -> np.ndarray:
+        return _per_rank(self.exam_prob, length)
+
+    def sample(self, labels: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n, width = labels.shape
+        real = np.arange(width)[None, :] < lengths[:, None]
+        p = self.theta(width)[None, :] * self.relevance(np.where(real, labels, 0))
+        return ((rng.random((n, width)) < p) & real).astype(np.int8)
+
+    def examination(self, labels: Sequence[float]) -> np.ndarray:
+        return self.theta(len(labels)).copy()
+
+
+class Cascade(ClickModel):
+    kind = "cascade_model"
+
+    def __init__(self, click_prob: Sequence[float], exam_prob: Sequence[float] | None = None, eta: float = 1.0) -> None:
+        exam = np.asarray(exam_prob if exam_prob else [1.0], dtype=np.float64)
+        if any(not 0 < p <= 1 for p in exam):
+            raise DataError(f"cascade exam_prob must be probabilities in (0, 1], got {exam_prob}")
+        super().__init__(click_prob, exam, eta)
+
+    def sample(self, labels: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n, width = labels.shape
+        real = np.arange(width)[None, :] < lengths[:, None]
+        p = _per_rank(self.exam_prob, width)[None, :] * self.relevance(np.where(real, labels, 0))
+        raw = (rng.random((n, width)) < p) & real
+        first = np.cumsum(raw, axis=1) == 1  # the first click and everything before the second
+        return (raw & first).astype(np.int8)
+
+    def examination(self, labels: Sequence[float]) -> np.ndarray:
+        e = _per_rank(self.exam_prob, len(labels))
+        c = e * self.relevance(np.asarray(labels))
+        reach = np.concatenate([[1.0], np.cumprod(1 - c)[:-1]])
+        return reach * e
+
+
+class UserBrowsing(ClickModel):
+    kind = "user_browsing_model"
+
+    def __init__(self, click_prob: Sequence[float], exam_prob: Sequence[Sequence[float]], eta: float = 1.0) -> None:
+        rows = [np.asarray(r, dtype=np.float64) for r in exam_prob]
+        if not rows or any(len(r) == 0 or ((r <= 0) | (r > 1)).any() for r in rows):
+            raise DataError("UBM exam_prob must be a table of probabilities in (0, 1]: row r holds γ[r][d - 1]")
+        super().__init__(click_prob, rows, eta)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "exam_prob": [r.tolist() for r in self.exam_prob]}
+
+    def gamma(self, rank: int, last_click: int) -> float:
+        """Examination of ``rank`` with the last click at ``last_click`` (-1: none)."""
+        row = self.exam_prob[min(rank, len(self.exam_prob) - 1)]
+        if last_click < 0:
+            return float(row[-1])
+        return float(row[min(rank - last_click - 1, len(row) - 2 if len(row) > 1 else 0)])
+
+    def sample(self, labels: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n, width = labels.shape
+        real = np.arange(width)[None, :] < lengths[:, None]
+        rel = self.relevance(np.where(real, labels, 0))
+        clicks = np.zeros((n, width), dtype=np.int8)
+        last = np.full(n, -1)
+        u = rng.random((n, width))
+        for r in range(width):
+            table = np.asarray([self.gamma(r, j) for j in range(-1, r)])  # index: last click + 1
+            click = (u[:, r] < table[last + 1] * rel[:, r]) & real[:, r]
+            clicks[:, r] = click
+            last = np.where(click, r, last)
+        return clicks
+
+    def examination(self, labels: Sequence[float]) -> np.ndarray:
+        rel = self.relevance(np.asarray(labels))
+        state = {-1: 1.0}  # P(last click = j) before the current rank
+        out = np.zeros(len(rel))
+        for r in range(len(rel)):
+            nxt: dict[int, float] = {}
+            for j, p in state.items():
+                g = self.gamma(r, j)
+                out[r] += p * g
+                c = g * rel[r]
+                nxt[r] = nxt.get(r, 0.0) + p * c
+                nxt[j] = nxt.get(j, 0.0) + p * (1 - c)
+            state = nxt
+        return out
+
+
+def position_propensities(model: ClickModel, length: int | None = None) -> list[float]:
+    """θ per rank of a position-based model (``length`` ranks, default its table's). Other
+    models have no per-rank propensity: their examination depends on the list."""
+    if not isinstance(model, PositionBased):
+        raise DataError(f"a {model.name} click model has no propensity per rank (examination depends on the clicks "
+                        "above); give θ per rank, or a position-based model")
+    return model.theta(length or len(model.exam_prob)).tolist()
+
+
+def load_click_model(spec: str | Path | dict[str, Any], *, eta: float | None = None) -> ClickModel:
+    """A click model by name (``pbm``, ``cascade``, ``ubm``; ``eta`` raises their examination
+    to that power), from an ULTRA ``ClickModel`` JSON file, or from its parsed dict."""
+    if isinstance(spec, str) and spec in NAMES:
+        e = 1.0 if eta is None else float(eta)
+        if spec == "pbm":
+            return PositionBased(ULTRA_CLICK_PROB, [t**e for t in ULTRA_THETA], e)
+        if spec == "cascade":
+            return Cascade(ULTRA_CLICK_PROB, [1.0] * 10, e)
+        return UserBrowsing(ULTRA_CLICK_PROB, [[g**e for g in row] for row in ULTRA_UBM], e)
+    if isinstance(spec, dict):
+        desc, where = spec, "the click model"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"no click model {spec!r}: give pbm, cascade, ubm or an ULTRA ClickModel JSON file")
+        try:
+            desc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        where = str(path)
+    if eta is not None:
+        raise ValueError("eta applies to the named models; a JSON file's exam_prob already holds θ^η")
+    kind = desc.get("model_name")
+    classes: dict[str, type[ClickModel]] = {"position_biased_model": PositionBased, "cascade_model": Cascade,
+                                            "user_browsing_model": UserBrowsing}
+    if kind not in classes:
+        raise DataError(f"{where}: model_name {kind!r} is not supported; supported: {', '.join(classes)}")
+    for key in ("click_prob", "exam_prob"):
+        if key not in desc:
+            raise DataError(f"{where}: no {key!r}")
+    return classes[kind](desc["click_prob"], desc["exam_prob"], float(desc.get("eta", 1.0)))
+
+
+@dataclass(frozen=True)
+class ShownList:
+    """What the logging ranker shows for a query: document ids top first, with their labels."""
+
+    qid: str
+    docs: tuple[str, ...]
+    labels: tuple[float, ...]
+    query: str | None = None
+
+
+def simulate(lists: Sequence[ShownList], model: ClickModel, sessions: int, *, seed: int = 0,
+             randomize: bool = False, chunk: int = 20_000) -> Iterator[ClickSession]:
+    """``sessions`` simulated sessions, each on a query drawn uniformly from ``lists``; with
+    ``randomize`` each session shows its list in a uniformly random order (RandTop-k)."""
+    if sessions < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
+    lists = [s for s in lists if s.docs]
+    if not lists:
+        raise DataError("no query has a list to show")
+    rng = np.random.default_rng(seed)
+    width = max(len(s.docs) for s in lists)
+    lengths = np.asarray([len(s.docs) for s in lists])
+    labels = np.zeros((len(lists), width))
+    for i, s in enumerate(lists):
+        labels[i, : len(s.labels)] = s.labels
+    model.relevance(labels)  # integer labels, before drawing anything
+    done = 0
+    while done < sessions:
+        n = min(chunk, sessions - done)
+        q = rng.integers(len(lists), size=n)
+        lab, ln = labels[q], lengths[q]
+        if randomize:
+            keys = rng.random((n, width)) + (np.arange(width)[None, :] >= ln[:, None])  # padding sorts last
+            order = np.argsort(keys, axis=1)
+            lab = np.take_along_axis(lab, order, axis=1)
+        else:
+            order = np.broadcast_to(np.arange(width), (n, width))
+        clicks = model.sample(lab, ln, rng)
+        for k in range(n):
+            s = lists[q[k]]
+            m = ln[k]
+            docs = tuple(s.docs[j] for j in order[k, :m]) if randomize else s.docs
+            yield ClickSession(s.qid, docs, tuple(int(c) for c in clicks[k, :m]), f"s{done + k}", s.query)
+        done += n
+
+
+def letor_lists(data: LetorData, scores: np.ndarray, top: int = 10) -> list[ShownList]:
+    """Each query's ``top`` rows under the logging ranker's ``scores`` (ties keep row order),
+    with their labels; documents are named by row inside the query."""
+    if len(scores) != len(data.labels):
+        raise DataError(f"{len(scores)} logging scores for {len(data.labels)} rows")
+    out = []
+    for i, q in enumerate(data.qids):
+        rows = data.rows(i)
+        order = np.argsort(-np.asarray(scores[rows], dtype=np.float64), kind="stable")[:top]
+        out.append(ShownList(q, tuple(str(int(j)) for j in order), tuple(float(data.labels[rows.start + j]) for j in order)))
+    return out
+
+
+def run_lists(queries: Sequence[Any], run: dict[str, Sequence[Any]], qrels: dict[str, dict[str, int]],
+              top: int = 10) -> list[ShownList]:
+    """Each query's ``top`` results of a first-stage ``run`` (the logging ranker), labelled from
+    ``qrels`` (unjudged and negative grades: 0), with the query text."""
+    out = []
+    for q in queries:
+        hits = list(run.get(q.qid, []))[:top]
+        if hits:
+            judged = qrels.get(q.qid, {})
+            out.append(ShownList(q.qid, tuple(h.docid for h in hits),
+                                 tuple(float(max(0, judged.get(h.docid, 0))) for h in hits), q.text))
+    return out
