@@ -263,3 +263,22 @@ def test_bad_inputs_are_named():
         L.get_loss("lambdamart")
     with pytest.raises(ValueError, match="weighting"):
         L.lambdaloss(torch.zeros(1, 3), torch.zeros(1, 3), weighting="ndcg3")
+
+
+def test_softmax_loss_weights_lists_by_label_mass():
+    # the click learners' loss: Σ_lists Σ_i y_i · -log softmax(s)_i / Σ y (not a mean of per-list losses)
+    scores, labels, mask = batch()
+    x = scores.clone().requires_grad_(True)
+    got = L.get_loss("softmax")(x, labels, mask)
+    num, den = 0.0, 0.0
+    for b in range(scores.shape[0]):
+        n = int(mask[b].sum())
+        if n == 0:
+            continue
+        s = scores[b, :n]
+        logp = s - torch.logsumexp(s, dim=0)
+        num = num - (labels[b, :n] * logp).sum()
+        den = den + labels[b, :n].sum()
+    assert got.item() == pytest.approx((num / den).item(), rel=1e-10)
+    got.backward()
+    assert (x.grad[~mask] == 0).all() and torch.isfinite(x.grad).all()

@@ -288,10 +288,12 @@ class ClickTask:
                     raise DataError(f"{len(theta)} propensities given, but the log shows {len(g.docs)} results "
                                     f"(query {g.qid!r}); pass one per rank up to the list size {self.width}")
                 theta = theta[: len(g.docs)]
-                if not (theta > 0).all():
-                    raise DataError(f"propensities must be > 0, got {theta.tolist()}")
-                self._ipw.append(theta[0] / theta)
+                if not theta[0] > 0 or (theta < 0).any() or ((theta == 0) & (g.clicks > 0)).any():
+                    raise DataError(f"propensities must be > 0 at rank 1 and wherever a click happened (query {g.qid!r}), "
+                                    f"got {theta.tolist()}")
+                self._ipw.append(np.divide(theta[0], theta, out=np.zeros_like(theta), where=theta > 0))
         self.propensities = propensities if not callable(propensities) and propensities is not None else None
+        self.final_propensity: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -339,6 +341,8 @@ class ClickTask:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         assert isinstance(model, ClickModelPair)
+        if model.propensity is not None:  # the trainer evaluates after every epoch: this ends as the final state
+            self.final_propensity = model.propensity.relative()
         return self.scorer.evaluate(model.ranker)
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
@@ -347,18 +351,20 @@ class ClickTask:
         self.scorer.save(model.ranker, folder)
         info: dict[str, Any] = {"algorithm": self.algorithm, "clicks": self.stats.summary()}
         if model.propensity is not None:
-            info["propensity"] = [round(v, 6) for v in model.propensity.relative()]
+            info["propensity"] = [round(v, 6) for v in self.final_propensity or model.propensity.relative()]
+            info["propensity_at_saved_epoch"] = [round(v, 6) for v in model.propensity.relative()]
         with atomic_write(folder / "clicks.json") as f:
             json.dump(info, f, indent=1)
 
 
 def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, config: Any, *, algorithm: str = "dla",
                       propensities: Propensities | None = None, max_weight: float | None = None,
-                      propensity_lr: float | None = None, device: str = "cpu",
+                      propensity_lr: float | None = 0.05, device: str = "cpu",
                       overwrite: bool = False) -> dict[str, Any]:
-    """Train a ranker (and for DLA a propensity model) on a click log's ``stats``; the result
-    (``training.json``) gains ``propensity`` (``θ̂_i / θ̂_1``) for DLA. ``config.loss`` must be
-    ``softmax``."""
+    """Train a ranker (and for DLA a propensity model) on a click log's ``stats``. ``config.loss``
+    must be ``softmax``. For DLA the result gains ``propensity`` (``θ̂_i / θ̂_1`` at the end of
+    training: the ranker saved is the best dev epoch's, but on small sets it peaks long before the
+    propensity model converges) and ``propensity_at_saved_epoch``."""
     from ..train.trainer import Trainer
 
     if config.loss != "softmax":
@@ -371,7 +377,8 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
                            propensity_lr)
     result = Trainer(model.to(device), task, config, output, device=device, overwrite=overwrite).train()
     if model.propensity is not None:
-        result["propensity"] = model.propensity.relative()
+        result["propensity"] = task.final_propensity or model.propensity.relative()
+        result["propensity_at_saved_epoch"] = model.propensity.relative()
     return result
 
 

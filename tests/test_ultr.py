@@ -1,0 +1,282 @@
+"""Unbiased LTR from clicks: click logs (ours and the real Yandex sample), click simulators
+against their analytic click rates, IPW weights, DLA recovering known propensities, and the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import offline_model
+
+from rerank.cli import main
+from rerank.errors import DataError
+from rerank.train.features import FeatureRanker, LetorData, letor_ndcg
+from rerank.train.losses import softmax
+from rerank.train.trainer import TrainConfig
+from rerank.ultr.learn import (
+    ClickModelPair,
+    ClickTask,
+    FeatureScorer,
+    TableScorer,
+    load_propensity,
+    propensity_error,
+    randomization_propensities,
+    train_from_clicks,
+)
+from rerank.ultr.log import ClickSession, aggregate, iter_sessions, read_click_log, read_yandex, write_click_log
+from rerank.ultr.simulate import ShownList, load_click_model, position_propensities, simulate
+
+ULTRA = "clicks/ultra/example/ClickModel"
+
+
+def cfg(**kw) -> TrainConfig:
+    base = {"loss": "softmax", "epochs": 20, "batch_size": 16, "lr": 1e-3, "warmup": 0.0, "weight_decay": 0.0,
+            "precision": "fp32", "checkpoint_every": 10**9}
+    return TrainConfig(**{**base, **kw})
+
+
+# ----------------------------------------------------------------------------- simulators
+@pytest.mark.parametrize("name, file", [("pbm", "pbm_0.1_1.0_4_1.0.json"), ("cascade", "cascade_0.1_1.0_4_1.0.json"),
+                                        ("ubm", "ubm_0.1_1_4_1.0.json")])
+def test_simulated_click_rates_converge_to_the_analytic_ones(shared, name, file):
+    model = load_click_model(str(shared / ULTRA / file))
+    assert model.name == name
+    assert model.to_json() == load_click_model(name).to_json()  # the named defaults are ULTRA's files
+    # 12 ranks: two beyond the parameter tables; labels 0..4 and one above the top grade
+    labels = (4, 0, 2, 1, 0, 3, 0, 5, 1, 0, 2, 4)
+    docs = tuple(f"d{i}" for i in range(len(labels)))
+    n = 200_000
+    stats = aggregate(simulate([ShownList("q", docs, labels)], model, n, seed=3), list_size=12)
+    assert stats.sessions == n and len(stats.groups) == 1
+    empirical = stats.groups[0].clicks / n
+    analytic = model.click_rates(labels)
+    se = np.sqrt(analytic * (1 - analytic) / n)
+    assert np.all(np.abs(empirical - analytic) <= 4.5 * se + 1e-9), (empirical, analytic)
+    if name == "cascade":  # at most one click, and nothing after a sure click (label 4 at rank 1)
+        assert analytic[1:].sum() == 0 and empirical[1:].sum() == 0
+    if name == "pbm":
+        theta = position_propensities(model, 12)
+        assert theta[10:] == [theta[9]] * 2  # ranks beyond the table take its last entry
+        attract = np.asarray([0.1, 0.16, 0.28, 0.52, 1.0])[np.minimum(labels, 4)]
+        assert np.allclose(analytic, np.asarray(theta) * attract)
+
+
+def test_ubm_examination_matches_brute_force_enumeration():
+    model = load_click_model("ubm")
+    labels = [2, 0, 4, 1, 3]
+    rel = model.relevance(np.asarray(labels))
+    exam = np.zeros(len(labels))
+    for pattern in range(2 ** len(labels)):  # every click pattern, with its probability
+        clicks = [(pattern >> r) & 1 for r in range(len(labels))]
+        p, last, seen = 1.0, -1, []
+        for r, c in enumerate(clicks):
+            g = model.gamma(r, last)
+            seen.append(g)
+            p *= g * rel[r] if c else 1 - g * rel[r]
+            last = r if c else last
+        exam += p * np.asarray(seen)
+    assert np.allclose(model.examination(labels), exam, atol=1e-12)
+
+
+def test_simulation_is_seeded_and_randomization_permutes(shared):
+    lists = [ShownList("a", ("1", "2", "3"), (1, 0, 2)), ShownList("b", ("7", "8"), (0, 3))]
+    pbm = load_click_model("pbm")
+    one = [s.to_json() for s in simulate(lists, pbm, 500, seed=1)]
+    assert one == [s.to_json() for s in simulate(lists, pbm, 500, seed=1)]
+    assert one != [s.to_json() for s in simulate(lists, pbm, 500, seed=2)]
+    shuffled = list(simulate(lists, pbm, 2000, seed=1, randomize=True))
+    orders = {s.docs for s in shuffled if s.qid == "a"}
+    assert len(orders) == 6 and all(sorted(s.docs) == sorted(lists[s.qid == "b"].docs) for s in shuffled)
+    with pytest.raises(DataError, match="integer labels"):
+        list(simulate([ShownList("a", ("1",), (0.5,))], pbm, 10))
+    with pytest.raises(DataError, match="no propensity per rank"):
+        position_propensities(load_click_model("cascade"))
+    with pytest.raises(DataError, match="trust_biased_model.*not supported"):
+        load_click_model(str(shared / ULTRA / "trust_bias.json"))
+
+
+# ----------------------------------------------------------------------------- logs
+def test_click_log_round_trip_and_edge_cases(tmp_path):
+    sessions = [ClickSession("q1", ("a", "b", "c"), (0, 1, 0), "s1"),
+                ClickSession("q1", ("a", "b", "c"), (0, 0, 0), "s2"),  # no click at all
+                ClickSession("q2", tuple(f"d{i}" for i in range(12)), (1,) + (0,) * 10 + (1,), "s3", query="x")]
+    for name in ("log.jsonl", "log.jsonl.gz"):
+        assert write_click_log(iter(sessions), tmp_path / name) == 3
+        assert list(iter_sessions(tmp_path / name)) == sessions
+    with gzip.open(tmp_path / "log.jsonl.gz") as f:
+        assert f.read().count(b"\n") == 3
+    stats = aggregate(read_click_log(tmp_path / "log.jsonl"), list_size=10)
+    assert (stats.sessions, len(stats.groups), stats.clicks, stats.zero_click_sessions) == (3, 2, 2, 1)
+    # the 12-result session is cut to the propensity model's 10 ranks; its click at rank 12 is counted as dropped
+    assert stats.truncated_sessions == 1 and stats.dropped_clicks == 1
+    assert stats.groups[0].sessions == 2 and stats.groups[0].clicks.tolist() == [0, 1, 0]
+    assert len(stats.groups[1].docs) == 10
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"qid": "q", "docs": ["a"], "clicks": [1]', "not a JSON object"),
+    ('{"qid": "q", "docs": ["a", "b"], "clicks": [1]}', "as long as 'docs'"),
+    ('{"qid": "q", "docs": ["a"], "clicks": [2]}', "clicks must be 0 or 1"),
+    ('{"docs": ["a"], "clicks": [1]}', "no 'qid'"),
+    ('{"qid": "q", "docs": [], "clicks": []}', "non-empty"),
+    ('{"qid": "q", "docs": ["a", "a"], "clicks": [0, 1]}', "shown twice"),
+    ('[1, 2]', "JSON object"),
+])
+def test_malformed_log_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"qid": "q", "docs": ["a"], "clicks": [0]}\n\n' + line + "\n")
+    with pytest.raises(DataError, match=rf"bad.jsonl:3: .*{message}"):
+        list(read_click_log(path))
+
+
+def test_yandex_sample_reads_and_malformed_sessions_are_named(shared, tmp_path):
+    stats = aggregate(read_yandex(shared / "clicks/yandex-wscd2012-sample/trainSample"), 10)
+    assert stats.sessions == 35_064 and len({g.qid for g in stats.groups}) == 20
+    assert stats.truncated_sessions == 0 and 0 < stats.zero_click_sessions < stats.sessions
+    assert stats.unshown_clicks > 0  # the real log clicks results that were not shown: left out, counted
+    first = next(read_yandex(shared / "clicks/yandex-wscd2012-sample/oneQueryTrain"))
+    assert first.qid == "98435_1" and len(first.docs) == 10 and first.clicks == (1, 1, 0, 1, 0, 0, 0, 0, 0, 0)
+    bad = tmp_path / "y"
+    bad.write_text("q1\ta,b : a; q1\ta,b : b\nq2 a,b : a\n")
+    with pytest.raises(DataError, match=r"y:2 \(session 1 of the line\): expected 'QUERY<TAB>"):
+        list(read_yandex(bad))
+
+
+# ----------------------------------------------------------------------------- learners
+def synthetic(n_queries: int = 300, n_docs: int = 20, seed: int = 0) -> tuple[LetorData, np.ndarray]:
+    """Queries of documents whose label is a noisy function of 5 features; the second array is
+    a weak logging score that leans on feature 4, which has nothing to do with relevance (so
+    position bias makes it look relevant to a naive learner)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_queries * n_docs, 5)).astype(np.float32)
+    signal = x @ np.array([1.2, -0.8, 0.6, 0.0, 0.3])
+    y = np.clip(np.round(signal + 0.3 * rng.normal(size=len(x)) + 0.8), 0, 4).astype(np.float32)
+    offsets = np.arange(0, n_queries * n_docs + 1, n_docs)
+    data = LetorData(x, y, [f"q{i}" for i in range(n_queries)], offsets, "synthetic")
+    return data, 0.5 * signal + 2.0 * x[:, 3] + rng.normal(size=len(x))
+
+
+def test_ipw_weights_and_loss(tmp_path):
+    data, logging = synthetic(20, 12)
+    from rerank.ultr.simulate import letor_lists
+
+    pbm = load_click_model("pbm")
+    stats = aggregate(simulate(letor_lists(data, logging, 10), pbm, 3000, seed=0), 10)
+    theta = position_propensities(pbm, 10)
+    task = ClickTask(stats, FeatureScorer(data, stats.groups), "ipw", propensities=theta, max_weight=8.0)
+    (feats, w), counts, mask = task.batch([0, 1], 0)
+    assert torch.allclose(w[0], torch.tensor(theta[0] / np.asarray(theta), dtype=w.dtype))
+    model = ClickModelPair(FeatureScorer(data, stats.groups).make_ranker(), None, None).eval()
+    s = model.ranker(feats).double()
+    want = softmax(s, counts * w.clamp(max=8.0), mask)  # θ1/θ10 = 11.3: clipped at 8
+    assert task.loss(model, (feats, w), counts, mask).item() == pytest.approx(want.item(), rel=1e-5)
+    manual = -(counts * w.clamp(max=8.0) * torch.log_softmax(s, dim=1)).sum() / (counts * w.clamp(max=8.0)).sum()
+    assert want.item() == pytest.approx(manual.item(), rel=1e-9)
+    with pytest.raises(DataError, match="3 propensities given, but the log shows 10"):
+        ClickTask(stats, FeatureScorer(data, stats.groups), "ipw", propensities=[1.0, 0.5, 0.2])
+    with pytest.raises(DataError, match="wherever a click happened"):
+        ClickTask(stats, FeatureScorer(data, stats.groups), "ipw", propensities=[1.0] + [0.0] * 9)
+    with pytest.raises(ValueError, match="ipw needs propensities"):
+        ClickTask(stats, FeatureScorer(data, stats.groups), "ipw")
+    with pytest.raises(DataError, match="not in synthetic"):
+        FeatureScorer(data.subset([0]), stats.groups)
+
+
+def test_dla_recovers_known_propensities_and_beats_naive(tmp_path):
+    torch.set_num_threads(1)
+    data, logging = synthetic()
+    from rerank.ultr.simulate import letor_lists
+
+    train, test = data.subset(range(240)), data.subset(range(240, 300))
+    theta = [1.0 / (1 + r) ** 0.9 for r in range(10)]  # a PBM unlike the default one
+    pbm = load_click_model({"model_name": "position_biased_model", "click_prob": [0.05, 0.2, 0.4, 0.7, 1.0],
+                            "exam_prob": theta})
+    stats = aggregate(simulate(letor_lists(train, logging[: len(train.labels)], 10), pbm, 200_000, seed=0), 10)
+    scores = {}
+    for alg in ("naive", "dla"):
+        train_from_clicks(stats, FeatureScorer(train, stats.groups, hidden=(64, 32)), tmp_path / alg, cfg(epochs=40),
+                          algorithm=alg)
+        scores[alg] = letor_ndcg(test, FeatureRanker.load(tmp_path / alg).predict(test))["nDCG@10"]
+    err = propensity_error(load_propensity(tmp_path / "dla"), theta)
+    assert err["max_relative_error"] < 0.15 and err["pearson"] > 0.998, err  # ranks 8-10 see few clicks
+    assert scores["dla"] > scores["naive"] + 0.02, scores
+    with pytest.raises(DataError, match="only dla does"):
+        load_propensity(tmp_path / "naive")
+
+
+def test_randomization_and_table_dla_recover_propensities(tmp_path):
+    rng = np.random.default_rng(1)
+    lists = [ShownList(f"q{i}", tuple(str(j) for j in range(10)), tuple(rng.integers(0, 5, 10).tolist())) for i in range(30)]
+    pbm = load_click_model("pbm")
+    theta = position_propensities(pbm)
+    stats = aggregate(simulate(lists, pbm, 60_000, seed=0, randomize=True), 10)
+    est, se = randomization_propensities(stats)
+    assert np.all(np.abs(est - np.asarray(theta) / theta[0]) <= 4.5 * se + 1e-12) and se[0] == 0
+    # DLA with one score per query-document: identifiable here because each document is seen at every rank
+    r = train_from_clicks(stats, TableScorer(stats.groups), tmp_path, cfg(lr=0.05, epochs=3, batch_size=64), algorithm="dla")
+    err = propensity_error(r["propensity"], theta)
+    assert err["max_relative_error"] < 0.15 and err["pearson"] > 0.998, err
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_clicks_cli_simulate_stats_train_propensity(shared, tmp_path):
+    lgb = shared / "ltr" / "lightgbm-lambdarank"
+    run = CliRunner().invoke
+    log = tmp_path / "clicks.jsonl.gz"
+    res = run(main, ["clicks", "simulate", "--features", str(lgb / "rank.train"), "--model", "pbm", "--sessions", "20000",
+                     "--seed", "1", "-o", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "wrote 20000 sessions over 201 queries" in res.output
+    res = run(main, ["clicks", "stats", str(log)])
+    summary = json.loads(res.output)
+    assert summary["sessions"] == 20000 and summary["lists"] == 201
+    assert summary["ctr_by_rank"][0] > summary["ctr_by_rank"][9]
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "needs --propensities" in res.output
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", "cascade",
+                     "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "no propensity per rank" in res.output
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "dla", "--features", str(lgb / "rank.train"),
+                     "--test", str(lgb / "rank.test"), "--epochs", "15", "-o", str(tmp_path / "dla")])
+    assert res.exit_code == 0, res.output
+    assert "shown lists of dev queries left out of training" in res.output
+    assert "estimated propensity (rank: θ/θ1): 1:1.000 2:0." in res.output and "test nDCG@10 0." in res.output
+    assert FeatureRanker.load(tmp_path / "dla").num_features == 300  # the LightGBM example set's width
+    res = run(main, ["clicks", "simulate", "--features", str(lgb / "rank.train"), "--randomize", "--sessions", "30000",
+                     "-o", str(tmp_path / "rand.jsonl")])
+    assert res.exit_code == 0, res.output
+    res = run(main, ["clicks", "propensity", "--clicks", str(tmp_path / "rand.jsonl"), "--method", "randomization",
+                     "--truth", "pbm", "-o", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["error"]["pearson"] > 0.99 and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clicks_cli_real_yandex_propensities(shared, tmp_path):
+    res = CliRunner().invoke(main, ["clicks", "propensity", "--clicks", str(shared / "clicks/yandex-wscd2012-sample/trainSample"),
+                                    "--epochs", "30", "-o", str(tmp_path / "y.json")])
+    assert res.exit_code == 0, res.output
+    est = json.loads((tmp_path / "y.json").read_text())["propensity"]
+    assert est[0] == 1.0 and est[1] < 0.9 and est[9] < est[1] and all(0 < v <= 1.0 for v in est)
+
+
+def test_clicks_on_text_train_a_cross_encoder(scifact_dir, tmp_path):
+    """A click log over SciFact train (BM25 top 10 logged), learnt by DLA with a cross-encoder."""
+    run = CliRunner().invoke
+    log = tmp_path / "sf.jsonl"
+    res = run(main, ["clicks", "simulate", "-d", str(scifact_dir), "--sessions", "400", "-o", str(log)])
+    assert res.exit_code == 0, res.output
+    first = json.loads(log.read_text().splitlines()[0])
+    assert first["query"] and len(first["docs"]) == 10
+    res = run(main, ["train", "--clicks", str(log), "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir),
+                     "--dev-queries", "0", "--max-length", "64", "--batch-size", "16", "-o", str(tmp_path / "ce")])
+    assert res.exit_code == 0, res.output
+    assert "estimated propensity" in res.output and "cross-encoder:" in res.output
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(str(tmp_path / "ce"))
+    assert len(ce.score([("a query", "a passage"), ("another", "text")])) == 2
