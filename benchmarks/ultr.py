@@ -22,11 +22,11 @@ Writes benchmarks/results/ultr.json and ultr-propensity.png.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from rerank.train.trainer import TrainConfig
 from rerank.ultr.learn import (
     FeatureScorer,
     TableScorer,
+    pbm_em_propensities,
     propensity_error,
     randomization_propensities,
     train_from_clicks,
@@ -124,6 +125,9 @@ def run_set(name: str, shared: Path, args: argparse.Namespace, work: Path) -> di
             res["randomization_propensity"] = [round(float(v), 4) for v in r_est]
             res["randomization_stderr"] = [round(float(v), 4) for v in r_se]
             res["randomization_propensity_error"] = propensity_error(r_est, theta)
+            em = pbm_em_propensities(rand)  # the same randomized log, fitted as a PBM by EM
+            res["em_propensity_randomized_log"] = [round(float(v), 4) for v in em]
+            res["em_propensity_error"] = propensity_error(em, theta)
         else:  # no per-rank propensity: compare with the mean examination of the logged lists
             exam = np.mean([model.examination(s.labels) for s in lists if len(s.docs) == 10], axis=0)
             res["mean_examination"] = [round(float(v / exam[0]), 4) for v in exam]
@@ -142,7 +146,28 @@ def yandex(shared: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
     ctr = stats.ctr_by_rank()
     return {"log": YANDEX, **{k: v for k, v in stats.summary().items() if k != "source"},
             "dla_propensity": [round(v, 4) for v in r["propensity"]],
+            "em_propensity": [round(float(v), 4) for v in pbm_em_propensities(stats)],
+            "same_document_ratio": same_document_ratios(stats),
             "ctr_relative": [round(float(v / ctr[0]), 4) for v in ctr], "seconds": round(time.perf_counter() - t, 1)}
+
+
+def same_document_ratios(stats: Any) -> list[float]:
+    """θ_r/θ_1 from documents shown at both rank 1 and rank r (a check without any model):
+    Σ w·CTR(d at r) / Σ w·CTR(d at 1), w = the smaller of the two impression counts."""
+    clicks: dict[tuple[str, str], np.ndarray] = {}
+    shown: dict[tuple[str, str], np.ndarray] = {}
+    for g in stats.groups:
+        for r, d in enumerate(g.docs):
+            clicks.setdefault((g.qid, d), np.zeros(10))[r] += g.clicks[r]
+            shown.setdefault((g.qid, d), np.zeros(10))[r] += g.sessions
+    num, den = np.zeros(10), np.zeros(10)
+    for k, n in shown.items():
+        both = (n > 0) & (n[0] > 0)
+        w = np.minimum(n, n[0])
+        ctr = np.divide(clicks[k], n, out=np.zeros(10), where=n > 0)
+        num += np.where(both, w * ctr, 0)
+        den += np.where(both, w * ctr[0], 0)
+    return [round(float(v), 4) for v in np.divide(num, den, out=np.zeros(10), where=den > 0)]
 
 
 def log_io(sessions: int, shared: Path, work: Path) -> dict[str, Any]:
@@ -153,14 +178,16 @@ def log_io(sessions: int, shared: Path, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     write_click_log(simulate(lists, load_click_model("pbm"), sessions, seed=0), path)
     write_s = time.perf_counter() - t
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     stats = aggregate(iter_sessions(path), 10, str(path))
     read_s = time.perf_counter() - t
+    tracemalloc.start()  # a second pass, traced: the most memory Python held while streaming
+    aggregate(iter_sessions(path), 10, str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return {"sessions": sessions, "distinct_lists": len(stats.groups), "file_mb": round(path.stat().st_size / 2**20, 1),
-            "write_s": round(write_s, 1), "read_and_fold_s": round(read_s, 1),
-            "sessions_per_s_read": round(sessions / read_s), "peak_rss_growth_mb_while_reading":
-            round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)}
+            "write_s": round(write_s, 1), "read_and_fold_s": round(read_s, 1), "sessions_per_s_read": round(sessions / read_s),
+            "peak_python_mb_while_reading": round(peak / 2**20, 2)}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -182,6 +209,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax = axes[0][-1]
         y = result["yandex"]
         ax.plot(ranks, y["dla_propensity"], "o-", label="DLA")
+        ax.plot(ranks, y["em_propensity"], "s--", label="PBM fitted by EM")
+        ax.plot(ranks, y["same_document_ratio"], "^-.", label="same document, rank 1 vs r")
         ax.plot(ranks, y["ctr_relative"], "x:", label="click rate (biased)")
         ax.set_title(f"Yandex WSCD sample: {y['sessions']:,} sessions", fontsize=9)
     for ax in axes[0]:
@@ -237,8 +266,12 @@ def main() -> None:
                   + f"   max rel err {p['dla_propensity_error']['max_relative_error']:.3f}, r {p['dla_propensity_error']['pearson']:.4f}")
             print(f"  {name} randomization" + " ".join(f"{v:.3f}" for v in p["randomization_propensity"])
                   + f"   max rel err {p['randomization_propensity_error']['max_relative_error']:.3f}")
+            print(f"  {name} EM (rand. log)" + " ".join(f"{v:.3f}" for v in p["em_propensity_randomized_log"])
+                  + f"   max rel err {p['em_propensity_error']['max_relative_error']:.3f}")
     y = result["yandex"]
     print("  Yandex sample DLA  " + " ".join(f"{v:.3f}" for v in y["dla_propensity"]))
+    print("  Yandex sample EM   " + " ".join(f"{v:.3f}" for v in y["em_propensity"]))
+    print("  Yandex same doc    " + " ".join(f"{v:.3f}" for v in y["same_document_ratio"]))
     print("  Yandex sample CTR  " + " ".join(f"{v:.3f}" for v in y["ctr_relative"]))
     if "log_io" in result:
         print(f"\nclick log I/O: {result['log_io']}")

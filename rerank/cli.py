@@ -681,8 +681,9 @@ def clicks_stats(log: str, list_size: int) -> None:
 
 @clicks.command("propensity")
 @click.option("--clicks", "log", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--method", type=click.Choice(["dla", "randomization"]), default="dla", show_default=True,
-              help="dla: learnt jointly with a ranker (any log); randomization: click rates of a log shown in random order.")
+@click.option("--method", type=click.Choice(["dla", "em", "randomization"]), default="dla", show_default=True,
+              help="dla: learnt jointly with a ranker (any log); em: a position-based click model fitted by EM; "
+                   "randomization: click rates of a log shown in random order.")
 @click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
               help="DLA's ranker: a feature MLP over these LETOR rows (default: one score per query-document pair).")
 @click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
@@ -699,7 +700,7 @@ def clicks_propensity(log: str, method: str, features_path: str | None, list_siz
     """Estimate the examination propensity of each rank, relative to rank 1."""
     import tempfile
 
-    from .ultr.learn import propensity_error, randomization_propensities
+    from .ultr.learn import pbm_em_propensities, propensity_error, randomization_propensities
     from .ultr.log import aggregate, iter_sessions
 
     _setup_logging(False)
@@ -708,6 +709,8 @@ def clicks_propensity(log: str, method: str, features_path: str | None, list_siz
     if method == "randomization":
         est, err = randomization_propensities(stats)
         estimate, se = est.tolist(), err.tolist()
+    elif method == "em":
+        estimate = pbm_em_propensities(stats).tolist()
     else:
         import torch
 

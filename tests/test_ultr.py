@@ -23,6 +23,7 @@ from rerank.ultr.learn import (
     FeatureScorer,
     TableScorer,
     load_propensity,
+    pbm_em_propensities,
     propensity_error,
     randomization_propensities,
     train_from_clicks,
@@ -115,6 +116,9 @@ def test_click_log_round_trip_and_edge_cases(tmp_path):
     assert stats.truncated_sessions == 1 and stats.dropped_clicks == 1
     assert stats.groups[0].sessions == 2 and stats.groups[0].clicks.tolist() == [0, 1, 0]
     assert len(stats.groups[1].docs) == 10
+    # and the learners take such a log: the zero-click session adds nothing, the cut list trains at 10 ranks
+    r = train_from_clicks(stats, TableScorer(stats.groups), tmp_path / "dla", cfg(epochs=2), algorithm="dla")
+    assert len(r["propensity"]) == 10 and r["steps"] == 2
 
 
 @pytest.mark.parametrize("line, message", [
@@ -220,6 +224,8 @@ def test_randomization_and_table_dla_recover_propensities(tmp_path):
     r = train_from_clicks(stats, TableScorer(stats.groups), tmp_path, cfg(lr=0.05, epochs=3, batch_size=64), algorithm="dla")
     err = propensity_error(r["propensity"], theta)
     assert err["max_relative_error"] < 0.15 and err["pearson"] > 0.998, err
+    em = propensity_error(pbm_em_propensities(stats), theta)  # the classic estimator agrees
+    assert em["max_relative_error"] < 0.1 and em["pearson"] > 0.999, em
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -413,6 +413,43 @@ def randomization_propensities(stats: ClickStats) -> tuple[np.ndarray, np.ndarra
     return rel, se
 
 
+def pbm_em_propensities(stats: ClickStats, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
+    """``θ̂_i / θ̂_1`` of a position-based click model fitted by expectation-maximisation (the
+    classic click-model estimator, as in PyClick): ``P(click) = α_qd θ_r`` with one α per
+    query-document pair; like DLA's table ranker it identifies θ only through documents shown
+    at several ranks. Stops when no θ moves by more than ``tol``."""
+    keys: dict[tuple[str, str], int] = {}
+    key, rank, clicks, shown = [], [], [], []
+    for g in stats.groups:
+        for r, d in enumerate(g.docs):
+            key.append(keys.setdefault((g.qid, d), len(keys)))
+            rank.append(r)
+            clicks.append(g.clicks[r])
+            shown.append(g.sessions)
+    k, r_, c, n = np.asarray(key), np.asarray(rank), np.asarray(clicks, dtype=np.float64), np.asarray(shown, dtype=np.float64)
+    if c.sum() == 0:
+        raise DataError("the click log has no click: nothing to estimate from")
+    alpha = np.full(len(keys), 0.5)
+    theta = np.full(stats.list_size, 0.5)
+    denom_a = np.bincount(k, weights=n, minlength=len(keys))
+    denom_t = np.bincount(r_, weights=n, minlength=stats.list_size)
+    for _ in range(iterations):
+        a, t = alpha[k], theta[r_]
+        miss = 1 - a * t
+        p_attr = np.divide(a * (1 - t), miss, out=np.zeros_like(a), where=miss > 0)  # P(attractive | no click)
+        p_exam = np.divide(t * (1 - a), miss, out=np.zeros_like(a), where=miss > 0)  # P(examined | no click)
+        alpha = np.bincount(k, weights=c + (n - c) * p_attr, minlength=len(keys)) / denom_a
+        new = np.divide(np.bincount(r_, weights=c + (n - c) * p_exam, minlength=stats.list_size), denom_t,
+                        out=np.zeros(stats.list_size), where=denom_t > 0)
+        moved = float(np.max(np.abs(new - theta)))
+        theta = new
+        if moved < tol:
+            break
+    if not theta[0] > 0:
+        raise DataError("no click at rank 1: cannot estimate propensities relative to it")
+    return theta / theta[0]
+
+
 def propensity_error(estimate: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
     """Max relative error and Pearson correlation of ``θ̂_i / θ̂_1`` against ``θ_i / θ_1``."""
     est = np.asarray(estimate, dtype=np.float64)
