@@ -468,6 +468,20 @@ def _report(result: dict[str, Any], output: str) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 autocast on GPUs and on CPUs with native bf16.")
+@click.option("--encoder", type=click.Choice(["cross", "bi"]), default="cross", show_default=True,
+              help="cross: a cross-encoder (query and document in one input); bi: a sentence-transformers bi-encoder "
+                   "(scale 20 x cosine), saved for --retriever dense:OUTPUT.")
+@click.option("--objective", type=click.Choice(["listwise", "pgrank", "contrastive", "first"]), default="listwise", show_default=True,
+              help="listwise: the --loss; pgrank: policy gradient on sampled rankings (PG-Rank, utility nDCG@--pg-k); "
+                   "contrastive: softmax cross-entropy of the positives against the list (InfoNCE); first: fine-tune a "
+                   "causal LM (-m) as a FIRST listwise reranker on windows of --negatives (LM loss + --first-lambda x RankNet).")
+@click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
+              help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
+@click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
+@click.option("--pg-samples", default=8, type=click.IntRange(min=2), show_default=True, help="PG-Rank: rankings sampled per list.")
+@click.option("--pg-k", default=10, type=click.IntRange(min=1), show_default=True, help="PG-Rank: sampled prefix length and nDCG cutoff.")
+@click.option("--pg-temperature", default=1.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="PG-Rank: policy temperature over the scores.")
 @click.option("--clicks", type=click.Path(exists=True, dir_okay=False),
               help="Learn from this click log (JSON lines, .gz, or Yandex format) instead of labels: with --features "
                    "(LETOR rows) a feature MLP, with --model and --dataset a cross-encoder.")
@@ -486,13 +500,14 @@ def _report(result: dict[str, Any], output: str) -> None:
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @_friendly
 def train(model: str | None, dataset: str | None, split: str, negatives: str, group_size: int, positives: int, max_length: int,
-          dev_queries: int, device: str, precision: str, clicks: str | None, algorithm: str, features_path: str | None,
+          dev_queries: int, device: str, precision: str, encoder: str, objective: str, first_lambda: float, window: int,
+          pg_samples: int, pg_k: int, pg_temperature: float, clicks: str | None, algorithm: str, features_path: str | None,
           propensities: str | None, list_size: int, max_weight: float | None, propensity_lr: float, valid: str | None,
           dev_fraction: float, test_path: str | None, hidden: str, dropout: float, threads: int, output: str, loss: str | None,
           epochs: int | None, batch_size: int | None, accumulate: int, lr: float | None, seed: int, checkpoint_every: int,
           overwrite: bool, encoding_errors: str) -> None:
-    """Train a cross-encoder reranker over candidate lists, or (--clicks) a ranker from a click log;
-    resumes from OUTPUT's checkpoint."""
+    """Train a cross-encoder or bi-encoder over candidate lists (listwise losses, PG-Rank, contrastive),
+    or (--clicks) a ranker from a click log; resumes from OUTPUT's checkpoint."""
     from .models.loading import pick_device
 
     _setup_logging(False)
@@ -504,14 +519,39 @@ def train(model: str | None, dataset: str | None, split: str, negatives: str, gr
         return
     if not model or not dataset:
         raise click.UsageError("training from labels needs --model and --dataset (or give --clicks LOG)")
+    from .train.biencoder import train_bi_encoder
     from .train.crossencoder import train_cross_encoder
 
+    if objective != "listwise" and loss:
+        raise click.UsageError(f"--objective {objective} sets the loss; leave out --loss {loss}")
+    options: dict[str, Any] = {}
+    if objective == "pgrank":
+        loss, options = "pgrank", {"samples": pg_samples, "k": pg_k, "temperature": pg_temperature}
+    elif objective == "contrastive":
+        loss = "softmax"
     ds = _load(dataset, split, None, encoding_errors)
-    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision)
-    result = train_cross_encoder(model, ds, output, cfg, negatives=negatives, group_size=group_size, positives=positives, max_length=max_length,
-                                 dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
+    if objective == "first":
+        from .train.first import train_first
+
+        cfg = _config("task", epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision, defaults=("task", 1, 1, 1e-5))
+        result = train_first(model, ds, output, cfg, candidates=negatives, window=window, lam=first_lambda,
+                             dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
+        _report(result, output)
+        click.echo(f"use it: rerank run --reranker first:{output} ...")
+        return
+    cfg = _config(loss, epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision, loss_options=options)
+    fn = train_bi_encoder if encoder == "bi" else train_cross_encoder
+    result = fn(model, ds, output, cfg, negatives=negatives, group_size=group_size, positives=positives, max_length=max_length,
+                dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
     _report(result, output)
-    click.echo(f"use it: rerank run --reranker cross-encoder:{output} ...")
+    if objective == "pgrank" and result.get("loss_per_step"):
+        utility = [s["mean_utility"] for s in result["loss_per_step"] if "mean_utility" in s]
+        if utility:
+            tenth = max(1, len(utility) // 10)
+            click.echo(f"mean sampled nDCG@{pg_k}: first {tenth} steps {sum(utility[:tenth]) / tenth:.4f}, "
+                       f"last {tenth} steps {sum(utility[-tenth:]) / tenth:.4f}")
+    kind = "--retriever dense" if encoder == "bi" else "--reranker cross-encoder"
+    click.echo(f"use it: rerank run {kind}:{output} ...")
 
 
 def _propensity_spec(spec: str) -> list[float]:

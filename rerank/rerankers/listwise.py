@@ -122,6 +122,10 @@ class _Listwise(ListReranker):
         body = [t for lab, p in zip(labels, fitted) for t in lab + p + newline]
         return before + pre_h + query + post_h + body + pre_t + query + post_t + after
 
+    def window_prompt(self, query: str, passages: Sequence[str]) -> list[int]:
+        """Token ids of the prompt this reranker builds for one window (training uses it too)."""
+        return self._prompt(self.llm.tokens([query])[0], self.llm.tokens(list(passages)))
+
     def _split(self, template: str, n: int) -> tuple[list[int], list[int]]:
         a, b = template.replace("{n}", str(n)).split("{query}")
         pa, pb = self.llm.tokens([a, b])
@@ -164,6 +168,16 @@ class First(_Listwise):
     def __init__(self, name: str = DEFAULT_MODEL, *, identifiers: str = "auto", **options: Any) -> None:
         super().__init__(name, **options)
         self._prime, self.labels, self._ids = identifier_tokens(self.llm.tokenizer, self.window, identifiers)
+
+    @property
+    def prime(self) -> str:
+        """What the assistant turn starts with before the first identifier token."""
+        return self._prime
+
+    @property
+    def identifier_ids(self) -> list[int]:
+        """The token read for each label as the first answer token."""
+        return list(self._ids)
 
     def _rank_windows(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
         logits = self.llm.next_token_logits(prompts, self._ids)

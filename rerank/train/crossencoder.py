@@ -181,19 +181,26 @@ def train_cross_encoder(model: str, dataset: Any, output: str | Path, config: An
                         device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (a loaded :class:`~rerank.data.Dataset`, its train split) with hard
     negatives from the first stage ``negatives`` (``RETRIEVER:DEPTH``, e.g. ``bm25:30``)."""
-    from ..cli import build_first_stage
     from .trainer import Trainer
+
+    qrels, train_q, dev_q, candidates, depth = mine_lists(dataset, negatives, dev_queries, config.seed)
+    body, tokenizer = load_cross_encoder_body(model, device)
+    task = CrossEncoderTask(model, tokenizer, train_q, qrels, candidates, dataset.docs, group_size=group_size,
+                            max_length=max_length, rel=dataset.rel, seed=config.seed, dev_queries=dev_q,
+                            dev_depth=depth, device=device, positives=positives)
+    return Trainer(body, task, config, output, device=device, overwrite=overwrite).train()
+
+
+def mine_lists(dataset: Any, negatives: str, dev_queries: int, seed: int) -> tuple[Qrels, list[Query], list[Query], Ranking, int]:
+    """(qrels, train queries, dev queries, first-stage candidates with texts, depth) for
+    ``negatives`` = ``RETRIEVER:DEPTH`` (any ``--retriever`` spec, e.g. ``bm25:30``)."""
+    from ..cli import build_first_stage
 
     spec, _, depth_s = negatives.rpartition(":")
     if not spec or not depth_s.isdigit() or int(depth_s) < 1:
         raise ValueError(f"--negatives takes RETRIEVER:DEPTH (e.g. bm25:30), not {negatives!r}")
     qrels = dataset.require_qrels()
-    train_q, dev_q = split_dev(dataset.queries, qrels, dev_queries, config.seed)
-    stage = build_first_stage(spec, dataset, int(depth_s), with_text=True)
+    train_q, dev_q = split_dev(dataset.queries, qrels, dev_queries, seed)
     log.info("mining negatives: %s top %s for %d queries", spec, depth_s, len(dataset.queries))
-    candidates = stage(train_q + dev_q)
-    body, tokenizer = load_cross_encoder_body(model, device)
-    task = CrossEncoderTask(model, tokenizer, train_q, qrels, candidates, dataset.docs, group_size=group_size,
-                            max_length=max_length, rel=dataset.rel, seed=config.seed, dev_queries=dev_q,
-                            dev_depth=int(depth_s), device=device, positives=positives)
-    return Trainer(body, task, config, output, device=device, overwrite=overwrite).train()
+    candidates = build_first_stage(spec, dataset, int(depth_s), with_text=True)(train_q + dev_q)
+    return qrels, train_q, dev_q, candidates, int(depth_s)

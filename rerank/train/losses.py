@@ -328,6 +328,15 @@ LOSSES: dict[str, LossFn] = {
     "approxndcg": approx_ndcg,
     "neuralndcg": neural_ndcg,
 }
+
+
+def _register_pgrank() -> None:
+    from .pgrank import pgrank
+
+    LOSSES["pgrank"] = pgrank  # policy gradient (a stochastic surrogate, see rerank.train.pgrank)
+
+
+_register_pgrank()
 ALIASES = {"ndcg2pp": "lambdaloss", "ndcg2++": "lambdaloss", "approx-ndcg": "approxndcg", "neural-ndcg": "neuralndcg",
            "pointwise-bce": "bce", "pointwise-mse": "mse"}
 

@@ -83,7 +83,8 @@ class TrainConfig:
     keep_best: bool = True  # save the epoch with the best dev metric (the first one the task reports), not the last
 
     def check(self) -> None:
-        get_loss(self.loss)
+        if self.loss != "task":  # "task": the task brings its own loss (e.g. the FIRST objective)
+            get_loss(self.loss)
         for name in ("epochs", "batch_size", "accumulate", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -141,7 +142,9 @@ class Trainer:
         self.output = Path(output)
         self.device = device
         self.bf16 = use_bf16(config.precision, device)
-        self.loss_fn = get_loss(config.loss)
+        if config.loss == "task" and not callable(getattr(task, "loss", None)):
+            raise ValueError("loss='task' needs a task with its own loss(model, inputs, labels, mask)")
+        self.loss_fn = get_loss(config.loss) if config.loss != "task" else None
         self.steps_per_epoch = math.ceil(len(task) / (config.batch_size * config.accumulate))
         self.total_steps = self.steps_per_epoch * config.epochs
         done = self.output / HISTORY
@@ -170,6 +173,7 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self.steps_log: list[dict[str, float]] = []
+        self.step_stats: dict[str, float] = {}  # what the loss reports beside its value (PG-Rank: sampled utility)
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (dev metric, epoch, state)
         self.identity = {"config": {k: v for k, v in asdict(config).items() if k not in ("max_steps", "checkpoint_every")},
                          "task": task.describe()}
@@ -219,6 +223,7 @@ class Trainer:
     def _step(self, micro: list[list[int]], epoch: int) -> float:
         total = sum(len(m) for m in micro)
         value = 0.0
+        self.step_stats = {}
         for part in micro:
             inputs, labels, mask = self.task.batch(part, epoch)
             labels, mask = labels.to(self.device), mask.to(self.device)
@@ -229,12 +234,16 @@ class Trainer:
                 else:
                     scores = self.task.scores(self.model, inputs)
             if not callable(custom):
+                assert self.loss_fn is not None
                 loss = self.loss_fn(scores.float(), labels.float(), mask, **self.config.loss_options)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the {self.config.loss} loss became {loss.item()} at step {self.global_step + 1}; "
                                          "lower the learning rate")
             (loss * (len(part) / total)).backward()
             value += loss.item() * len(part) / total
+            reporter = self.task if callable(custom) else self.loss_fn
+            for key, v in (getattr(reporter, "last_stats", None) or {}).items():  # e.g. PG-Rank's sampled utility
+                self.step_stats[key] = self.step_stats.get(key, 0.0) + v * len(part) / total
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
@@ -269,7 +278,8 @@ class Trainer:
                 self.step_in_epoch = step + 1
                 self.global_step += 1
                 self.steps_log.append({"step": self.global_step, "loss": round(loss, 6),
-                                       "lr": float(self.scheduler.get_last_lr()[0])})
+                                       "lr": float(self.scheduler.get_last_lr()[0]),
+                                       **{k: round(v, 6) for k, v in self.step_stats.items()}})
                 if self.global_step % 10 == 0 or self.global_step == self.total_steps:
                     recent = [s["loss"] for s in self.steps_log[-10:]]
                     log.info("epoch %d step %d/%d loss %.4f (%.1f s)", self.epoch + 1, self.global_step, self.total_steps,
