@@ -12,6 +12,7 @@ from rerank.env import atomic_write
 from rerank.models import model_folders
 
 RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "work"  # trained models and cached runs (git-ignored)
 
 
 def offline(name: str) -> str:

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, write_result
 
 from rerank.cli import build_first_stage
 from rerank.data import load_dataset
@@ -38,7 +38,6 @@ from rerank.train.trainer import HISTORY, TrainConfig
 from rerank.types import Hit
 
 METRICS = ["nDCG@10", "RR@10", "R@100"]
-WORK = Path(__file__).parent / "work"
 
 
 def rerank_by(encoder: Encoder, queries, candidates, docs) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, write_result
 
 from rerank.data import load_dataset
 from rerank.data.formats import read_trec_run, write_trec_run
@@ -32,7 +32,6 @@ from rerank.train.crossencoder import train_cross_encoder
 from rerank.train.trainer import HISTORY, TrainConfig
 
 METRICS = ["nDCG@10", "RR@10", "R@100"]
-WORK = Path(__file__).parent / "work"
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, write_result
 
 from rerank.data import load_dataset
 from rerank.evaluate import compare, evaluate
@@ -38,7 +38,6 @@ from rerank.ultr.log import aggregate
 from rerank.ultr.simulate import ULTRA_THETA, load_click_model, run_lists, simulate
 
 METRICS = ["nDCG@10", "RR@10"]
-WORK = Path(__file__).parent / "work"
 
 
 def main() -> None:

@@ -167,11 +167,11 @@ class FirstTask:
         bias = getattr(head, "bias", None)
         if bias is not None:
             z = z + bias[ident].float()
-        self.last_stats = {"lm_loss": float(lm), "ranknet": 0.0}
+        self.last_stats = {"lm_loss": float(lm.detach()), "ranknet": 0.0}
         if self.lam == 0:
             return lm
         rank_loss = first_ranknet(z, ranks.to(device), mask.to(device))
-        self.last_stats["ranknet"] = float(rank_loss)
+        self.last_stats["ranknet"] = float(rank_loss.detach())
         return lm + self.lam * rank_loss
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
