@@ -478,6 +478,7 @@ def _report(result: dict[str, Any], output: str) -> None:
 @click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
               help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
 @click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
+@click.option("--lora", type=click.IntRange(min=1), help="FIRST: train LoRA adapters of this rank (peft, extra `lora`) instead of all weights.")
 @click.option("--pg-samples", default=8, type=click.IntRange(min=2), show_default=True, help="PG-Rank: rankings sampled per list.")
 @click.option("--pg-k", default=10, type=click.IntRange(min=1), show_default=True, help="PG-Rank: sampled prefix length and nDCG cutoff.")
 @click.option("--pg-temperature", default=1.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
@@ -501,6 +502,7 @@ def _report(result: dict[str, Any], output: str) -> None:
 @_friendly
 def train(model: str | None, dataset: str | None, split: str, negatives: str, group_size: int, positives: int, max_length: int,
           dev_queries: int, device: str, precision: str, encoder: str, objective: str, first_lambda: float, window: int,
+          lora: int | None,
           pg_samples: int, pg_k: int, pg_temperature: float, clicks: str | None, algorithm: str, features_path: str | None,
           propensities: str | None, list_size: int, max_weight: float | None, propensity_lr: float, valid: str | None,
           dev_fraction: float, test_path: str | None, hidden: str, dropout: float, threads: int, output: str, loss: str | None,
@@ -534,7 +536,7 @@ def train(model: str | None, dataset: str | None, split: str, negatives: str, gr
         from .train.first import train_first
 
         cfg = _config("task", epochs, batch_size, accumulate, lr, seed, checkpoint_every, precision, defaults=("task", 1, 1, 1e-5))
-        result = train_first(model, ds, output, cfg, candidates=negatives, window=window, lam=first_lambda,
+        result = train_first(model, ds, output, cfg, candidates=negatives, window=window, lam=first_lambda, lora=lora,
                              dev_queries=dev_queries, device=pick_device(device), overwrite=overwrite)
         _report(result, output)
         click.echo(f"use it: rerank run --reranker first:{output} ...")

@@ -87,7 +87,8 @@ class FirstTask:
     the same reranker after every epoch (single window of the top ``window``)."""
 
     def __init__(self, reranker: Any, windows: Sequence[Window], *, lam: float = 10.0, seed: int = 0,
-                 dev: tuple[Sequence[Query], Ranking, Qrels] | None = None, rel: int = 1, shuffle: bool = False) -> None:
+                 dev: tuple[Sequence[Query], Ranking, Qrels] | None = None, rel: int = 1, shuffle: bool = False,
+                 lora: Any = None) -> None:
         if lam < 0:
             raise ValueError(f"λ (the RankNet weight) must be >= 0, got {lam}")
         if not windows:
@@ -97,6 +98,7 @@ class FirstTask:
             raise DataError(f"a window of {too_big} passages exceeds the reranker's window of {reranker.window}")
         self.reranker, self.windows, self.lam, self.seed = reranker, list(windows), lam, seed
         self.dev, self.rel, self.shuffle = dev, rel, shuffle
+        self.lora = lora  # the peft wrapper when the model carries LoRA adapters (see add_lora)
         llm = reranker.llm
         self.eos = [t for t in (llm.tokenizer.eos_token_id,) if t is not None]
         end_of_turn = llm.tokenizer.convert_tokens_to_ids("<|im_end|>") if llm.chat else None
@@ -108,7 +110,7 @@ class FirstTask:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.reranker.llm.name, "windows": len(self.windows), "lambda": self.lam,
-                "window": self.reranker.window, "shuffle": self.shuffle,
+                "window": self.reranker.window, "shuffle": self.shuffle, "lora": self.lora is not None,
                 "first": [self.windows[0].query[:64], len(self.windows[0].passages)]}
 
     def _example(self, index: int, epoch: int) -> tuple[list[int], list[int], list[int]]:
@@ -182,18 +184,40 @@ class FirstTask:
         return {"dev nDCG@10": evaluate(run, qrels, ["nDCG@10"], rel=self.rel).metrics["nDCG@10"]}
 
     def save(self, model: Any, folder: Path) -> None:
+        if self.lora is not None:  # fold the adapters into the weights: the output loads as a plain model
+            model = self.lora.merge_and_unload()
         model.save_pretrained(folder)
         self.reranker.llm.tokenizer.save_pretrained(folder)
 
 
+def add_lora(model: Any, rank: int = 16, alpha: int | None = None, dropout: float = 0.05) -> Any:
+    """Inject LoRA adapters (peft) into every linear layer of ``model`` in place and freeze the
+    rest; returns the peft wrapper (whose ``merge_and_unload`` gives the merged model back)."""
+    from ..errors import MissingDependency
+
+    try:
+        import peft
+    except ImportError:
+        raise MissingDependency("LoRA fine-tuning", "lora", "peft") from None
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout, target_modules="all-linear",
+                             task_type="CAUSAL_LM")
+    wrapped = peft.get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA rank %d: %d trainable parameters of %d", rank, trainable, sum(p.numel() for p in model.parameters()))
+    return wrapped
+
+
 def train_first(model: str, dataset: Any, output: str | Path, config: Any, *, candidates: str = "bm25:20",
                 window: int = 20, lam: float = 10.0, dev_queries: int = 50, max_passage_tokens: int = 100,
-                shuffle: bool = False, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+                shuffle: bool = False, lora: int | None = None, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune the causal LM ``model`` with the FIRST objective on windows of ``dataset``'s
     train split: the top ``window`` of ``candidates`` (``RETRIEVER:DEPTH``) in first-stage order,
     gold order from the qrels; dev queries are held out and reranked (top ``window``) each epoch.
-    Full fine-tuning in float32 weights with the trainer's bf16 autocast; ``config.loss`` is
-    ``task``. The output loads as ``first:OUTPUT``."""
+    Full fine-tuning in float32 weights with the trainer's bf16 autocast, or LoRA adapters of
+    rank ``lora`` (merged into the saved weights); ``config.loss`` is ``task``. The output loads
+    as ``first:OUTPUT``."""
     from ..rerankers.listwise import First
     from .crossencoder import mine_lists
     from .trainer import Trainer
@@ -204,5 +228,6 @@ def train_first(model: str, dataset: Any, output: str | Path, config: Any, *, ca
              len(train_q) - len(windows))
     reranker = First(model, window=window, dtype="float32", device=device, max_passage_tokens=max_passage_tokens)
     dev = (dev_q, cands, {q.qid: qrels[q.qid] for q in dev_q if q.qid in qrels}) if dev_q else None
-    task = FirstTask(reranker, windows, lam=lam, seed=config.seed, dev=dev, rel=dataset.rel, shuffle=shuffle)
+    wrapped = add_lora(reranker.llm.model, lora) if lora else None
+    task = FirstTask(reranker, windows, lam=lam, seed=config.seed, dev=dev, rel=dataset.rel, shuffle=shuffle, lora=wrapped)
     return Trainer(reranker.llm.model, task, config, output, device=reranker.llm.device, overwrite=overwrite).train()
