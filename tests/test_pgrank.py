@@ -137,3 +137,18 @@ def test_pgrank_trains_a_bi_encoder_and_a_cross_encoder(scifact_dir, tmp_path):
     cfg.epochs, cfg.max_steps = 1, 1
     out = Trainer(ce, ce_task, cfg, tmp_path / "ce").train()
     assert out["stopped_at"] == 1
+
+
+def test_train_cli_objective_options_are_checked(scifact_dir, tmp_path):
+    from click.testing import CliRunner
+    from conftest import offline_model
+
+    from rerank.cli import main
+
+    base = ["train", "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir), "-o", str(tmp_path / "m")]
+    res = CliRunner().invoke(main, [*base, "--objective", "pgrank", "--loss", "ranknet"])
+    assert res.exit_code == 2 and "--objective pgrank sets the loss" in res.output
+    res = CliRunner().invoke(main, [*base, "--objective", "pgrank", "--pg-samples", "1"])
+    assert res.exit_code == 2 and "--pg-samples" in res.output
+    res = CliRunner().invoke(main, [*base, "--objective", "first", "--window", "40"])
+    assert res.exit_code == 2 and "--window" in res.output
