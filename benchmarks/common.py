@@ -23,6 +23,17 @@ def offline(name: str) -> str:
     raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
 
 
+def scifact_train_test() -> tuple[Any, Any, Any]:
+    """(SciFact train, SciFact test, test qrels), with INFO logging on: the setup of the training benchmarks."""
+    import logging
+
+    from rerank.data import load_dataset
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    test = load_dataset("scifact", split="test")
+    return load_dataset("scifact", split="train"), test, test.require_qrels()
+
+
 def machine() -> dict[str, Any]:
     import torch
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import sys
@@ -25,9 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
-from rerank.data import load_dataset
 from rerank.data.formats import read_trec_run, write_trec_run
 from rerank.evaluate import compare, evaluate
 from rerank.rerankers.listwise import First
@@ -46,11 +44,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--out", default=str(RESULTS / "first.json"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model = offline(args.model)
-    train = load_dataset("scifact", split="train")
-    test = load_dataset("scifact", split="test")
-    qrels = test.require_qrels()
+    train, test, qrels = scifact_train_test()
     windows = label_windows(train.queries, BM25(train, k=20)(train.queries), train.require_qrels(), window=20, docs=train.docs)
     windows = random.Random(0).sample(windows, min(args.windows, len(windows)))
     test_run = BM25(test, k=20)(test.queries)

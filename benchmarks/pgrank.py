@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -27,10 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, WORK, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
 from rerank.cli import build_first_stage
-from rerank.data import load_dataset
 from rerank.evaluate import compare, evaluate
 from rerank.models.encoder import Encoder
 from rerank.train.biencoder import train_bi_encoder
@@ -65,11 +63,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", default=str(RESULTS / "pgrank.json"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     body = offline("all-MiniLM-L6-v2")
-    train = load_dataset("scifact", split="train")
-    test = load_dataset("scifact", split="test")
-    qrels = test.require_qrels()
+    train, test, qrels = scifact_train_test()
     t = time.perf_counter()
     candidates = build_first_stage(f"hybrid:bm25+dense:{body}", test, 100)(test.queries)
     first_s = time.perf_counter() - t

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -21,9 +20,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
-from rerank.data import load_dataset
 from rerank.data.formats import read_trec_run, write_trec_run
 from rerank.evaluate import compare, evaluate
 from rerank.rerankers.pointwise import CrossEncoder
@@ -47,12 +45,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "train-ce.json"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     body = offline("all-MiniLM-L6-v2")
 
-    train = load_dataset("scifact", split="train")
-    test = load_dataset("scifact", split="test")
-    qrels = test.require_qrels()
+    train, test, qrels = scifact_train_test()
     bm25_run = BM25(test, k=args.depth)(test.queries)
     base = evaluate(bm25_run, qrels, METRICS)
     rows = [{"system": "bm25", **{m: round(v, 4) for m, v in base.metrics.items()}}]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -25,9 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, machine, offline, write_result
+from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
-from rerank.data import load_dataset
 from rerank.evaluate import compare, evaluate
 from rerank.rerankers.pointwise import CrossEncoder
 from rerank.retrieve.bm25 import BM25
@@ -51,10 +49,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=100, help="test BM25 candidates reranked")
     ap.add_argument("--out", default=str(RESULTS / "ultr-text.json"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     body = offline("all-MiniLM-L6-v2")
-    train = load_dataset("scifact", split="train")
-    test = load_dataset("scifact", split="test")
+    train, test, _ = scifact_train_test()
     qrels = train.require_qrels()
     _, dev_q = split_dev(train.queries, qrels, 50, 0)
     dev_ids = {q.qid for q in dev_q}
