@@ -142,7 +142,9 @@ class Trainer:
         self.output = Path(output)
         self.device = device
         self.bf16 = use_bf16(config.precision, device)
-        if config.loss == "task" and not callable(getattr(task, "loss", None)):
+        custom = getattr(task, "loss", None)
+        self.task_loss = custom if callable(custom) else None  # a task with its own objective (clicks, FIRST)
+        if config.loss == "task" and self.task_loss is None:
             raise ValueError("loss='task' needs a task with its own loss(model, inputs, labels, mask)")
         self.loss_fn = get_loss(config.loss) if config.loss != "task" else None
         self.steps_per_epoch = math.ceil(len(task) / (config.batch_size * config.accumulate))
@@ -227,13 +229,12 @@ class Trainer:
         for part in micro:
             inputs, labels, mask = self.task.batch(part, epoch)
             labels, mask = labels.to(self.device), mask.to(self.device)
-            custom = getattr(self.task, "loss", None)
             with autocast(self.device, self.bf16):
-                if callable(custom):  # a task with its own objective (click learners)
-                    loss = custom(self.model, inputs, labels, mask)
+                if self.task_loss is not None:
+                    loss = self.task_loss(self.model, inputs, labels, mask)
                 else:
                     scores = self.task.scores(self.model, inputs)
-            if not callable(custom):
+            if self.task_loss is None:
                 assert self.loss_fn is not None
                 loss = self.loss_fn(scores.float(), labels.float(), mask, **self.config.loss_options)
             if not torch.isfinite(loss):
@@ -241,7 +242,7 @@ class Trainer:
                                          "lower the learning rate")
             (loss * (len(part) / total)).backward()
             value += loss.item() * len(part) / total
-            reporter = self.task if callable(custom) else self.loss_fn
+            reporter = self.task if self.task_loss is not None else self.loss_fn
             for key, v in (getattr(reporter, "last_stats", None) or {}).items():  # e.g. PG-Rank's sampled utility
                 self.step_stats[key] = self.step_stats.get(key, 0.0) + v * len(part) / total
         if self.config.max_grad_norm > 0:
