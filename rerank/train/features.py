@@ -236,6 +236,14 @@ def letor_ndcg(data: LetorData, scores: np.ndarray, metrics: Sequence[str] = ("n
     return evaluate(data.ranking(scores), qrels, list(metrics)).metrics
 
 
+def dev_ndcg(model: torch.nn.Module, dev: LetorData | None) -> dict[str, float]:
+    """``{"dev nDCG@10": ...}`` of a :class:`FeatureMLP` on labelled dev data (empty without it)."""
+    if dev is None:
+        return {}
+    assert isinstance(model, FeatureMLP)
+    return {"dev nDCG@10": letor_ndcg(dev, FeatureRanker(model).predict(dev))["nDCG@10"]}
+
+
 class FeatureTask:
     """Lists of one query's rows each, for :class:`~rerank.train.trainer.Trainer`. Lists longer
     than ``max_list`` are sampled down (seeded per list and epoch): up to half of the slots go
@@ -281,10 +289,7 @@ class FeatureTask:
         return model(inputs.to(self.device))
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        if self.dev is None:
-            return {}
-        assert isinstance(model, FeatureMLP)
-        return {"dev nDCG@10": letor_ndcg(self.dev, FeatureRanker(model).predict(self.dev))["nDCG@10"]}
+        return dev_ndcg(model, self.dev)
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         assert isinstance(model, FeatureMLP)

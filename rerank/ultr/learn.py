@@ -36,7 +36,7 @@ import torch
 
 from ..env import atomic_write
 from ..errors import DataError
-from ..train.features import FeatureMLP, FeatureRanker, LetorData, letor_ndcg
+from ..train.features import FeatureMLP, FeatureRanker, LetorData, dev_ndcg
 from ..train.losses import softmax
 from .log import ClickGroup, ClickStats
 
@@ -98,10 +98,7 @@ class FeatureScorer:
         return ranker(inputs)
 
     def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]:
-        if self.dev is None:
-            return {}
-        assert isinstance(ranker, FeatureMLP)
-        return {"dev nDCG@10": letor_ndcg(self.dev, FeatureRanker(ranker).predict(self.dev))["nDCG@10"]}
+        return dev_ndcg(ranker, self.dev)
 
     def save(self, ranker: torch.nn.Module, folder: Path) -> None:
         assert isinstance(ranker, FeatureMLP)
