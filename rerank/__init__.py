@@ -19,6 +19,7 @@ from .models.engine import ScoreCache
 from .rerankers import RankedDoc, Reranker, make_reranker
 from .rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
 from .retrieve.bm25 import BM25
+from .retrieve.cur import CUR
 from .retrieve.dense import Dense
 from .retrieve.fusion import RRF, Interpolate
 from .retrieve.run import FromRun
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALIASES",
     "BM25",
+    "CUR",
     "RRF",
     "CrossEncoder",
     "Cutoff",

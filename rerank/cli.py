@@ -21,7 +21,9 @@ log = logging.getLogger("rerank")
 RETRIEVERS_HELP = ("bm25 (bm25s backend), bm25:lucene (pyserini), dense:MODEL (sentence-transformers + FAISS), "
                    "hybrid:A+B[+C...] (reciprocal-rank fusion of retrievers, e.g. hybrid:bm25+dense:MODEL), "
                    "run:FILE (a TREC run or candidate file), "
-                   "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed)")
+                   "candidates:NAME (a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed), "
+                   "cur:SCORER (search with a pointwise scorer alone by CUR factorisation, e.g. "
+                   "cur:cross-encoder:MODEL, cur:splade:MODEL; --ce-budget calls per query, anchors --anchors-from)")
 FUSION_DEPTH = 1000  # hits each part of a hybrid retriever contributes to the fusion
 RERANKERS_HELP = ("none, cross-encoder:MODEL, llm-pointwise:MODEL, splade:MODEL, prp:MODEL[:allpair|sorting|sliding], "
                   "first[:MODEL] (FIRST single-token listwise; default castorini/first_mistral), listwise-gen:MODEL "
@@ -144,9 +146,9 @@ def split_hybrid(arg: str) -> list[str]:
 
 
 def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild: bool = False, with_text: bool = True,
-                      dense: dict[str, Any] | None = None) -> Any:
+                      dense: dict[str, Any] | None = None, cur: dict[str, Any] | None = None) -> Any:
     """The first stage named by a ``--retriever`` spec; ``dense``: options for dense retrievers
-    (index, device, dtype, batch_tokens)."""
+    (index, device, dtype, batch_tokens); ``cur``: options of ``cur:SCORER`` (see :func:`_cur_stage`)."""
     from .retrieve.bm25 import BACKENDS, BM25
     from .retrieve.run import FromRun
 
@@ -176,11 +178,76 @@ def build_first_stage(spec: str, ds: Any, top_k: int, threads: int = 0, rebuild:
             raise RerankError(f"--retriever {spec}: a hybrid needs two or more retrievers joined by '+', e.g. hybrid:bm25+dense:MODEL")
         depth = max(top_k, FUSION_DEPTH)
         return RRF(*[build_first_stage(p, ds, depth, threads, rebuild, with_text, dense) for p in parts]) % top_k
+    if kind == "cur":
+        return _cur_stage(arg, ds, top_k, threads, rebuild, with_text, dense or {}, cur or {})
     if kind == "run" and arg:
         return FromRun(arg, ds.docs if with_text else None) % top_k
     if kind == "candidates" and arg:
         return FromRun(ds.candidate_run(arg), ds.docs if with_text else None, name=f"candidates:{arg}") % top_k
     raise RerankError(f"unknown --retriever {spec!r}; use one of: {RETRIEVERS_HELP}")
+
+
+def _anchor_queries(source: str, dataset: str, split: str, encoding_errors: str) -> list[Any]:
+    """Anchor queries of a CUR index: another split of the dataset (``train``) or a queries file."""
+    from .data import load_dataset
+    from .data.formats import read_topics
+
+    if Path(source).is_file():
+        return read_topics(source, encoding_errors)
+    if source == split:
+        raise RerankError(f"--anchors-from {source}: the anchors would be the queries searched; "
+                          f"take them from another split (e.g. train) or a queries file")
+    try:
+        return load_dataset(dataset, split=source, encoding_errors=encoding_errors).queries
+    except RerankError as e:
+        raise RerankError(f"--anchors-from {source}: no such split of {dataset} and no such queries file ({e})") from None
+
+
+def _cur_stage(scorer: str, ds: Any, top_k: int, threads: int, rebuild: bool, with_text: bool, model: dict[str, Any],
+               options: dict[str, Any]) -> Any:
+    """``cur:SCORER``: ``options`` holds dataset, split, anchors_from, budget, rounds, anchor_items,
+    init (a retriever spec or None) and encoding_errors; ``model``: device, dtype, batch_tokens."""
+    from .rerankers import make_reranker
+    from .retrieve.cur import CUR
+
+    if not scorer:
+        raise RerankError("--retriever cur needs a pointwise scorer: cur:cross-encoder:MODEL, cur:llm-pointwise:MODEL "
+                          "or cur:splade:MODEL")
+    kind = scorer.partition(":")[0]
+    if kind not in ("cross-encoder", "llm-pointwise", "splade"):
+        raise RerankError(f"--retriever cur:{scorer}: CUR search needs a pointwise scorer (cross-encoder, llm-pointwise, "
+                          f"splade), not {kind!r}")
+    _full_corpus(ds, f"cur:{scorer}")
+    anchors = _anchor_queries(options.get("anchors_from") or "train", options["dataset"], options.get("split") or "test",
+                              options.get("encoding_errors", "strict"))
+    searched = {q.qid for q in ds.queries}
+    overlap = sum(q.qid in searched for q in anchors)
+    if overlap:
+        raise RerankError(f"--anchors-from {options.get('anchors_from') or 'train'}: {overlap} of its {len(anchors)} queries "
+                          f"are queries of {ds.name} searched here (the dataset may have no such split); "
+                          f"anchors must be other queries: give a queries file")
+    extra = {"activation": "none"} if kind == "cross-encoder" else {}  # the factorisation approximates raw logits
+    stage = make_reranker(scorer, device=model.get("device", "auto"), dtype=model.get("dtype"),
+                          batch_tokens=model.get("batch_tokens"), **extra)
+    budget, rounds = options.get("budget") or 200, options.get("rounds") or 9
+    init = options.get("init")
+    first = build_first_stage(init, ds, budget, threads, rebuild, with_text=False) if init else None
+    return CUR(stage, ds, anchors, budget=budget, rounds=rounds, anchor_items=options.get("anchor_items"), init=first,
+               k=top_k, with_text=with_text, rebuild=rebuild)
+
+
+def _cur_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--ce-budget", type=click.IntRange(min=1), help="cur:SCORER: scorer calls per query [default: 200]."),
+        click.option("--cur-rounds", type=click.IntRange(min=1),
+                     help="cur:SCORER: rounds after the anchor items; 1 is ANNCUR, more is ADACUR [default: 9]."),
+        click.option("--cur-anchor-items", type=click.IntRange(min=1),
+                     help="cur:SCORER: items every query is scored against first [default: budget / (rounds + 1)]."),
+        click.option("--cur-init", help="cur:SCORER: take each query's first items from this retriever (e.g. bm25) "
+                                        "instead of uniform ones."),
+    ]):
+        fn = opt(fn)
+    return fn
 
 
 def _dense_options(index: str, device: str, dtype: str | None, batch_tokens: int | None) -> dict[str, Any]:
@@ -213,11 +280,16 @@ def main() -> None:
 @click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
 @click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
+@_cur_options
+@click.option("--anchors-from", default="train", show_default=True,
+              help="cur:SCORER: anchor queries of the index: a split of the dataset or a queries file (TSV/JSONL).")
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
         top_k: int | None, rerank_depth: int | None, window: int | None, stride: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
-        score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool) -> None:
+        score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool,
+        ce_budget: int | None, cur_rounds: int | None, cur_anchor_items: int | None, cur_init: str | None,
+        anchors_from: str) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
     cfg = read_config(config) if config else {}
@@ -245,7 +317,10 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     ds = _load(dataset, split, qrels, encoding_errors)
     load_s = time.perf_counter() - t0
     stage = build_first_stage(retriever, ds, top_k, threads, rebuild, with_text=second is not None,
-                              dense=_dense_options(dense_index, device, dtype, batch_tokens))
+                              dense=_dense_options(dense_index, device, dtype, batch_tokens),
+                              cur={"dataset": dataset, "split": split, "anchors_from": anchors_from, "budget": ce_budget,
+                                   "rounds": cur_rounds, "anchor_items": cur_anchor_items, "init": cur_init,
+                                   "encoding_errors": encoding_errors})
     if second is not None:
         stage = stage >> second
     t1 = time.perf_counter()
@@ -339,7 +414,8 @@ def eval_(runs: tuple[str, ...], dataset: str | None, split: str | None, qrels: 
 
 
 @main.command()
-@click.option("--retriever", "-r", default="bm25", show_default=True, help="bm25, bm25:lucene, dense:MODEL, or hybrid:A+B")
+@click.option("--retriever", "-r", default="bm25", show_default=True,
+              help="bm25, bm25:lucene, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
 @click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat", show_default=True)
@@ -349,19 +425,24 @@ def eval_(runs: tuple[str, ...], dataset: str | None, split: str | None, qrels: 
 @click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@click.option("--anchors-from", default="train", show_default=True,
+              help="cur:SCORER: anchor queries: a split of the dataset or a queries file (TSV/JSONL).")
 @_friendly
 def index(retriever: str, dataset: str, split: str, dense_index: str, device: str, dtype: str, batch_tokens: int | None,
-          threads: int, rebuild: bool, encoding_errors: str) -> None:
+          threads: int, rebuild: bool, encoding_errors: str, anchors_from: str) -> None:
     """Build (or check) the indexes a retriever needs, under indexes/."""
     from .retrieve.fusion import RRF
 
     _setup_logging(False)
-    if retriever.split(":")[0] not in ("bm25", "dense", "hybrid"):
-        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene, dense:MODEL, hybrid:A+B")
+    if retriever.split(":")[0] not in ("bm25", "dense", "hybrid", "cur"):
+        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene, dense:MODEL, "
+                          f"hybrid:A+B, cur:SCORER")
     ds = _load(dataset, split, None, encoding_errors)
     if ds.docs is None or not ds.docs.complete:
         raise RerankError(f"{ds.name} has no full corpus here to index")
-    stage = build_first_stage(retriever, ds, 1000, threads, rebuild, dense=_dense_options(dense_index, device, dtype, batch_tokens))
+    stage = build_first_stage(retriever, ds, 1000, threads, rebuild, dense=_dense_options(dense_index, device, dtype, batch_tokens),
+                              cur={"dataset": dataset, "split": split, "anchors_from": anchors_from,
+                                   "encoding_errors": encoding_errors})
     stages = stage.stages if hasattr(stage, "stages") else [stage]
     parts = [p for s in stages for p in (s.stages if isinstance(s, RRF) else [s])]
     for part in parts:

@@ -116,6 +116,13 @@ class Reranker(Stage):
                 known.update((keys[i], s) for i, s in zip(chunk, fresh))
             return [known[k] for k in keys]
 
+    def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
+        """Scores of every query against every document: a float32 array, queries x documents."""
+        import numpy as np
+
+        scores = self.score([(q, d) for q in queries for d in docs])
+        return np.asarray(scores, dtype=np.float32).reshape(len(queries), len(docs))
+
     # ------------------------------------------------------------ the stage
     def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         if ranking is None:

@@ -254,6 +254,36 @@ class Splade(_ModelReranker):
         self._note_truncation(sum(len(x["input_ids"]) >= self.window for x in items), len(texts), self.window)
         return self.engine.run(items, self._forward)
 
+    def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
+        """Every query against every document with one encoding of each text (a sparse product).
+        The documents' vectors are kept for the next call with the same documents (an index
+        build scores many blocks of queries against one corpus)."""
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        size = self.model.config.vocab_size
+
+        def sparse(texts: Sequence[str]) -> Any:
+            vecs = self.encode_texts(list(texts))
+            empty = torch.zeros(0, dtype=torch.long)
+            rows = torch.cat([torch.full_like(i, n) for n, (i, _) in enumerate(vecs)]) if vecs else empty
+            cols = torch.cat([i for i, _ in vecs]) if vecs else empty
+            vals = torch.cat([v for _, v in vecs]) if vecs else torch.zeros(0)
+            return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (len(texts), size),
+                                           check_invariants=False).coalesce()
+
+        h = hashlib.blake2b(digest_size=16)
+        for d in docs:
+            h.update(d.encode("utf-8", "surrogatepass") + b"\x00")
+        key = (self.model_key, h.hexdigest(), len(docs))
+        if getattr(self, "_doc_matrix", (None,))[0] != key:
+            self._doc_matrix = (key, sparse(docs))
+        q, d = sparse(queries), self._doc_matrix[1]
+        out = torch.sparse.mm(d, q.to_dense().T).T.numpy().astype(np.float32)
+        return np.asarray(finite_scores(out.ravel().tolist(), self.name), dtype=np.float32).reshape(out.shape)
+
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         import torch
 

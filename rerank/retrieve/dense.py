@@ -48,12 +48,12 @@ def _faiss() -> Any:
     return faiss
 
 
-def _progress_bar(total: int, initial: int, show: bool | None, desc: str) -> Any:
+def _progress_bar(total: int, initial: int, show: bool | None, desc: str, unit: str = "doc") -> Any:
     from tqdm.auto import tqdm
 
     # None: shown on a terminal for corpora worth waiting for
     disable = (total < 20_000 or None) if show is None else not show
-    return tqdm(total=total, initial=initial, unit="doc", desc=desc, disable=disable, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=disable, dynamic_ncols=True)
 
 
 def default_nlist(n: int) -> int:
