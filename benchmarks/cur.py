@@ -147,10 +147,8 @@ def run_setting(name: str, budgets: list[int], rounds: int, check: int) -> dict[
     texts = dict(ds.docs.items())
     doc_texts = [texts[d] for d in docids]
     print(f"== {name}: {len(anchors)} anchor queries, {len(test)} test queries, {len(docids)} items", flush=True)
-    t0 = time.perf_counter()
     real = CUR(scorer, ds, anchors, budget=max(budgets), progress=True)
     path = real.index()
-    index_s = time.perf_counter() - t0
     from rerank.indexes import read_manifest
 
     build_s = (read_manifest(path) or {}).get("build_seconds")
@@ -213,7 +211,7 @@ def run_setting(name: str, budgets: list[int], rounds: int, check: int) -> dict[
     print(f"  live ADACUR (B={b}) on {check} queries: top-10 overlap with the simulation {overlap10:.0%}, recall@10 "
           f"{live_recall:.3f} (simulated {sim_recall:.3f}), max |score diff| {max(diffs):.2g}, {live_s:.1f}s", flush=True)
     return {"collection": st["collection"], "scorer": st["scorer_name"], "anchor_queries": len(anchors),
-            "test_queries": len(test), "items": len(docids), "index_build_seconds": build_s, "index_seconds": round(index_s, 1),
+            "test_queries": len(test), "items": len(docids), "index_build_seconds": build_s,
             "exact_test_seconds": exact_s, "exact_nDCG@10": ndcg(exact_run), "bm25_nDCG@10": ndcg(bm25),
             "dense_nDCG@10": ndcg(dense), "rows": rows, "vs_bm25_rerank": significance,
             "live_check": {"budget": b, "queries": check, "top10_overlap": float(overlap10), "recall@10": live_recall,
@@ -239,6 +237,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.set_title(f"{name}: top-{k} recall", fontsize=10)
             ax.set_xlabel("scorer calls per query")
             ax.set_xscale("log")
+            budgets = sorted({r["budget"] for r in res["rows"]})
+            ax.set_xticks(budgets, [str(b) for b in budgets])
+            ax.minorticks_off()
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -256,7 +257,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="ADACUR rounds after the first")
     ap.add_argument("--check", type=int, default=30, help="test queries re-run with the real scorer")
     ap.add_argument("--out", default=str(RESULTS / "cur.json"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON in --out")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     budgets = [int(b) for b in args.budgets.split(",")]
     result: dict[str, Any] = {"benchmark": "CUR cross-encoder search vs retrieve-then-rerank", "machine": machine(),

@@ -321,6 +321,7 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
                               cur={"dataset": dataset, "split": split, "anchors_from": anchors_from, "budget": ce_budget,
                                    "rounds": cur_rounds, "anchor_items": cur_anchor_items, "init": cur_init,
                                    "encoding_errors": encoding_errors})
+    first = stage
     if second is not None:
         stage = stage >> second
     t1 = time.perf_counter()
@@ -334,6 +335,9 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     result: dict[str, Any] = {"dataset": ds.name, "pipeline": stage.name,
                               "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
                                        "queries": len(ds.queries), "peak_rss_mb": _peak_rss_mb()}}
+    if hasattr(first, "calls"):  # a first stage that searches with a scorer (cur:SCORER)
+        result["cost"]["first_stage_scorer_calls"] = first.calls
+        click.echo(f"first stage: {first.calls} scorer calls ({first.calls / max(1, len(ds.queries)):.1f} a query)")
     if second is not None:
         result["cost"]["rerank"] = second.cost.as_dict()
         c = second.cost

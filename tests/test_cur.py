@@ -205,6 +205,7 @@ def test_cli_index_then_search_with_a_budget(mini, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(metrics.read_text())
     assert data["pipeline"].startswith("adacur:splade:") and data["metrics"]["nDCG@10"] > 0.5
+    assert data["cost"]["first_stage_scorer_calls"] == 60 * 20 and "1200 scorer calls (60.0 a query)" in r.output
     run = read_run(out)
     assert len(run) == 20 and all(len(h) == 20 for h in run.values())
     errors = {
