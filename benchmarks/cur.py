@@ -155,8 +155,9 @@ def run_setting(name: str, budgets: list[int], rounds: int, check: int) -> dict[
     print(f"  anchor matrix {real.matrix[0].shape} in {path} (build {build_s}s)", flush=True)
     exact, exact_s = exact_matrix(name, scorer, test, doc_texts)
     lookup = Lookup(scorer, test, doc_texts, exact)
-    exact_top = [[docids[j] for j in np.argsort(-exact[i], kind="stable")[:100]] for i in range(len(test))]
-    exact_run = {q.qid: [Hit(d, float(exact[i, docids.index(d)])) for d in exact_top[i]] for i, q in enumerate(test)}
+    exact_order = np.argsort(-exact, axis=1, kind="stable")[:, :100]
+    exact_top = [[docids[j] for j in row] for row in exact_order]
+    exact_run = {q.qid: [Hit(docids[j], float(exact[i, j])) for j in exact_order[i]] for i, q in enumerate(test)}
     tested = {q.qid for q in test}
     qrels = {qid: judged for qid, judged in st["qrels"].items() if qid in tested}  # Cranfield: the anchors have qrels too
     evals: dict[tuple[str, int], Any] = {}

@@ -282,7 +282,9 @@ class Splade(_ModelReranker):
             self._doc_matrix = (key, sparse(docs))
         q, d = sparse(queries), self._doc_matrix[1]
         out = torch.sparse.mm(d, q.to_dense().T).T.numpy().astype(np.float32)
-        return np.asarray(finite_scores(out.ravel().tolist(), self.name), dtype=np.float32).reshape(out.shape)
+        if not np.isfinite(out).all():
+            finite_scores(out.ravel().tolist(), self.name)  # raises, naming the first bad item
+        return out
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         import torch
