@@ -250,6 +250,31 @@ def _cur_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--ray", "use_ray", is_flag=True, help="Run index builds and the reranker on Ray (extra `distributed`): "
+                     "the cluster at $RAY_ADDRESS, else a local one."),
+        click.option("--workers", type=click.IntRange(min=1), help="--ray: model replicas (Ray actors) [default: 2]."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="--ray: GPUs each worker holds [default: 0]."),
+        click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="--ray: CPUs each worker holds [default: 1]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _ray(use: bool, workers: int | None, gpus: float | None, cpus: float | None) -> Any:
+    """RayOptions for --ray (None without it); the Ray options without --ray are an error."""
+    if not use:
+        given = [n for n, v in (("--workers", workers), ("--gpus-per-worker", gpus), ("--cpus-per-worker", cpus)) if v is not None]
+        if given:
+            raise RerankError(f"{', '.join(given)} apply with --ray")
+        return None
+    from .distributed import RayOptions, require_ray
+
+    require_ray()  # without the extra, say how to get it before any work
+    return RayOptions(workers=workers or 2, gpus_per_worker=gpus or 0.0, cpus_per_worker=cpus or 1.0)
+
+
 def _dense_options(index: str, device: str, dtype: str | None, batch_tokens: int | None) -> dict[str, Any]:
     return {"index": index, "device": device, "dtype": dtype or "auto", "batch_tokens": batch_tokens}
 
@@ -283,13 +308,15 @@ def main() -> None:
 @_cur_options
 @click.option("--anchors-from", default="train", show_default=True,
               help="cur:SCORER: anchor queries of the index: a split of the dataset or a queries file (TSV/JSONL).")
+@_ray_options
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
         top_k: int | None, rerank_depth: int | None, window: int | None, stride: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
         score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool,
         ce_budget: int | None, cur_rounds: int | None, cur_anchor_items: int | None, cur_init: str | None,
-        anchors_from: str) -> None:
+        anchors_from: str, use_ray: bool, workers: int | None, gpus_per_worker: float | None,
+        cpus_per_worker: float | None) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
     _setup_logging(quiet)
     cfg = read_config(config) if config else {}
@@ -306,13 +333,19 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
     if not retriever or not dataset:
         raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
     names = _metric_list(metrics)
-    second = None
+    ray = _ray(use_ray, workers, gpus_per_worker, cpus_per_worker)
+    second: Any = None
     if reranker != "none":
         from .rerankers import make_reranker
 
-        second = make_reranker(reranker, depth=rerank_depth, batch_tokens=batch_tokens, device=device, dtype=dtype,
-                               window=window or cfg.get("window"), stride=stride or cfg.get("stride"),
-                               cache=score_cache)
+        options: dict[str, Any] = {"depth": rerank_depth, "batch_tokens": batch_tokens, "device": device, "dtype": dtype,
+                   "window": window or cfg.get("window"), "stride": stride or cfg.get("stride"), "cache": score_cache}
+        if ray is not None:
+            from .distributed import RayReranker
+
+            second = RayReranker(reranker, ray, journal=f"{output}.journal" if output else None, **options)
+        else:
+            second = make_reranker(reranker, **options)
     t0 = time.perf_counter()
     ds = _load(dataset, split, qrels, encoding_errors)
     load_s = time.perf_counter() - t0
@@ -321,6 +354,10 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
                               cur={"dataset": dataset, "split": split, "anchors_from": anchors_from, "budget": ce_budget,
                                    "rounds": cur_rounds, "anchor_items": cur_anchor_items, "init": cur_init,
                                    "encoding_errors": encoding_errors})
+    if ray is not None:
+        from .distributed import use_ray as on_ray
+
+        on_ray(stage, ray)
     first = stage
     if second is not None:
         stage = stage >> second
@@ -431,13 +468,16 @@ def eval_(runs: tuple[str, ...], dataset: str | None, split: str | None, qrels: 
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("--anchors-from", default="train", show_default=True,
               help="cur:SCORER: anchor queries: a split of the dataset or a queries file (TSV/JSONL).")
+@_ray_options
 @_friendly
 def index(retriever: str, dataset: str, split: str, dense_index: str, device: str, dtype: str, batch_tokens: int | None,
-          threads: int, rebuild: bool, encoding_errors: str, anchors_from: str) -> None:
+          threads: int, rebuild: bool, encoding_errors: str, anchors_from: str, use_ray: bool, workers: int | None,
+          gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
     """Build (or check) the indexes a retriever needs, under indexes/."""
     from .retrieve.fusion import RRF
 
     _setup_logging(False)
+    ray = _ray(use_ray, workers, gpus_per_worker, cpus_per_worker)
     if retriever.split(":")[0] not in ("bm25", "dense", "hybrid", "cur"):
         raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: bm25, bm25:lucene, dense:MODEL, "
                           f"hybrid:A+B, cur:SCORER")
@@ -447,6 +487,10 @@ def index(retriever: str, dataset: str, split: str, dense_index: str, device: st
     stage = build_first_stage(retriever, ds, 1000, threads, rebuild, dense=_dense_options(dense_index, device, dtype, batch_tokens),
                               cur={"dataset": dataset, "split": split, "anchors_from": anchors_from,
                                    "encoding_errors": encoding_errors})
+    if ray is not None:
+        from .distributed import use_ray as on_ray
+
+        on_ray(stage, ray)
     stages = stage.stages if hasattr(stage, "stages") else [stage]
     parts = [p for s in stages for p in (s.stages if isinstance(s, RRF) else [s])]
     for part in parts:

@@ -58,3 +58,17 @@ def offline_model(name: str) -> str:
         if (folder / name / "config.json").is_file():
             return str(folder / name)
     pytest.fail(f"offline model {name} is not installed: run ../shared/tools/offline-models small")
+
+
+@pytest.fixture(scope="session")
+def minilm_ce(tmp_path_factory) -> str:
+    """A cross-encoder: the all-MiniLM-L6-v2 body with a fixed-seed one-logit head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    src = offline_model("all-MiniLM-L6-v2")
+    out = tmp_path_factory.mktemp("minilm-ce")
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)

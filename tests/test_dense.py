@@ -174,7 +174,7 @@ def test_an_index_of_another_dimension_is_a_clear_error(minilm, sci_small, tmp_p
 
 def test_an_interrupted_encoding_resumes(enc32, sci_small, tmp_path, monkeypatch):
     store, _ = sci_small
-    monkeypatch.setattr(dense_mod, "_CHUNK", 64)
+    monkeypatch.setattr(dense_mod, "SHARD_DOCS", 64)
     calls = {"n": 0}
     real = enc32.encode_docs
 

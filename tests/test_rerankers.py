@@ -23,20 +23,6 @@ from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
 
 
 @pytest.fixture(scope="session")
-def minilm_ce(tmp_path_factory) -> str:
-    """A cross-encoder: the all-MiniLM-L6-v2 body with a fixed-seed one-logit head."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    src = offline_model("all-MiniLM-L6-v2")
-    out = tmp_path_factory.mktemp("minilm-ce")
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="session")
 def dl19_pairs(dl19):
     ds = load_dataset(str(dl19))
     text = {q.qid: q.text for q in ds.queries}

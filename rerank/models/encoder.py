@@ -41,6 +41,8 @@ class Encoder:
                  normalize: bool | None = None, max_length: int | None = None, batch_tokens: int | None = None,
                  device: str = "auto", dtype: str = "auto") -> None:
         st = import_transformers("dense retrieval", sentence_transformers=True)
+        self._options = {"query_prefix": query_prefix, "doc_prefix": doc_prefix, "normalize": normalize,
+                         "max_length": max_length, "batch_tokens": batch_tokens, "dtype": dtype}
         self.name = name
         self.path = resolve_model(name)
         self.device = pick_device(device)
@@ -94,6 +96,11 @@ class Encoder:
     @property
     def cost(self) -> Cost:
         return self.engine.cost
+
+    def options(self) -> dict[str, Any]:
+        """The options this encoder was made with (all but the device): another process given them
+        and the same device type builds an encoder that gives the same embeddings."""
+        return dict(self._options)
 
     def params(self) -> dict[str, Any]:
         """What determines the document embeddings (an index built with other values is stale)."""

@@ -11,13 +11,12 @@ from .base import ListReranker, RankedDoc, Reranker
 KINDS = ("cross-encoder", "llm-pointwise", "splade", "prp", "first", "listwise-gen")
 LIST_OPTIONS = ("window", "stride", "k", "mode", "max_passage_tokens")
 
-__all__ = ["KINDS", "ListReranker", "RankedDoc", "Reranker", "make_reranker"]
+__all__ = ["KINDS", "ListReranker", "RankedDoc", "Reranker", "make_reranker", "reranker_class"]
 
 
-def make_reranker(spec: str, **options: Any) -> Reranker:
-    """A reranker from a ``KIND:MODEL`` spec (MODEL: a Hugging Face id or a local path).
-    Options that are None are left to the reranker's defaults; list options (window, stride,
-    k, mode, max_passage_tokens) only go to the pairwise and listwise rerankers."""
+def _parse(spec: str, options: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """A ``KIND:MODEL`` spec's class, model and options (those that are None dropped, the spec's
+    own added), checked: list options only go to the pairwise and listwise rerankers."""
     from .listwise import First, ListwiseGenerate
     from .pairwise import METHODS, PRP
     from .pointwise import CrossEncoder, LLMPointwise, Splade
@@ -44,4 +43,17 @@ def make_reranker(spec: str, **options: Any) -> Reranker:
                     raise RerankError(f"{k} applies to the listwise rerankers (first, listwise-gen), not prp")
         elif "k" in options or "mode" in options:
             raise RerankError("k and mode apply to prp, not the listwise rerankers")
-    return classes[kind](model, **options)
+    return classes[kind], model, options
+
+
+def reranker_class(spec: str, **options: Any) -> Any:
+    """The class a ``KIND:MODEL`` spec makes, after checking the spec and options (no model is loaded)."""
+    return _parse(spec, options)[0]
+
+
+def make_reranker(spec: str, **options: Any) -> Reranker:
+    """A reranker from a ``KIND:MODEL`` spec (MODEL: a Hugging Face id or a local path).
+    Options that are None are left to the reranker's defaults; list options (window, stride,
+    k, mode, max_passage_tokens) only go to the pairwise and listwise rerankers."""
+    cls, model, options = _parse(spec, options)
+    return cls(model, **options)

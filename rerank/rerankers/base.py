@@ -78,6 +78,9 @@ class Reranker(Stage):
     """Base class of model-backed rerankers (see the module docstring)."""
 
     depth: int = 100
+    # queries scored together: the unit of batching, and of distribution by rerank.distributed. Both
+    # paths cut a run into the same blocks, so the model sees the same batches and gives the same scores.
+    block: int = 8
     model_key: str = ""
     cache_chunk: int = 2048  # pairs scored between cache writes: a killed run resumes from the last one
 
@@ -128,27 +131,28 @@ class Reranker(Stage):
         if ranking is None:
             raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
         text = {q.qid: q.text for q in queries}
-        pairs: list[tuple[str, str]] = []
-        starts: dict[str, int] = {}
         for qid, hits in ranking.items():
-            if qid not in text:
-                continue
-            start = len(pairs)
-            for h in hits[: self.depth]:
-                if h.text is None:
-                    raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
-                                    f"documents (a dataset with texts, or candidates with passages)")
-                pairs.append((text[qid], h.text))
-            starts[qid] = start
+            if qid in text:
+                for h in hits[: self.depth]:
+                    if h.text is None:
+                        raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
+                                        f"documents (a dataset with texts, or candidates with passages)")
+        out: Ranking = {}
+        for block in query_blocks(queries, ranking, self.block):
+            out.update(self._rerank_block([text[qid] for qid in block], [ranking[qid] for qid in block], block))
+        return {qid: out[qid] if qid in out else list(hits) for qid, hits in ranking.items()}
+
+    def _rerank_block(self, texts: list[str], lists: list[list[Hit]], qids: list[str]) -> Ranking:
+        """One block of queries: every (query, hit) pair within the depth scored in one call."""
+        pairs = [(t, h.text or "") for t, hits in zip(texts, lists) for h in hits[: self.depth]]
         scores = self.score(pairs)
         out: Ranking = {}
-        for qid, hits in ranking.items():
-            if qid not in starts:
-                out[qid] = list(hits)
-                continue
-            a = starts[qid]
-            top = sorted(((scores[a + i], i, h) for i, h in enumerate(hits[: self.depth])), key=lambda r: (-r[0], r[1]))
+        a = 0
+        for qid, hits in zip(qids, lists):
+            head = hits[: self.depth]
+            top = sorted(((scores[a + i], i, h) for i, h in enumerate(head)), key=lambda r: (-r[0], r[1]))
             out[qid] = with_tail([Hit(h.docid, s, h.text) for s, _, h in top], hits[self.depth :])
+            a += len(head)
         return out
 
     # ------------------------------------------------------------ the app API
@@ -186,6 +190,7 @@ class ListReranker(Reranker):
         self.name = f"{self.kind}:{name}"
 
     kind = "list"
+    block = 32  # prompts of a block's queries share batches at every step
 
     @property
     def cost(self) -> Any:
@@ -197,25 +202,11 @@ class ListReranker(Reranker):
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         raise TypeError(f"{self.name} ranks lists, it does not score single pairs: use rank(query, docs) or it as a stage")
 
-    def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
-        if ranking is None:
-            raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
-        text = {q.qid: q.text for q in queries}
-        qids = [qid for qid in ranking if qid in text]
-        lists = []
-        for qid in qids:
-            for h in ranking[qid][: self.depth]:
-                if h.text is None:
-                    raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
-                                    f"documents (a dataset with texts, or candidates with passages)")
-            lists.append([h.text or "" for h in ranking[qid][: self.depth]])
-        orders = dict(zip(qids, self._order([text[q] for q in qids], lists)))
+    def _rerank_block(self, texts: list[str], lists: list[list[Hit]], qids: list[str]) -> Ranking:
+        """One block of queries ordered in one ``_order`` call (their prompts share batches)."""
+        orders = self._order(texts, [[h.text or "" for h in hits[: self.depth]] for hits in lists])
         out: Ranking = {}
-        for qid, hits in ranking.items():
-            if qid not in orders:
-                out[qid] = list(hits)
-                continue
-            perm, scores = orders[qid]
+        for qid, hits, (perm, scores) in zip(qids, lists, orders):
             top = hits[: self.depth]
             out[qid] = with_tail([Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores)], hits[self.depth :])
         return out
@@ -228,6 +219,13 @@ class ListReranker(Reranker):
         scores = list(scores) + tail_scores(scores[-1] if scores else 0.0, len(items) - len(head))
         ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores)]
         return ranked[:top_k] if top_k is not None else ranked
+
+
+def query_blocks(queries: Sequence[Query], ranking: Ranking, size: int) -> list[list[str]]:
+    """The ids of the ranking's queries that are asked for, in the ranking's order, cut into blocks of ``size``."""
+    asked = {q.qid for q in queries}
+    qids = [qid for qid in ranking if qid in asked]
+    return [qids[i : i + size] for i in range(0, len(qids), size)]
 
 
 def positional_scores(n: int) -> list[float]:

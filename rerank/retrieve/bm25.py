@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +60,14 @@ class _Bm25s:
     def index_params() -> dict[str, Any]:
         return {"stemmer": "english", "stopwords": "en", "method": "lucene"}
 
-    def _tokenizer(self) -> Any:
+    @staticmethod
+    def _tokenizer() -> Any:
         import bm25s
         import Stemmer
 
         return bm25s.tokenization.Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", lower=True)
 
     def build(self, folder: Path, docs: Iterator[tuple[str, str]]) -> None:
-        import bm25s
-
         docids, texts = [], []
         for d, t in docs:
             docids.append(d)
@@ -77,8 +76,14 @@ class _Bm25s:
             raise DataError("cannot build a BM25 index over an empty corpus")
         tok = self._tokenizer()
         tokens = tok.tokenize(texts, update_vocab=True, return_as="ids", show_progress=len(texts) > 50_000)
+        self.write(folder, docids, tokens, tok)
+
+    def write(self, folder: Path, docids: list[str], tokens: list[list[int]], tok: Any) -> None:
+        """Index tokenized documents (ids from ``tok``'s vocabulary) and save index, vocabulary and ids."""
+        import bm25s
+
         model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        model.index((tokens, tok.get_vocab_dict()), show_progress=len(texts) > 50_000)
+        model.index((tokens, tok.get_vocab_dict()), show_progress=len(tokens) > 50_000)
         model.save(folder)
         tok.save_vocab(folder)
         tok.save_stopwords(folder)
@@ -223,6 +228,8 @@ class BM25(Stage):
         n = _threads(threads)
         self._impl: Any = _Bm25s(self.k1, self.b, n, numba) if backend == "bm25s" else _Lucene(self.k1, self.b, n)
         self._loaded: Path | None = None
+        # builds the index into a folder instead of this process (rerank.distributed sets it)
+        self.build_with: Callable[[Path], None] | None = None
 
     def _params(self) -> dict[str, Any]:
         p = dict(self._impl.index_params())
@@ -241,7 +248,8 @@ class BM25(Stage):
         expected = {"kind": "bm25", "backend": self.backend, "params": params,
                     "corpus": {"name": self.docs.name, "fingerprint": self.docs.fingerprint(), "documents": len(self.docs)}}
         path = index_path(f"bm25-{self.backend}", self.docs.name, params, self.index_root)
-        build_or_reuse(path, expected, lambda tmp: self._impl.build(tmp, self.docs.items()), rebuild=self.rebuild)
+        build = self.build_with or (lambda tmp: self._impl.build(tmp, self.docs.items()))
+        build_or_reuse(path, expected, build, rebuild=self.rebuild)
         self.rebuild = False
         self._impl.load(path)
         self._loaded = path

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..types import Hit, Query, Ranking, Stage
 log = logging.getLogger("rerank")
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 EMBEDDINGS = "embeddings.npy"
-_CHUNK = 16384  # documents encoded between checkpoints
+SHARD_DOCS = 1024  # documents encoded together: the unit of batching, checkpoints and distribution (rerank.distributed)
 _SEARCH_BATCH = 4096
 
 
@@ -54,6 +54,19 @@ def _progress_bar(total: int, initial: int, show: bool | None, desc: str, unit: 
     # None: shown on a terminal for corpora worth waiting for
     disable = (total < 20_000 or None) if show is None else not show
     return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=disable, dynamic_ncols=True)
+
+
+def corpus_shards(docs: DocStore) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(first row, document ids, texts) of consecutive shards of ``SHARD_DOCS`` documents, in the
+    store's order. Every path encodes exactly these shards, one ``encode_docs`` call each, so the
+    model sees the same batches wherever a shard runs: the embeddings are bit-for-bit the same."""
+    items = iter(docs.items())
+    start = 0
+    while chunk := list(itertools.islice(items, SHARD_DOCS)):
+        if start + len(chunk) > len(docs):
+            raise DataError(f"{docs.name} yielded more than its {len(docs)} documents while being encoded")
+        yield start, [d for d, _ in chunk], [t for _, t in chunk]
+        start += len(chunk)
 
 
 def default_nlist(n: int) -> int:
@@ -140,6 +153,8 @@ class Dense(Stage):
         self._docids: list[str] = []
         self._embeddings: np.ndarray | None = None
         self.paths: dict[str, Path] = {}
+        # encodes the corpus into a build folder instead of this process (rerank.distributed sets it)
+        self.encode_corpus_with: Callable[[Path], None] | None = None
 
     @property
     def cost(self) -> Any:
@@ -212,6 +227,12 @@ class Dense(Stage):
         return emb_path
 
     def _encode_corpus(self, folder: Path) -> None:
+        """Encode the corpus shard by shard (see :func:`corpus_shards`) into a memory-mapped
+        float16 array, with a checkpoint after each shard. ``encode_corpus_with``, when set (e.g.
+        by :func:`rerank.distributed.encode_corpus`), does the same work elsewhere."""
+        if self.encode_corpus_with is not None:
+            self.encode_corpus_with(folder)
+            return
         n, dim = len(self.docs), self.encoder.dim
         emb_file, done_file = folder / EMBEDDINGS, folder / "progress.json"
         done = json.loads(done_file.read_text())["done"] if done_file.is_file() and (folder / EMBEDDINGS).is_file() else 0
@@ -221,32 +242,34 @@ class Dense(Stage):
         docids: list[str] = []
         bar = _progress_bar(n, done, self.progress, f"encoding {self.docs.name}")
         try:
-            items = iter(self.docs.items())
-            while chunk := list(itertools.islice(items, _CHUNK)):
-                start = len(docids)
-                if start + len(chunk) > n:
-                    raise DataError(f"{self.docs.name} yielded more than its {n} documents while being encoded")
-                docids.extend(d for d, _ in chunk)
-                if start + len(chunk) <= done:
+            for start, ids, texts in corpus_shards(self.docs):
+                docids.extend(ids)
+                if start + len(ids) <= done:
                     continue
-                skip = max(0, done - start)
-                vecs = self.encoder.encode_docs([t for _, t in chunk[skip:]], progress=bar.update)
-                half = vecs.astype(np.float16)
-                if not np.isfinite(half).all():
-                    raise DataError(f"{self.encoder.name}: embeddings overflow float16 (|x| > 65504); "
-                                    f"normalise them (normalize=True)")
-                out[start + skip : start + len(chunk)] = half
+                out[start : start + len(ids)] = self.half(self.encoder.encode_docs(texts, progress=bar.update))
                 out.flush()
                 with atomic_write(done_file) as f:
-                    json.dump({"done": start + len(chunk)}, f)
+                    json.dump({"done": start + len(ids)}, f)
         finally:
             bar.close()
+        del out
+        done_file.unlink(missing_ok=True)
+        self.finish_corpus(folder, docids)
+
+    def half(self, vecs: np.ndarray) -> np.ndarray:
+        """Embeddings as stored: float16, refused when they overflow it."""
+        half = vecs.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise DataError(f"{self.encoder.name}: embeddings overflow float16 (|x| > 65504); normalise them (normalize=True)")
+        return half
+
+    def finish_corpus(self, folder: Path, docids: list[str]) -> None:
+        """Check the document ids an encoding saw and store them beside the embeddings."""
+        n = len(self.docs)
         if len(docids) != n:
             raise DataError(f"{self.docs.name} yielded {len(docids)} documents, but says it has {n}")
         if len(set(docids)) != n:
             raise DataError(f"{self.docs.name} repeats document ids; a dense index needs unique ones")
-        del out
-        done_file.unlink()
         (folder / "docids.json").write_text(json.dumps(docids))
 
     def _load_embeddings(self, folder: Path) -> None:
