@@ -295,6 +295,8 @@ def main() -> None:
 @click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
 @click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window (first, listwise-gen) [default: 20].")
 @click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
+@click.option("--block-queries", type=click.IntRange(min=1),
+              help="Queries the reranker scores together (its batches; with --ray, a worker's unit) [default: 8 pointwise, 32 PRP/listwise].")
 @click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: flat].")
 @click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on GPU].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -312,7 +314,8 @@ def main() -> None:
 @_friendly
 def run(config: str | None, retriever: str | None, reranker: str | None, dataset: str | None, split: str | None,
         qrels: str | None, rel: int | None, metrics: str | None, encoding_errors: str, quiet: bool,
-        top_k: int | None, rerank_depth: int | None, window: int | None, stride: int | None, dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
+        top_k: int | None, rerank_depth: int | None, window: int | None, stride: int | None, block_queries: int | None,
+        dense_index: str | None, batch_tokens: int | None, device: str, dtype: str | None,
         score_cache: str | None, output: str | None, metrics_json: str | None, threads: int, rebuild: bool,
         ce_budget: int | None, cur_rounds: int | None, cur_anchor_items: int | None, cur_init: str | None,
         anchors_from: str, use_ray: bool, workers: int | None, gpus_per_worker: float | None,
@@ -343,9 +346,10 @@ def run(config: str | None, retriever: str | None, reranker: str | None, dataset
         if ray is not None:
             from .distributed import RayReranker
 
-            second = RayReranker(reranker, ray, journal=f"{output}.journal" if output else None, **options)
+            second = RayReranker(reranker, ray, block=block_queries, journal=f"{output}.journal" if output else None, **options)
         else:
             second = make_reranker(reranker, **options)
+            second.block = block_queries or second.block
     t0 = time.perf_counter()
     ds = _load(dataset, split, qrels, encoding_errors)
     load_s = time.perf_counter() - t0

@@ -13,16 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import offline_model
 
 from rerank import BM25, Dense, load_dataset
 from rerank.cli import main
 from rerank.data.formats import read_run
-from rerank.distributed import RayOptions, RayReranker, _encode_on_ray, connect, encode_corpus, merge_vocabularies, rerank, use_ray
+from rerank.distributed import (
+    RayOptions,
+    RayReranker,
+    _encode_on_ray,
+    connect,
+    encode_corpus,
+    merge_vocabularies,
+    rerank,
+    use_ray,
+)
 from rerank.errors import MissingDependency, ModelNotFound, RerankError
 from rerank.rerankers import make_reranker
 from rerank.retrieve.dense import SHARD_DOCS
-
-from conftest import offline_model
 
 OPTIONS = RayOptions(workers=2)
 
@@ -193,7 +201,7 @@ def test_cli_ray_runs_the_same_pipeline(dl19, minilm_ce, tmp_path, monkeypatch):
         return CliRunner().invoke(main, [str(a) for a in args])
 
     common = ["run", "-r", "bm25", "-d", dl19, "--reranker", f"cross-encoder:{minilm_ce}", "--top-k", 15,
-              "--rerank-depth", 15, "--dtype", "float32", "-q"]
+              "--rerank-depth", 15, "--dtype", "float32", "--block-queries", 4, "-q"]
     r = invoke(*common, "-o", tmp_path / "one.trec")
     assert r.exit_code == 0, r.output
     r = invoke(*common, "-o", tmp_path / "ray.trec", "--ray", "--workers", 2, "--metrics-json", tmp_path / "m.json")
