@@ -413,8 +413,8 @@ def rerank(factory: Callable[[], Stage], queries: Sequence[Query], ranking: Rank
     if block < 1:
         raise ValueError(f"block must be positive, got {block}")
     blocks = query_blocks(queries, ranking, block)
-    text = {q.qid: q for q in queries}
-    payloads = [pickle.dumps(([text[q] for q in b], {q: ranking[q] for q in b})) for b in blocks]
+    by_id = {q.qid: q for q in queries}
+    payloads = [pickle.dumps(([by_id[q] for q in b], {q: ranking[q] for q in b})) for b in blocks]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{name}|{block}|{len(blocks)}".encode())
     for p in payloads:
@@ -484,12 +484,10 @@ class RayReranker(Stage):
 
     def __init__(self, reranker: str | Callable[[], Stage], options: RayOptions | None = None, *, block: int | None = None,
                  journal: str | os.PathLike[str] | None = None, **reranker_options: Any) -> None:
-        from .rerankers import reranker_class
+        from .rerankers import make_reranker, reranker_class
 
         if isinstance(reranker, str):
             cls = reranker_class(reranker, **reranker_options)  # a bad spec fails here, not on the workers
-            from .rerankers import make_reranker
-
             self.factory: Callable[[], Stage] = functools.partial(make_reranker, reranker, **reranker_options)
             self.block = block or cls.block
             self.name = f"ray({reranker})"
