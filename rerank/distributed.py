@@ -113,7 +113,7 @@ def connect(options: RayOptions) -> Any:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (e.g. "progress bars disabled") are noise here
     have = ray.cluster_resources()
     for what, per in (("CPU", options.cpus_per_worker), ("GPU", options.gpus_per_worker)):
         if per and have.get(what, 0) < options.workers * per:
