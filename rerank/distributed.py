@@ -218,25 +218,35 @@ def _shard_file(folder: Path, start: int) -> Path:
     return folder / f"{start:012d}.npy"
 
 
-def _encode_on_ray(dense: Any, folder: Path, options: RayOptions) -> None:
-    """``Dense``'s corpus encoding done by Ray workers into ``folder`` (its build folder)."""
+def _put_shards(ray: Any, docs: Any, skip: Callable[[int], bool] = lambda start: False) -> tuple[list[str], list[Any], int]:
+    """Every document id of ``docs`` in order, and its shards (:func:`corpus_shards`) put into the
+    object store as one-row tables (key: the shard's first row), but those ``skip`` says are done;
+    with the number of documents skipped."""
     import pyarrow as pa
 
-    from .retrieve.dense import EMBEDDINGS, SHARD_DOCS, corpus_shards
+    from .retrieve.dense import corpus_shards
+
+    docids: list[str] = []
+    refs = []
+    skipped = 0
+    for start, ids, texts in corpus_shards(docs):
+        docids.extend(ids)
+        if skip(start):
+            skipped += len(ids)
+        else:
+            refs.append(ray.put(pa.table({"key": [start], "texts": [texts]})))
+    return docids, refs, skipped
+
+
+def _encode_on_ray(dense: Any, folder: Path, options: RayOptions) -> None:
+    """``Dense``'s corpus encoding done by Ray workers into ``folder`` (its build folder)."""
+    from .retrieve.dense import EMBEDDINGS, SHARD_DOCS
 
     ray = connect(options)
     shards = folder / "shards"
     shards.mkdir(exist_ok=True)
     n, dim = len(dense.docs), dense.encoder.dim
-    docids: list[str] = []
-    refs = []
-    done = 0
-    for start, ids, texts in corpus_shards(dense.docs):
-        docids.extend(ids)
-        if _shard_file(shards, start).is_file():
-            done += len(ids)
-        else:
-            refs.append(ray.put(pa.table({"key": [start], "texts": [texts]})))
+    docids, refs, done = _put_shards(ray, dense.docs, lambda start: _shard_file(shards, start).is_file())
     if done:
         log.info("resuming the encoding of %s: %d of %d documents already encoded", dense.docs.name, done, n)
     if refs:
@@ -315,16 +325,10 @@ def merge_vocabularies(parts: Iterable[tuple[list[list[int]], dict[str, str], di
 
 
 def _bm25_on_ray(bm25: Any, folder: Path, options: RayOptions) -> None:
-    import pyarrow as pa
-
-    from .retrieve.dense import SHARD_DOCS, corpus_shards
+    from .retrieve.dense import SHARD_DOCS
 
     ray = connect(options)
-    docids: list[str] = []
-    refs = []
-    for start, ids, texts in corpus_shards(bm25.docs):
-        docids.extend(ids)
-        refs.append(ray.put(pa.table({"key": [start], "texts": [texts]})))
+    docids, refs, _ = _put_shards(ray, bm25.docs)
     if not docids:
         raise DataError("cannot build a BM25 index over an empty corpus")
     pool = {k: v for k, v in options.actor_pool(len(refs)).items() if k != "num_gpus"}
@@ -338,11 +342,12 @@ def _bm25_on_ray(bm25: Any, folder: Path, options: RayOptions) -> None:
 
 
 # ------------------------------------------------------------------ reranking
-def _cost(stage: Any) -> dict[str, float]:
+def _stage_cost(stage: Any) -> Cost | None:
     try:
-        return dict(stage.cost.as_dict())
+        cost = stage.cost
     except (AttributeError, NotImplementedError):
-        return {}
+        return None
+    return cost if isinstance(cost, Cost) else None
 
 
 class _RerankBlocks(_Worker):
@@ -351,15 +356,18 @@ class _RerankBlocks(_Worker):
     def build(self, factory: Callable[[], Stage]) -> None:
         self.stage = factory()
 
-    def run(self, row: dict[str, Any]) -> tuple[dict[str, list[tuple[str, float]]], dict[str, float]]:
+    def run(self, row: dict[str, Any]) -> tuple[dict[str, list[tuple[str, float]]], Cost]:
         queries, ranking = pickle.loads(row["payload"])
         if isinstance(getattr(self.stage, "block", None), int):  # the driver's block is scored in one call
             self.stage.block = max(self.stage.block, len(queries))  # type: ignore[attr-defined]
-        before = _cost(self.stage)
+        cost = _stage_cost(self.stage)
+        spent = Cost()
+        if cost is not None:
+            spent.add(cost, -1)
         out = self.stage(queries, ranking)
-        after = _cost(self.stage)
-        return ({qid: [(h.docid, h.score) for h in out[qid]] for qid in ranking},
-                {k: v - before.get(k, 0) for k, v in after.items()})
+        if cost is not None:
+            spent.add(cost)
+        return {qid: [(h.docid, h.score) for h in out[qid]] for qid in ranking}, spent
 
 
 class _Journal:
@@ -439,11 +447,7 @@ def rerank(factory: Callable[[], Stage], queries: Sequence[Query], ranking: Rank
                         log.warning("block %d came back twice; its first result is kept", i)
                         continue
                     done[i] = hits
-                    for k, v in spent.items():
-                        if k == "model_calls":
-                            cost.calls += int(v)
-                        elif hasattr(cost, k):
-                            setattr(cost, k, getattr(cost, k) + type(getattr(cost, k))(v))
+                    cost.add(spent)
                     if log_ is not None:
                         log_.add(i, hits)
                     bar.update(1)
@@ -506,8 +510,7 @@ class RayReranker(Stage):
             raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
         out, cost = rerank(self.factory, queries, ranking, self.options, block=self.block, journal=self.journal,
                            name=self.name)
-        for k in ("calls", "tokens", "seconds", "cached", "batches"):
-            setattr(self.cost, k, getattr(self.cost, k) + getattr(cost, k))
+        self.cost.add(cost)
         return out
 
 

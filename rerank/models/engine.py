@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,11 @@ class Cost:
     seconds: float = 0.0
     cached: int = 0
     batches: int = 0
+
+    def add(self, other: Cost, sign: int = 1) -> None:
+        """Add ``other``'s counts to these (``sign=-1``: subtract them)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + sign * getattr(other, f.name))
 
     def as_dict(self) -> dict[str, float]:
         return {"model_calls": self.calls, "tokens": self.tokens, "seconds": round(self.seconds, 3),
