@@ -37,8 +37,12 @@ def scifact_train_test() -> tuple[Any, Any, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> None:

@@ -119,7 +119,9 @@ def exact_matrix(tag: str, scorer: Reranker, queries: Sequence[Query], docs: Seq
     return out, seconds
 
 
-def rerank_top(first: Ranking, budget: int, lookup: Lookup, queries: Sequence[Query], texts: dict[str, str]) -> tuple[Ranking, float]:
+def rerank_top(
+    first: Ranking, budget: int, lookup: Lookup, queries: Sequence[Query], texts: dict[str, str]
+) -> tuple[Ranking, float]:
     """Retrieve-then-rerank at ``budget`` calls: the first stage's top ``budget`` by exact score, then its rest."""
     out, calls = {}, 0
     for q in queries:
@@ -127,7 +129,7 @@ def rerank_top(first: Ranking, budget: int, lookup: Lookup, queries: Sequence[Qu
         head = hits[:budget]
         scores = lookup.score([(q.text, texts[h.docid]) for h in head])
         calls += len(head)
-        ranked = sorted((Hit(h.docid, s) for h, s in zip(head, scores)), key=lambda h: -h.score)
+        ranked = sorted((Hit(h.docid, s) for h, s in zip(head, scores, strict=True)), key=lambda h: -h.score)
         out[q.qid] = with_tail(ranked, hits[budget:])[:100]
     return out, calls / len(queries)
 
@@ -135,7 +137,10 @@ def rerank_top(first: Ranking, budget: int, lookup: Lookup, queries: Sequence[Qu
 def topk_recall(ranking: Ranking, queries: Sequence[Query], exact_top: list[list[str]]) -> dict[str, float]:
     out = {}
     for k in KS:
-        vals = [len({h.docid for h in ranking.get(q.qid, [])[:k]} & set(top[:k])) / k for q, top in zip(queries, exact_top)]
+        vals = [
+            len({h.docid for h in ranking.get(q.qid, [])[:k]} & set(top[:k])) / k
+            for q, top in zip(queries, exact_top, strict=True)
+        ]
         out[f"recall@{k}"] = round(float(np.mean(vals)), 4)
     return out
 
@@ -178,7 +183,11 @@ def run_setting(name: str, budgets: list[int], rounds: int, check: int) -> dict[
             runs[method, b] = run
             rows.append({"method": method, "budget": b, "calls_per_query": calls, **topk_recall(run, test, exact_top),
                          "nDCG@10": ndcg(run, (method, b))})
-        for method, r, init in (("anncur", 1, None), ("adacur", rounds, None), ("adacur+bm25", rounds, BM25(ds, k=b, with_text=False))):
+        for method, r, init in (
+            ("anncur", 1, None),
+            ("adacur", rounds, None),
+            ("adacur+bm25", rounds, BM25(ds, k=b, with_text=False)),
+        ):
             stage = CUR(lookup, ds, anchors, budget=b, rounds=r, init=init, k=100, with_text=False)
             t1 = time.perf_counter()
             run = stage(test)
@@ -234,7 +243,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax = axes[row][col]
             for m in methods:
                 pts = [(r["calls_per_query"], r[f"recall@{k}"]) for r in res["rows"] if r["method"] == m]
-                ax.plot(*zip(*pts), marker="o", label=m, linestyle="--" if ">>" in m else "-")
+                ax.plot(*zip(*pts, strict=True), marker="o", label=m, linestyle="--" if ">>" in m else "-")
             ax.set_title(f"{name}: top-{k} recall", fontsize=10)
             ax.set_xlabel("scorer calls per query")
             ax.set_xscale("log")

@@ -103,7 +103,9 @@ def ann(args: argparse.Namespace) -> dict:
     k = 10
     configs = [("flat", {}, {})]
     configs += [("ivf", {"nlist": default_nlist(n)}, {"nprobe": p}) for p in args.nprobe]
-    configs += [("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}, {"ef_search": e}) for e in args.ef_search]
+    configs += [
+        ("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}, {"ef_search": e}) for e in args.ef_search
+    ]
     rows, truth, built = [], None, {}
     for kind, build_params, search_params in configs:
         key = (kind, tuple(sorted(build_params.items())))
@@ -118,7 +120,7 @@ def ann(args: argparse.Namespace) -> dict:
         search_s = time.perf_counter() - t0
         if truth is None:
             truth = ids
-        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth)]))
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth, strict=True)]))
         row = {"index": kind, **build_params, **search_params, "build_s": round(build_s, 2),
                "qps": round(len(qv) / search_s, 1), "recall@10": round(recall, 4),
                "index_mb": round(faiss.serialize_index(index).nbytes / 2**20, 1), "device": "cpu"}
@@ -134,7 +136,7 @@ def ann(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             _, ids = index.search(qv, k)
             search_s = time.perf_counter() - t0
-            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth)]))
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth, strict=True)]))
             rows.append({"index": kind, **build_params, **search_params, "qps": round(len(qv) / search_s, 1),
                          "recall@10": round(recall, 4), "device": "gpu"})
             print(rows[-1], flush=True)
@@ -175,9 +177,11 @@ def quality(args: argparse.Namespace) -> dict:
         row = {"pipeline": label, **{k: round(v, 4) for k, v in m.items()}, "published_nDCG@10": published,
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
-        print(f"{label:<36} {m['nDCG@10']:>8.4f} {m['RR@10']:>7.4f} {m['R@100']:>7.4f} {published or '':>9} {row['seconds']:>8.1f}",
+        print(f"{label:<36} {m['nDCG@10']:>8.4f} {m['RR@10']:>7.4f} {m['R@100']:>7.4f} {published or '':>9} "
+              f"{row['seconds']:>8.1f}",
               flush=True)
-    return {"dataset": "scifact test", "queries": len(ds.queries), "note": "seconds include encoding the corpus when not stored yet",
+    return {"dataset": "scifact test", "queries": len(ds.queries), "note": "seconds include encoding the corpus when not stored "
+                                                                           "yet",
             "rows": rows}
 
 

@@ -98,8 +98,8 @@ def encode_job(configs: list[str], gpus: float, device: str) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
         if reference is None:
             reference = embs
-        same = all(np.array_equal(a, b) for a, b in zip(embs, reference))
-        diff = max(float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max()) for a, b in zip(embs, reference))
+        same = all(np.array_equal(a, b) for a, b in zip(embs, reference, strict=True))
+        diff = max(float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max()) for a, b in zip(embs, reference, strict=True))
         rows.append({"config": c, "seconds": round(seconds, 2), "docs_per_s": round(n / seconds, 1),
                      "bit_identical_to_first": same, "max_abs_diff": diff})
         print(f"encode {c:<8} {seconds:8.2f}s {n / seconds:8.1f} docs/s  identical={same} maxdiff={diff:.2g}", flush=True)
@@ -136,8 +136,17 @@ def rerank_job(configs: list[str], gpus: float, device: str) -> dict[str, Any]:
         a = {(q, h.docid): h.score for q, hs in out.items() for h in hs}
         diff = max(abs(a[(q, h.docid)] - h.score) for q, hs in reference.items() for h in hs)
         ndcg = evaluate(out, ds.require_qrels(), ["nDCG@10"], ds.rel).metrics["nDCG@10"]
-        rows.append({"config": c, "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 1),
-                     "first_block_s": round(first[0], 2) if first else None, "same_run_as_first": same_run, "max_score_diff": diff, "ndcg@10": round(ndcg, 4)})
+        rows.append(
+            {
+                "config": c,
+                "seconds": round(seconds, 2),
+                "pairs_per_s": round(pairs / seconds, 1),
+                "first_block_s": round(first[0], 2) if first else None,
+                "same_run_as_first": same_run,
+                "max_score_diff": diff,
+                "ndcg@10": round(ndcg, 4),
+            }
+        )
         print(f"rerank {c:<8} {seconds:8.2f}s {pairs / seconds:8.1f} pairs/s  first block after "
               f"{first[0] if first else 0:.2f}s  same run={same_run} "
               f"maxdiff={diff:.2g} nDCG@10={ndcg:.4f}", flush=True)

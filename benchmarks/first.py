@@ -96,7 +96,8 @@ def main() -> None:
     write_result(result, args.out)
     print(f"\n{'system':<48}{'nDCG@10':>9}{'RR@10':>8}{'Δ':>9}{'p':>8}")
     for r in rows:
-        print(f"{r['system']:<48}{r['nDCG@10']:>9.4f}{r['RR@10']:>8.4f}{r.get('delta_vs_not_fine_tuned', 0):>+9.4f}{r.get('p', 1):>8.3f}")
+        delta = r.get("delta_vs_not_fine_tuned", 0)
+        print(f"{r['system']:<48}{r['nDCG@10']:>9.4f}{r['RR@10']:>8.4f}{delta:>+9.4f}{r.get('p', 1):>8.3f}")
 
 
 if __name__ == "__main__":

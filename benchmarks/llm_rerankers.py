@@ -53,10 +53,16 @@ def measure(label: str, reranker: Any, ds: Any, queries: list, ranking: dict) ->
     EVALS[label] = ev
     m = ev.metrics
     calls = after["model_calls"] - before["model_calls"]
-    row = {"reranker": label, "nDCG@10": round(m["nDCG@10"], 4), "seconds": round(seconds, 1),
-           "seconds_per_query": round(seconds / len(queries), 2), "prompts_per_query": round(calls / len(queries), 1),
-           "prompt_tokens": after["tokens"] - before["tokens"], "generated_tokens": after.get("generated_tokens", 0)
-           - before.get("generated_tokens", 0), "repaired_outputs": after.get("repaired_outputs", 0) - before.get("repaired_outputs", 0)}
+    row = {
+        "reranker": label,
+        "nDCG@10": round(m["nDCG@10"], 4),
+        "seconds": round(seconds, 1),
+        "seconds_per_query": round(seconds / len(queries), 2),
+        "prompts_per_query": round(calls / len(queries), 1),
+        "prompt_tokens": after["tokens"] - before["tokens"],
+        "generated_tokens": after.get("generated_tokens", 0) - before.get("generated_tokens", 0),
+        "repaired_outputs": after.get("repaired_outputs", 0) - before.get("repaired_outputs", 0),
+    }
     print(f"{label:<34} nDCG@10 {row['nDCG@10']:.4f}  {row['seconds']:>7.1f}s  {row['prompts_per_query']:>6} prompts/q  "
           f"{row['generated_tokens']:>6} generated  {row['repaired_outputs']} repaired", flush=True)
     return row
@@ -66,7 +72,8 @@ def listwise(args: argparse.Namespace) -> dict:
     ds, queries, top, reverse = setup(args.queries, args.depth)
     path = offline(args.model)
     base = evaluate(top, {q.qid: ds.qrels[q.qid] for q in queries}, ["nDCG@10"], ds.rel).metrics["nDCG@10"]
-    print(f"{len(queries)} DL19 queries, BM25 top-{args.depth}, window {args.window} stride {args.stride}; BM25 nDCG@10 {base:.4f}")
+    print(f"{len(queries)} DL19 queries, BM25 top-{args.depth}, window {args.window} stride {args.stride}; BM25 nDCG@10 "
+          f"{base:.4f}")
     opts = {"depth": args.depth, "window": args.window, "stride": args.stride, "max_passage_tokens": args.passage_tokens}
     first, gen = First(path, **opts), ListwiseGenerate(path, **opts)
     rows = [measure("FIRST", first, ds, queries, top), measure("listwise-gen", gen, ds, queries, top)]
@@ -125,7 +132,11 @@ def main() -> None:
     ap.add_argument("--main-only", action="store_true", help="listwise: skip the reversed input and the identifier readings")
     ap.add_argument("--output")
     args = ap.parse_args()
-    result = {"benchmark": f"llm-{args.part}", "machine": machine(), **(listwise(args) if args.part == "listwise" else pairwise(args))}
+    result = {
+        "benchmark": f"llm-{args.part}",
+        "machine": machine(),
+        **(listwise(args) if args.part == "listwise" else pairwise(args)),
+    }
     write_result(result, Path(args.output or RESULTS / f"llm-{args.part}.json"))
 
 

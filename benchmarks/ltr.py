@@ -6,8 +6,9 @@ LightGBM lambdarank example set and the MSLR-WEB10K sample (../shared/data/ltr).
 
 Both learners see the same split: 20% of the training queries held out as dev (early stopping
 for LightGBM, best epoch for the MLP; a second LightGBM row uses the fixed settings of
-LightGBM's lambdarank example instead, as early stopping on a few dev queries is noisy); test nDCG@10 is ir_measures' (trec_eval gains = labels),
-over test queries with at least one relevant document. Writes benchmarks/results/ltr.json.
+LightGBM's lambdarank example instead, as early stopping on a few dev queries is noisy); test nDCG@10 is
+ir_measures' (trec_eval gains = labels), over test queries with at least one relevant document.
+Writes benchmarks/results/ltr.json.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def main() -> None:
         write_result(result, args.out)
     print(f"\ntest nDCG@10, mean ± std over {args.seeds} seed(s) (dev = 20% of train queries)")
     for name, res in result["sets"].items():
-        print(f"\n{name}: {res['train_queries']} train queries, {res['test_queries']} judged test queries, {res['features']} features")
+        print(f"\n{name}: {res['train_queries']} train queries, {res['test_queries']} judged test queries, {res['features']} "
+              f"features")
         print(f"{'system':<26}{'nDCG@10':>9}{'± std':>8}{'vs LGBM':>9}{'secs':>7}")
         for r in res["rows"]:
             print(f"{r['system']:<26}{r['ndcg10_mean']:>9.4f}{r['ndcg10_std']:>8.4f}{r['vs_lightgbm']:>+9.4f}{r['seconds_mean']:>7.1f}")

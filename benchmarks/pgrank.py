@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
-from rerank.cli import build_first_stage
 from rerank.evaluate import compare, evaluate
 from rerank.models.encoder import Encoder
+from rerank.specs import stage
 from rerank.train.biencoder import train_bi_encoder
 from rerank.train.trainer import HISTORY, TrainConfig
 from rerank.types import Hit
@@ -47,7 +47,7 @@ def rerank_by(encoder: Encoder, queries, candidates, docs) -> dict:
     qe = encoder.encode_queries([q.text for q in queries])
     qe /= np.linalg.norm(qe, axis=1, keepdims=True)
     run = {}
-    for q, v in zip(queries, qe):
+    for q, v in zip(queries, qe, strict=True):
         hits = candidates.get(q.qid, [])
         s = emb[[row[h.docid] for h in hits]] @ v
         run[q.qid] = [Hit(hits[i].docid, float(s[i])) for i in np.argsort(-s, kind="stable")]
@@ -66,7 +66,7 @@ def main() -> None:
     body = offline("all-MiniLM-L6-v2")
     train, test, qrels = scifact_train_test()
     t = time.perf_counter()
-    candidates = build_first_stage(f"hybrid:bm25+dense:{body}", test, 100)(test.queries)
+    candidates = stage(f"hybrid:bm25+dense:{body}", test, k=100)(test.queries)
     first_s = time.perf_counter() - t
     base = evaluate(candidates, qrels, METRICS)
     warm = evaluate(rerank_by(Encoder(body, max_length=args.max_length), test.queries, candidates, test.docs), qrels, METRICS)

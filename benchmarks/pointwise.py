@@ -54,7 +54,9 @@ def throughput(args: argparse.Namespace) -> dict:
             st = STCrossEncoder(tmp, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
             st.predict(pairs[:64], batch_size=args.st_batch, show_progress_bar=False)  # warm-up
             t0 = time.perf_counter()
-            scores[("st", dtype)] = np.asarray(st.predict(pairs, batch_size=args.st_batch, show_progress_bar=False), dtype=np.float64)
+            scores[("st", dtype)] = np.asarray(
+                st.predict(pairs, batch_size=args.st_batch, show_progress_bar=False), dtype=np.float64
+            )
             rows.append({"system": "sentence-transformers", "dtype": dtype, "seconds": time.perf_counter() - t0})
             ours = CrossEncoder(tmp, dtype=dtype, device=device, batch_tokens=args.batch_tokens)
             ours.score(pairs[:64])
@@ -104,7 +106,9 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None)
     ap.add_argument("--depth", type=int, default=100, help="rerank depth for SPLADE")
     ap.add_argument("--llm-depth", type=int, default=20, help="rerank depth for the LLMs (100 on a GPU)")
-    ap.add_argument("--models", nargs="+", default=["splade-tiny-msmarco", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"])
+    ap.add_argument(
+        "--models", nargs="+", default=["splade-tiny-msmarco", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"]
+    )
     ap.add_argument("--output")
     args = ap.parse_args()
     result = {"benchmark": f"pointwise-{args.part}", "machine": machine(),

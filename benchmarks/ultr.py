@@ -142,7 +142,9 @@ def yandex(shared: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
     t = time.perf_counter()
     cfg = TrainConfig(loss="softmax", epochs=100, batch_size=16, lr=0.05, warmup=0.0, weight_decay=0.0, seed=0,
                       precision="fp32", checkpoint_every=10**9)
-    r = train_from_clicks(stats, TableScorer(stats.groups), work / "yandex", cfg, algorithm="dla", propensity_lr=args.propensity_lr)
+    r = train_from_clicks(
+        stats, TableScorer(stats.groups), work / "yandex", cfg, algorithm="dla", propensity_lr=args.propensity_lr
+    )
     ctr = stats.ctr_by_rank()
     return {"log": YANDEX, **{k: v for k, v in stats.summary().items() if k != "source"},
             "dla_propensity": [round(v, 4) for v in r["propensity"]],
@@ -199,7 +201,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     panels = [(n, r["pbm"]) for n, r in result["sets"].items() if "pbm" in r]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.4), squeeze=False)
     ranks = np.arange(1, 11)
-    for ax, (name, r) in zip(axes[0], panels):
+    for ax, (name, r) in zip(axes[0], panels, strict=False):
         ax.plot(ranks, r["true_propensity"], "k--", label="true θ (PBM)")
         ax.plot(ranks, r["dla_propensity"], "o-", label="DLA")
         ax.errorbar(ranks, r["randomization_propensity"], yerr=r["randomization_stderr"], fmt="s:", capsize=2,
@@ -250,7 +252,8 @@ def main() -> None:
         if args.io_sessions:
             result["log_io"] = log_io(args.io_sessions, shared, work)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"\n{'set':<22}{'clicks':<9}{'naive':>16}{'IPW (true θ)':>16}{'DLA':>16}{'DLA-naive':>10}{'DLA-IPW':>9}{'full labels':>13}")
+    print(f"\n{'set':<22}{'clicks':<9}{'naive':>16}{'IPW (true θ)':>16}{'DLA':>16}{'DLA-naive':>10}"
+          f"{'DLA-IPW':>9}{'full labels':>13}")
     for name, r in result["sets"].items():
         for cm in args.click_models.split(","):
             c = r[cm]
@@ -263,7 +266,8 @@ def main() -> None:
             p = r["pbm"]
             print(f"  {name} truth        " + " ".join(f"{v:.3f}" for v in p["true_propensity"]))
             print(f"  {name} DLA          " + " ".join(f"{v:.3f}" for v in p["dla_propensity"])
-                  + f"   max rel err {p['dla_propensity_error']['max_relative_error']:.3f}, r {p['dla_propensity_error']['pearson']:.4f}")
+                  + f"   max rel err {p['dla_propensity_error']['max_relative_error']:.3f}, r "
+                    f"{p['dla_propensity_error']['pearson']:.4f}")
             print(f"  {name} randomization" + " ".join(f"{v:.3f}" for v in p["randomization_propensity"])
                   + f"   max rel err {p['randomization_propensity_error']['max_relative_error']:.3f}")
             print(f"  {name} EM (rand. log)" + " ".join(f"{v:.3f}" for v in p["em_propensity_randomized_log"])

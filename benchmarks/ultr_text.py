@@ -29,7 +29,7 @@ from common import RESULTS, WORK, machine, offline, scifact_train_test, write_re
 from rerank.evaluate import compare, evaluate
 from rerank.rerankers.pointwise import CrossEncoder
 from rerank.retrieve.bm25 import BM25
-from rerank.train.crossencoder import CrossEncoderTask, split_dev
+from rerank.train.crossencoder import split_dev
 from rerank.train.trainer import HISTORY, TrainConfig
 from rerank.ultr.learn import TextScorer, train_from_clicks
 from rerank.ultr.log import aggregate
@@ -71,9 +71,7 @@ def main() -> None:
         history = folder / HISTORY
         if not (history.is_file() and json.loads(history.read_text()).get("finished")):
             scorer = TextScorer(body, stats.groups, {q.qid: q.text for q in train.queries}, train.docs,
-                                max_length=args.max_length)
-            scorer.ce = CrossEncoderTask(body, scorer.tokenizer, [], qrels, logged, train.docs, max_length=args.max_length,
-                                         dev_queries=dev_q, dev_depth=30)
+                                max_length=args.max_length, dev=(qrels, dev_q, logged, train.rel))
             cfg = TrainConfig(loss="softmax", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
                               checkpoint_every=50)
             train_from_clicks(stats, scorer, folder, cfg, algorithm=alg)

@@ -7,6 +7,9 @@
 
     CrossEncoder("cross-encoder/ms-marco-MiniLM-L-6-v2").rank("query", ["doc a", "doc b"])
 
+    # the same from text, as the CLI and the configs say it (rerank.specs)
+    pipe = pipeline("bm25 % 100 >> cross-encoder:cross-encoder/ms-marco-MiniLM-L-6-v2", "scifact")
+
 Importing rerank imports neither torch nor ir_datasets; those load when first used.
 """
 
@@ -23,6 +26,7 @@ from .retrieve.cur import CUR
 from .retrieve.dense import Dense
 from .retrieve.fusion import RRF, Interpolate
 from .retrieve.run import FromRun
+from .specs import pipeline, stage
 from .types import Cutoff, Hit, Pipeline, Query, Ranking, Stage
 
 __version__ = "0.1.0"
@@ -62,8 +66,10 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "make_reranker",
+    "pipeline",
     "read_qrels",
     "read_run",
     "read_topics",
+    "stage",
     "write_trec_run",
 ]

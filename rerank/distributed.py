@@ -42,12 +42,12 @@ import numpy as np
 from .env import atomic_write
 from .errors import DataError, MissingDependency, RerankError
 from .models.engine import Cost
-from .types import Hit, Query, Ranking, Stage
+from .types import Composite, Hit, Query, Ranking, Stage
 
 log = logging.getLogger("rerank")
 # what workers must see as the driver does: offline switches and where models, data and indexes are
 _PROPAGATE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "RERANK_OFFLINE", "RERANK_OFFLINE_MODELS",
-              "RERANK_MODEL_PATH", "RERANK_SHARED_DATA", "RERANK_INDEXES")
+              "RERANK_MODEL_PATH", "RERANK_SHARED_DATA", "RERANK_INDEXES", "RERANK_NO_BF16")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class RayOptions:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ValueError(f"gpus_per_worker must be >= 0 and cpus_per_worker > 0, got {self.gpus_per_worker}, {self.cpus_per_worker}")
+            raise ValueError(f"gpus_per_worker must be >= 0 and cpus_per_worker > 0, got {self.gpus_per_worker}, "
+                             f"{self.cpus_per_worker}")
 
     def actor_pool(self, items: int) -> dict[str, Any]:
         """map_batches arguments: a pool of ``workers`` actors (no more than ``items``) and what each one holds."""
@@ -129,9 +130,9 @@ def _torch_threads(cpus: float) -> None:
 
 
 def _progress(total: int, initial: int, desc: str, unit: str) -> Any:
-    from .retrieve.dense import _progress_bar
+    from .progress import progress_bar
 
-    return _progress_bar(total, initial, None, desc, unit)
+    return progress_bar(total, desc, unit, initial)
 
 
 def _pack_error(e: BaseException) -> bytes:
@@ -192,7 +193,7 @@ def _results(ds: Any) -> Generator[tuple[int, Any], None, None]:
     batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
     try:
         for batch in batches:
-            for key, value, error in zip(batch["key"], batch["value"], batch["error"]):
+            for key, value, error in zip(batch["key"], batch["value"], batch["error"], strict=True):
                 _raise_worker_error(error)
                 yield int(key), pickle.loads(value)
     finally:
@@ -296,9 +297,9 @@ class _TokenizeShards(_Worker):
         pass
 
     def run(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        from .retrieve.bm25 import _Bm25s
+        from .retrieve.bm25 import bm25s_tokenizer
 
-        tok = _Bm25s._tokenizer()
+        tok = bm25s_tokenizer()
         ids = tok.tokenize(row["texts"], update_vocab=True, return_as="ids", show_progress=False)
         return ids, tok.word_to_stem, tok.stem_to_sid, tok.word_to_id
 
@@ -307,9 +308,9 @@ def merge_vocabularies(parts: Iterable[tuple[list[list[int]], dict[str, str], di
     """Shards tokenized separately (in corpus order), as one tokenizer would have tokenized the
     whole corpus: stems get ids in order of first appearance, so the ids, the vocabulary and the
     index bm25s builds from them are the single-process ones. Returns (token ids, tokenizer)."""
-    from .retrieve.bm25 import _Bm25s
+    from .retrieve.bm25 import bm25s_tokenizer
 
-    tok = _Bm25s._tokenizer()
+    tok = bm25s_tokenizer()
     tok.reset_vocab()
     tokens: list[list[int]] = []
     for ids, word_to_stem, stem_to_sid, word_to_id in parts:
@@ -338,7 +339,7 @@ def _bm25_on_ray(bm25: Any, folder: Path, options: RayOptions) -> None:
     if sorted(got) != list(range(0, len(docids), SHARD_DOCS)):
         raise RerankError(f"Ray returned {len(got)} tokenized shards of {-(-len(docids) // SHARD_DOCS)}")
     tokens, tok = merge_vocabularies(got[s] for s in sorted(got))
-    bm25._impl.write(folder, docids, tokens, tok)
+    bm25.write_index(folder, docids, tokens, tok)
 
 
 # ------------------------------------------------------------------ reranking
@@ -523,15 +524,31 @@ def use_ray(stage: Stage, options: RayOptions) -> list[Stage]:
     from .retrieve.dense import Dense
 
     require_ray()  # without the extra, say so before any work
+    builder = RayIndexBuilder(options)
     changed: list[Stage] = []
     todo: list[Any] = [stage]
     while todo:
         s = todo.pop()
-        todo.extend(getattr(s, "stages", []))
+        if isinstance(s, Composite):
+            todo.extend(s.stages)
         if isinstance(s, Dense):
-            s.encode_corpus_with = functools.partial(_encode_on_ray, s, options=options)
+            s.encode_corpus_with = builder.encode_dense
             changed.append(s)
         elif isinstance(s, BM25) and s.backend == "bm25s":
-            s.build_with = functools.partial(_bm25_on_ray, s, options=options)
+            s.build_with = builder.build_bm25
             changed.append(s)
     return changed
+
+
+@dataclass(frozen=True)
+class RayIndexBuilder:
+    """Index builds on Ray, given to stages as they are built (``rerank.specs.Context.index_builder``):
+    dense corpus encoding by shards and bm25s tokenization by shards."""
+
+    options: RayOptions
+
+    def encode_dense(self, dense: Any, folder: Path) -> None:
+        _encode_on_ray(dense, folder, self.options)
+
+    def build_bm25(self, bm25: Any, folder: Path) -> None:
+        _bm25_on_ray(bm25, folder, self.options)

@@ -128,10 +128,10 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], metrics: Seque
     """A plain aligned table: one row per run, one column per metric."""
     w0 = max([len("run")] + [len(name) for name, _ in rows])
     widths = [max(len(m), 7) for m in metrics]
-    head = "  ".join(["run".ljust(w0)] + [m.rjust(w) for m, w in zip(metrics, widths)])
+    head = "  ".join(["run".ljust(w0)] + [m.rjust(w) for m, w in zip(metrics, widths, strict=True)])
     lines = [head, "-" * len(head)]
     for name, vals in rows:
-        cells = [f"{vals[m]:.4f}".rjust(w) if m in vals else "-".rjust(w) for m, w in zip(metrics, widths)]
+        cells = [f"{vals[m]:.4f}".rjust(w) if m in vals else "-".rjust(w) for m, w in zip(metrics, widths, strict=True)]
         lines.append("  ".join([name.ljust(w0)] + cells))
     return "\n".join(lines)
 
@@ -140,7 +140,8 @@ def format_comparison(rows: Sequence[Comparison], name_a: str = "A", name_b: str
     head = f"{'metric':<12} {name_a[:12]:>12} {name_b[:12]:>12} {'delta':>8} {'t-test p':>9} {'rand. p':>9}"
     lines = [head, "-" * len(head)]
     for c in rows:
-        lines.append(f"{c.metric:<12} {c.mean_a:12.4f} {c.mean_b:12.4f} {c.delta:+8.4f} {c.t_pvalue:9.4f} {c.randomization_pvalue:9.4f}")
+        lines.append(f"{c.metric:<12} {c.mean_a:12.4f} {c.mean_b:12.4f} {c.delta:+8.4f} {c.t_pvalue:9.4f} "
+                     f"{c.randomization_pvalue:9.4f}")
     return "\n".join(lines)
 
 

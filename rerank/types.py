@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .specs import Context, Spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,19 @@ class Stage:
     """
 
     name: str = "stage"
+
+    # how a class is built from a spec (rerank.specs): set by the classes registered there
+    kind: ClassVar[str] = ""  # the spec's kind, e.g. "bm25", "cross-encoder"
+    role: ClassVar[str] = ""  # "retriever" or "reranker"
+    family: ClassVar[str] = ""  # rerankers: "pointwise", "pairwise" or "listwise"
+    spec_arg: ClassVar[str] = ""  # what follows "kind:", e.g. "MODEL" (help texts)
+    spec_help: ClassVar[str] = ""  # one line for help texts
+    spec_parts: ClassVar[str] = ""  # "stages": the argument is retriever specs joined by '+'; "stage": one spec
+    spec_options: ClassVar[tuple[str, ...]] = ()  # options it takes from a spec's context
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        raise NotImplementedError(f"{cls.__name__} is not built from specs")
 
     def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:
         raise NotImplementedError
@@ -115,3 +132,41 @@ class Pipeline(Stage):
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name})"
+
+
+# ---------------------------------------------------------------- optional abilities
+@runtime_checkable
+class Costed(Protocol):
+    """A stage that counts what it spent (model calls, tokens, seconds): ``stage.cost.as_dict()``."""
+
+    @property
+    def cost(self) -> Any: ...
+
+
+@runtime_checkable
+class ScorerSearch(Protocol):
+    """A first stage that searches by calling a scorer: ``calls`` is how many it made."""
+
+    calls: int
+
+
+@runtime_checkable
+class Indexed(Protocol):
+    """A stage with an index to build (or reuse) before it searches: ``index()`` returns its folder."""
+
+    def index(self) -> Any: ...
+
+
+@runtime_checkable
+class Composite(Protocol):
+    """A stage made of other stages (pipelines, fusion): ``stages`` lists them."""
+
+    stages: list[Stage]
+
+
+def leaves(stage: Stage) -> list[Stage]:
+    """The stages inside ``stage``, depth first (a pipeline's steps, a fusion's parts), itself
+    when it has none."""
+    if isinstance(stage, Composite):
+        return [leaf for s in stage.stages for leaf in leaves(s)]
+    return [stage]

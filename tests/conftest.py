@@ -72,3 +72,48 @@ def minilm_ce(tmp_path_factory) -> str:
     AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return str(out)
+
+
+def _tiny_bert(out: Path, head: bool) -> str:
+    """A 2-layer BERT (hidden 64, seed 0) with all-MiniLM-L6-v2's tokenizer, saved to ``out``."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    tok = AutoTokenizer.from_pretrained(offline_model("all-MiniLM-L6-v2"))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=512, num_labels=1)
+    torch.manual_seed(0)
+    (BertForSequenceClassification(cfg) if head else BertModel(cfg)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A tiny BERT body of the real architecture, for tests whose assertions do not depend on what
+    the model knows (the same results on Ray as in one process, resumption, training plumbing)."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"), head=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(tmp_path_factory) -> str:
+    """The tiny BERT as a one-logit cross-encoder (fixed-seed head)."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-ce"), head=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_smol(tmp_path_factory) -> str:
+    """A 2-layer Llama (hidden 64, seed 0) with SmolLM2-135M-Instruct's tokenizer and chat template:
+    the causal-LM architecture of the LLM rerankers at a size where training steps take a second."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(offline_model("SmolLM2-135M-Instruct"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=128, max_position_embeddings=2048, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-smol")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

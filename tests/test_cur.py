@@ -91,7 +91,9 @@ def test_index_is_float16_with_manifest_and_search_spends_the_budget(splade, dat
     assert stage.calls == 60 * len(test.queries) and stage.anchor_items == 15
     for i, q in enumerate(test.queries):  # every returned score is the exact one, best first
         col = {d: j for j, d in enumerate(docids)}
-        assert [h.score for h in run[q.qid]] == pytest.approx([float(exact[i, col[h.docid]]) for h in run[q.qid]], rel=TOL, abs=TOL)
+        assert [h.score for h in run[q.qid]] == pytest.approx(
+            [float(exact[i, col[h.docid]]) for h in run[q.qid]], rel=TOL, abs=TOL
+        )
         assert all(a.score >= b.score for a, b in itertools.pairwise(run[q.qid]))
     ada = recall_at(run, test.queries, exact, docids, 10)
     ann = recall_at(CUR(splade, test, train.queries, budget=60, rounds=1, k=10, index_root=tmp_path)(test.queries),

@@ -14,10 +14,11 @@ from conftest import offline_model
 
 import rerank.retrieve.dense as dense_mod
 from rerank import DataError, MemoryDocStore, Query
-from rerank.cli import main, split_hybrid
+from rerank.cli import main
 from rerank.errors import IndexStateError, ModelNotFound
 from rerank.models.encoder import Encoder
 from rerank.retrieve.dense import Dense
+from rerank.specs import split_hybrid
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +86,7 @@ def test_dense_matches_exhaustive_search_and_reuses_its_embeddings(enc32, sci_sm
     # the same ranking as brute force over the stored vectors
     qv = enc32.encode_queries([q.text for q in queries])
     brute = qv @ np.asarray(emb, dtype=np.float32).T
-    for q, row in zip(queries, brute):
+    for q, row in zip(queries, brute, strict=True):
         top = [docids[i] for i in np.argsort(-row, kind="stable")[:10]]
         assert [h.docid for h in run[q.qid]] == top
         assert run[q.qid][0].text == store[top[0]]
@@ -210,7 +211,11 @@ def test_missing_model_fails_fast_offline(sci_small):
 
 def test_hybrid_spec_parsing_and_cli_errors(dl19):
     assert split_hybrid("bm25+dense:org/model") == ["bm25", "dense:org/model"]
-    assert split_hybrid("bm25:lucene+dense:org/a+b-model+candidates:tas-b") == ["bm25:lucene", "dense:org/a+b-model", "candidates:tas-b"]
+    assert split_hybrid("bm25:lucene+dense:org/a+b-model+candidates:tas-b") == [
+        "bm25:lucene",
+        "dense:org/a+b-model",
+        "candidates:tas-b",
+    ]
     r = CliRunner().invoke(main, ["run", "-r", "dense:all-MiniLM-L6-v2", "-d", str(dl19)])
     assert r.exit_code == 2 and "candidates:tas-b" in r.output
     r = CliRunner().invoke(main, ["run", "-r", "hybrid:bm25", "-d", "scifact"])

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import offline_model
 
 from rerank import BM25, Dense, load_dataset
 from rerank.cli import main
@@ -66,9 +65,9 @@ def _actor_pids(name: str) -> list[int]:
     return pids
 
 
-def test_dense_encoding_on_ray_is_bit_identical_and_resumes(tmp_path):
+def test_dense_encoding_on_ray_is_bit_identical_and_resumes(tiny_bert, tmp_path):
     ds = load_dataset("cranfield")  # 1,400 documents: shards of 1,024 and 376, one per worker
-    model = offline_model("all-MiniLM-L6-v2")
+    model = tiny_bert
     on_ray = Dense(model, ds, index_root=tmp_path / "ray", k=10)
     encode_corpus(on_ray, OPTIONS)
     assert not list((tmp_path / "ray").glob(".*.partial"))
@@ -118,11 +117,11 @@ def test_merging_vocabularies_numbers_stems_by_first_appearance():
     assert merged.stem_to_sid == whole.stem_to_sid and merged.word_to_id == whole.word_to_id
 
 
-def test_reranking_on_ray_gives_the_single_process_run(dl19_top, minilm_ce, tmp_path):
+def test_reranking_on_ray_gives_the_single_process_run(dl19_top, tiny_ce, tmp_path):
     ds, run = dl19_top
-    single = make_reranker(f"cross-encoder:{minilm_ce}", dtype="float32")(ds.queries, run)
+    single = make_reranker(f"cross-encoder:{tiny_ce}", dtype="float32")(ds.queries, run)
     journal = tmp_path / "run.trec.journal"
-    stage = RayReranker(f"cross-encoder:{minilm_ce}", OPTIONS, journal=journal, dtype="float32")
+    stage = RayReranker(f"cross-encoder:{tiny_ce}", OPTIONS, journal=journal, dtype="float32")
     out = stage(ds.queries, run)
     assert list(out) == list(single)
     for qid in single:
@@ -134,9 +133,9 @@ def test_reranking_on_ray_gives_the_single_process_run(dl19_top, minilm_ce, tmp_
     assert [len(h) for h in run.values()] == [20] * len(run)  # the caller's ranking is untouched
 
 
-def test_a_killed_worker_loses_no_query_and_repeats_none(dl19_top, minilm_ce):
+def test_a_killed_worker_loses_no_query_and_repeats_none(dl19_top, tiny_ce):
     ds, run = dl19_top
-    factory = functools.partial(make_reranker, f"cross-encoder:{minilm_ce}")
+    factory = functools.partial(make_reranker, f"cross-encoder:{tiny_ce}")
     killed: list[int] = []
 
     def kill_one(done: int, total: int) -> None:
@@ -152,15 +151,15 @@ def test_a_killed_worker_loses_no_query_and_repeats_none(dl19_top, minilm_ce):
     for qid, hits in run.items():
         assert sorted(h.docid for h in out[qid]) == sorted(h.docid for h in hits)
     assert cost.calls == sum(len(h) for h in run.values())  # each block's scores counted once
-    single = make_reranker(f"cross-encoder:{minilm_ce}")(ds.queries, run)
+    single = make_reranker(f"cross-encoder:{tiny_ce}")(ds.queries, run)
     a, b = _pairs(out), _pairs(single)
     assert max(abs(a[k] - b[k]) for k in b) < 1e-3
 
 
-def test_a_stopped_run_resumes_from_its_journal(dl19_top, minilm_ce, tmp_path):
+def test_a_stopped_run_resumes_from_its_journal(dl19_top, tiny_ce, tmp_path):
     ds, run = dl19_top
     journal = tmp_path / "j.jsonl"
-    factory = functools.partial(make_reranker, f"cross-encoder:{minilm_ce}", dtype="float32")
+    factory = functools.partial(make_reranker, f"cross-encoder:{tiny_ce}", dtype="float32")
 
     def stop(done: int, total: int) -> None:
         if done == 2:
@@ -173,7 +172,7 @@ def test_a_stopped_run_resumes_from_its_journal(dl19_top, minilm_ce, tmp_path):
     done_queries = sum(len(rec["hits"]) for rec in kept)
     out, cost = rerank(factory, ds.queries, run, OPTIONS, block=8, journal=journal)
     assert cost.calls == 20 * (len(run) - done_queries)  # only the blocks not yet reranked
-    single = make_reranker(f"cross-encoder:{minilm_ce}", dtype="float32")(ds.queries, run)
+    single = make_reranker(f"cross-encoder:{tiny_ce}", dtype="float32")(ds.queries, run)
     assert list(out) == list(single)
     for qid in single:
         assert [h.docid for h in out[qid]] == [h.docid for h in single[qid]]
@@ -196,11 +195,11 @@ def test_worker_errors_reach_the_driver_with_their_type(dl19_top):
         connect(RayOptions(workers=2, gpus_per_worker=1))  # this cluster has none
 
 
-def test_cli_ray_runs_the_same_pipeline(dl19, minilm_ce, tmp_path, monkeypatch):
+def test_cli_ray_runs_the_same_pipeline(dl19, tiny_ce, tmp_path, monkeypatch):
     def invoke(*args):
         return CliRunner().invoke(main, [str(a) for a in args])
 
-    common = ["run", "-r", "bm25", "-d", dl19, "--reranker", f"cross-encoder:{minilm_ce}", "--top-k", 15,
+    common = ["run", "-r", "bm25", "-d", dl19, "--reranker", f"cross-encoder:{tiny_ce}", "--top-k", 15,
               "--rerank-depth", 15, "--dtype", "float32", "--block-queries", 4, "-q"]
     r = invoke(*common, "-o", tmp_path / "one.trec")
     assert r.exit_code == 0, r.output

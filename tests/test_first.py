@@ -65,9 +65,11 @@ def test_first_loss_equals_a_direct_computation(smol):
         FirstTask(smol, [Window("q", ("a",) * 5, tuple(range(5)))])
 
 
-def test_first_training_steps_on_scifact_lower_the_loss(smol, scifact_dir, tmp_path):
+def test_first_training_steps_on_scifact_lower_the_loss(tiny_smol, scifact_dir, tmp_path):
     from rerank.data import load_dataset
     from rerank.retrieve.bm25 import BM25
+
+    smol = First(tiny_smol, window=4, dtype="float32", max_passage_tokens=24)  # SmolLM2's tokenizer, a tiny Llama
 
     ds = load_dataset(str(scifact_dir), split="train")
     qrels = ds.require_qrels()
@@ -85,22 +87,24 @@ def test_first_training_steps_on_scifact_lower_the_loss(smol, scifact_dir, tmp_p
     assert reloaded.identifier_ids == smol.identifier_ids
 
 
-def test_first_with_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path):
+def test_first_with_lora_trains_adapters_only_and_saves_a_merged_model(tiny_smol, tmp_path):
     from rerank.train.first import add_lora
 
-    reranker = First(offline_model("SmolLM2-135M-Instruct"), window=4, dtype="float32", max_passage_tokens=24)
+    reranker = First(tiny_smol, window=4, dtype="float32", max_passage_tokens=24)
     model = reranker.llm.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     wrapped = add_lora(model, rank=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    w = Window("what do cats eat", ("Cats eat fish and meat.", "The sky is blue.", "Dogs bark.", "Cat food is meat."), (0, 3, 2, 1))
+    w = Window(
+        "what do cats eat", ("Cats eat fish and meat.", "The sky is blue.", "Dogs bark.", "Cat food is meat."), (0, 3, 2, 1)
+    )
     task = FirstTask(reranker, [w, w], lam=10.0, lora=wrapped)
     cfg = TrainConfig(loss="task", epochs=2, batch_size=2, lr=1e-3, warmup=0.0, checkpoint_every=10**9, max_steps=1)
     assert Trainer(model, task, cfg, tmp_path / "lora").train()["stopped_at"] == 1
     frozen = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
     assert len(frozen) == len(before)
-    for (n, p), (n0, p0) in zip(frozen, before.items()):  # the base weights stay as they were while training
+    for (n, p), (n0, p0) in zip(frozen, before.items(), strict=True):  # the base weights stay as they were while training
         assert torch.equal(p, p0), (n, n0)
     cfg.max_steps = None
     Trainer(model, task, cfg, tmp_path / "lora").train()  # resumes, finishes, merges the adapters and saves

@@ -162,7 +162,7 @@ def test_llm_backend_counts_and_batches(smol):
     cands = [llm.single_token(" A"), llm.single_token(" B")]
     together = llm.next_token_logits(prompts, cands)
     alone = [llm.next_token_logits([p], cands)[0] for p in prompts]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert a == pytest.approx(b, abs=1e-4)  # padding does not change a prompt's logits
     assert llm.cost.calls == 6 and llm.cost.tokens == 2 * sum(len(p) for p in prompts)
     texts = llm.generate(prompts[:2], max_new_tokens=5)
@@ -217,7 +217,9 @@ def test_first_and_generative_listwise_small_windows(smol, dl19_small):
 def test_unparseable_generation_is_repaired_and_counted(smol, dl19_small, monkeypatch):
     _, queries, ranking = dl19_small
     gen = ListwiseGenerate(smol, window=4, stride=4, depth=4, dtype="float32")
-    monkeypatch.setattr(gen.llm, "generate", lambda prompts, max_new_tokens: ["no idea"] + ["[B] > [A] > [D] > [C]"] * (len(prompts) - 1))
+    monkeypatch.setattr(
+        gen.llm, "generate", lambda prompts, max_new_tokens: ["no idea"] + ["[B] > [A] > [D] > [C]"] * (len(prompts) - 1)
+    )
     out = gen(queries, ranking)
     assert gen.cost.repaired == 1
     assert [h.docid for h in out[queries[0].qid][:4]] == [h.docid for h in ranking[queries[0].qid][:4]]  # repaired: input order
@@ -263,9 +265,9 @@ def test_default_first_model_fails_fast_offline(dl19):
     assert time.perf_counter() - t0 < 10
 
 
-def test_cli_runs_first_with_a_local_model(smol, dl19, tmp_path):
+def test_cli_runs_first_with_a_local_model(tiny_smol, dl19, tmp_path):
     out = tmp_path / "m.json"
-    r = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{smol}", "--rerank-depth", "4", "--window", "4",
+    r = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{tiny_smol}", "--rerank-depth", "4", "--window", "4",
                                   "-d", str(dl19), "--metrics-json", str(out), "-q"])
     assert r.exit_code == 0, r.output
     import json

@@ -178,8 +178,8 @@ def test_train_ltr_cli(shared, tmp_path):
     assert res.exit_code == 2 and "unknown loss 'nope'" in res.output
 
 
-def test_train_cli(scifact_dir, tmp_path):
-    base = ["train", "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir)]
+def test_train_cli(scifact_dir, tiny_bert, tmp_path):
+    base = ["train", "-m", tiny_bert, "-d", str(scifact_dir)]
     res = CliRunner().invoke(main, [*base, "--negatives", "bm25", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "RETRIEVER:DEPTH" in res.output
     # a short real run: SciFact train, BM25 top-20 negatives, queries longer than the window included

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import offline_model
 
 from rerank.cli import main
 from rerank.errors import DataError
@@ -241,7 +240,10 @@ def test_clicks_cli_simulate_stats_train_propensity(shared, tmp_path):
     summary = json.loads(res.output)
     assert summary["sessions"] == 20000 and summary["lists"] == 201
     assert summary["ctr_by_rank"][0] > summary["ctr_by_rank"][9]
-    res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
+    res = run(
+        main,
+        ["train", "--clicks", str(log), "--algorithm", "ipw", "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")],
+    )
     assert res.exit_code == 2 and "needs --propensities" in res.output
     res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", "cascade",
                      "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
@@ -270,7 +272,7 @@ def test_clicks_cli_real_yandex_propensities(shared, tmp_path):
     assert est[0] == 1.0 and est[1] < 0.9 and est[9] < est[1] and all(0 < v <= 1.0 for v in est)
 
 
-def test_clicks_on_text_train_a_cross_encoder(scifact_dir, tmp_path):
+def test_clicks_on_text_train_a_cross_encoder(scifact_dir, tiny_bert, tmp_path):
     """A click log over SciFact train (BM25 top 10 logged), learnt by DLA with a cross-encoder."""
     run = CliRunner().invoke
     log = tmp_path / "sf.jsonl"
@@ -278,7 +280,7 @@ def test_clicks_on_text_train_a_cross_encoder(scifact_dir, tmp_path):
     assert res.exit_code == 0, res.output
     first = json.loads(log.read_text().splitlines()[0])
     assert first["query"] and len(first["docs"]) == 10
-    res = run(main, ["train", "--clicks", str(log), "-m", offline_model("all-MiniLM-L6-v2"), "-d", str(scifact_dir),
+    res = run(main, ["train", "--clicks", str(log), "-m", tiny_bert, "-d", str(scifact_dir),
                      "--dev-queries", "0", "--max-length", "64", "--batch-size", "16", "-o", str(tmp_path / "ce")])
     assert res.exit_code == 0, res.output
     assert "estimated propensity" in res.output and "cross-encoder:" in res.output

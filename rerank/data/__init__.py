@@ -189,7 +189,8 @@ def _load_irds(dataset_id: str, name: str | None = None, rel: int = 1) -> Datase
     with loading(dataset_id):
         ds = irds_load(dataset_id)
         if not ds.has_queries():
-            raise DataError(f"ir_datasets id {dataset_id!r} has no queries; pick a dataset with topics (e.g. its /test or /judged subset)")
+            raise DataError(f"ir_datasets id {dataset_id!r} has no queries; pick a dataset with topics (e.g. its /test or "
+                            f"/judged subset)")
         queries = []
         for q in ds.queries_iter():
             try:

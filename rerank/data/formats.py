@@ -105,7 +105,8 @@ def read_qrels(path: PathLike) -> Qrels:
         elif len(parts) == 3:
             qid, docid, rel = parts
         else:
-            raise DataError(f"{path}:{lineno}: expected 'qid iter docid relevance' (or 'qid docid relevance'), got {len(parts)} columns")
+            raise DataError(f"{path}:{lineno}: expected 'qid iter docid relevance' (or 'qid docid relevance'), got {len(parts)} "
+                            f"columns")
         try:
             grade = int(float(rel))
         except ValueError:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelNotFound
 from .engine import Cost, Encoded, Engine
-from .loading import import_transformers, pick_device, pick_dtype, resolve_model
+from .loading import batch_budget, load_model
 
 log = logging.getLogger("rerank")
 SIMILARITIES = ("cosine", "dot", "euclidean")
@@ -40,23 +40,13 @@ class Encoder:
     def __init__(self, name: str, *, query_prefix: str | None = None, doc_prefix: str | None = None,
                  normalize: bool | None = None, max_length: int | None = None, batch_tokens: int | None = None,
                  device: str = "auto", dtype: str = "auto") -> None:
-        st = import_transformers("dense retrieval", sentence_transformers=True)
         self._options = {"query_prefix": query_prefix, "doc_prefix": doc_prefix, "normalize": normalize,
                          "max_length": max_length, "batch_tokens": batch_tokens, "dtype": dtype}
-        self.name = name
-        self.path = resolve_model(name)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        try:
-            self.model = st.SentenceTransformer(self.path, device=self.device)
-        except (OSError, ValueError) as e:
-            raise ModelNotFound(f"{name!r} ({self.path}) does not load as a sentence-transformers model: {e}") from e
-        self.model.to(self.dtype).eval()
-        if max_length is not None:
-            if max_length < 2:
-                raise ValueError(f"max_length must be at least 2, got {max_length}")
-            self.model.max_seq_length = min(max_length, self.model.max_seq_length or max_length)
-        self.max_length = int(self.model.max_seq_length or 512)
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        loaded = load_model(name, "sentence-transformer", device=device, dtype=dtype, max_length=max_length)
+        self.name, self.path, self.device, self.dtype, self.model = name, loaded.path, loaded.device, loaded.dtype, loaded.model
+        self.max_length = loaded.window
         self.similarity = str(getattr(self.model, "similarity_fn_name", None) or "cosine")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"{name}: similarity {self.similarity!r} is not supported for search; supported: {', '.join(SIMILARITIES)}")
@@ -68,8 +58,8 @@ class Encoder:
             self.similarity = "cosine"  # unit vectors: euclidean order equals cosine order
         elif not self.normalize and self.similarity == "cosine":
             self.similarity = "dot"  # asked not to normalise: raw inner products
-        default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
-        self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default)
+        self.engine = Engine(device=self.device, batch_tokens=batch_budget(self.device, batch_tokens, self.cpu_batch_tokens,
+                                                                           self.gpu_batch_tokens))
         self._tokenizer = self._fast_path_tokenizer()
         if self._tokenizer is not None:
             pad = self._tokenizer.pad_token_id
@@ -105,7 +95,7 @@ class Encoder:
     def params(self) -> dict[str, Any]:
         """What determines the document embeddings (an index built with other values is stale)."""
         return {"model": self.name, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
-                "max_length": self.max_length, "similarity": self.similarity}
+                "max_length": self.max_length, "similarity": self.similarity, "dtype": str(self.dtype).removeprefix("torch.")}
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self.query_prefix)

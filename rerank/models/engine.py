@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ScoringError
 
@@ -28,8 +28,10 @@ Encoded = dict[str, list[int]]
 
 @dataclass
 class Cost:
-    """What scoring cost: model items run, tokens fed, seconds spent, items served from cache."""
+    """What scoring cost: model items run, tokens fed, seconds spent, items served from cache.
+    ``unit`` names what one call is ("pairs" for pointwise scorers, "prompts" for LLMs)."""
 
+    unit: ClassVar[str] = "pairs"
     calls: int = 0
     tokens: int = 0
     seconds: float = 0.0

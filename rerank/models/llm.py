@@ -18,11 +18,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import DataError
 from .engine import Cost, Engine
-from .loading import import_transformers, pick_device, pick_dtype, resolve_model
+from .loading import batch_budget, load_model
 
 log = logging.getLogger("rerank")
 
@@ -31,6 +31,7 @@ log = logging.getLogger("rerank")
 class LLMCost(Cost):
     """:class:`Cost` plus tokens generated and outputs that had to be repaired."""
 
+    unit: ClassVar[str] = "prompts"
     generated: int = 0
     repaired: int = 0
 
@@ -46,21 +47,14 @@ class LLM:
 
     def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
                  max_length: int | None = None) -> None:
-        tf = import_transformers("LLM rerankers")
-        self.name = name
-        self.path = resolve_model(name)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-        self.model = tf.AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
-        limits = [getattr(self.model.config, "max_position_embeddings", None), getattr(self.tokenizer, "model_max_length", None),
-                  max_length]
-        self.window = min([x for x in limits if isinstance(x, int) and 0 < x < 1_000_000] or [4096])
+        loaded = load_model(name, "causal-lm", device=device, dtype=dtype, max_length=max_length, default_window=4096)
+        self.name, self.path, self.device, self.dtype = name, loaded.path, loaded.device, loaded.dtype
+        self.tokenizer, self.model, self.window = loaded.tokenizer, loaded.model, loaded.window
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        default = self.gpu_batch_tokens if self.device.startswith("cuda") else self.cpu_batch_tokens
-        self.engine = Engine(device=self.device, batch_tokens=batch_tokens or default, pad_id=pad, padding_side="right")
+        budget = batch_budget(self.device, batch_tokens, self.cpu_batch_tokens, self.gpu_batch_tokens)
+        self.engine = Engine(device=self.device, batch_tokens=budget, pad_id=pad, padding_side="right")
         self._left = Engine(device=self.device, pad_id=pad, padding_side="left")  # generation pads on the left
         self.cost = LLMCost()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +88,10 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def pick_device(device: str = "auto") -> str:
+def pick_device(device: str | None = "auto") -> str:
     import torch
 
-    if device == "auto":
+    if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
@@ -97,7 +99,10 @@ def pick_device(device: str = "auto") -> str:
 
 
 def cpu_supports_bf16() -> bool:
-    """bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is ~3x faster than fp32."""
+    """bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is ~3x faster than fp32.
+    ``RERANK_NO_BF16=1`` answers no, so ``auto`` runs fp32 as on a CPU without them (AVX2 only)."""
+    if os.environ.get("RERANK_NO_BF16", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -105,15 +110,85 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(dtype: str, device: str) -> object:
+def pick_dtype(dtype: str | None, device: str) -> Any:
     import torch
 
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
-    if dtype == "auto":
+    if dtype is None or dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     return names[dtype]
+
+
+def context_window(config: Any, tokenizer: Any, max_length: int | None = None, default: int = 512) -> int:
+    """Tokens a model reads: the smallest of its position embeddings, its tokenizer's limit and
+    ``max_length`` (``default`` when the model states neither)."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    window = min([x for x in limits if isinstance(x, int) and 0 < x < 1_000_000] or [default])
+    return min(window, max_length) if max_length is not None else window
+
+
+def batch_budget(device: str, batch_tokens: int | None, cpu: int, gpu: int) -> int:
+    """Tokens per batch: ``batch_tokens`` when given, else the family's CPU or GPU default (on a CPU
+    small batches stay in cache; a GPU wants large ones)."""
+    return batch_tokens or (gpu if device.startswith("cuda") else cpu)
+
+
+#: what ``load_model``'s ``kind`` loads: a transformers Auto class, or sentence-transformers
+AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
+                "masked-lm": "AutoModelForMaskedLM", "sentence-transformer": ""}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run or train: weights, tokenizer, where it runs and how much it reads."""
+
+    name: str
+    path: str
+    device: str
+    dtype: Any
+    model: Any
+    tokenizer: Any
+    window: int
+
+
+def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str | None = "auto",
+               max_length: int | None = None, default_window: int = 512, train: bool = False,
+               configure: Callable[[Any], None] | None = None) -> LoadedModel:
+    """The one way rerank loads a Hugging Face model, for every family.
+
+    ``name`` resolves by :func:`resolve_model`; ``kind`` is one of :data:`AUTO_CLASSES`;
+    ``device``/``dtype`` are picked by :func:`pick_device`/:func:`pick_dtype` (``train=True``:
+    fp32 weights in training mode, the trainer's autocast gives bf16); ``configure`` may change
+    the model's config before the weights load (e.g. a one-logit head, no attention dropout)."""
+    if kind not in AUTO_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(AUTO_CLASSES)}")
+    st_model = kind == "sentence-transformer"
+    what = {"sequence-classification": "cross-encoders", "causal-lm": "LLM rerankers", "masked-lm": "SPLADE",
+            "sentence-transformer": "dense retrieval"}[kind]
+    lib = import_transformers(what, sentence_transformers=st_model)  # first: without the extra, say how to get it
+    path = resolve_model(name)
+    where = pick_device(device)
+    torch_dtype = pick_dtype("float32" if train else dtype, where)
+    if st_model:
+        try:
+            model = lib.SentenceTransformer(path, device=where)
+        except (OSError, ValueError) as e:
+            raise ModelNotFound(f"{name!r} ({path}) does not load as a sentence-transformers model: {e}") from e
+        if not train:
+            model.to(torch_dtype).eval()
+        if max_length is not None:
+            model.max_seq_length = min(max_length, model.max_seq_length or max_length)
+        return LoadedModel(name, path, where, torch_dtype, model, model.tokenizer, int(model.max_seq_length or default_window))
+    tokenizer = lib.AutoTokenizer.from_pretrained(path)
+    config = lib.AutoConfig.from_pretrained(path)
+    if configure is not None:
+        configure(config)
+    model = getattr(lib, AUTO_CLASSES[kind]).from_pretrained(path, config=config, dtype=torch_dtype).to(where)
+    if not train:
+        model.eval()
+    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, context_window(config, tokenizer, max_length, default_window))

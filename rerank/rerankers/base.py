@@ -17,11 +17,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import DataError
+from ..errors import DataError, RerankError
 from ..models.engine import Cost, ScoreCache
+from ..progress import progress_bar
 from ..types import Hit, Query, Ranking, Stage
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 _TEXT_ATTRS = ("text", "content", "contents", "passage", "page_content")
 _ID_ATTRS = ("id", "docid", "doc_id", "_id")
@@ -60,7 +64,7 @@ def tail_scores(floor: float, n: int) -> list[float]:
 def with_tail(reranked: list[Hit], rest: Sequence[Hit]) -> list[Hit]:
     """The reranked head, then the hits below the rerank depth in their first-stage order."""
     floor = reranked[-1].score if reranked else 0.0
-    return reranked + [Hit(h.docid, s, h.text) for h, s in zip(rest, tail_scores(floor, len(rest)))]
+    return reranked + [Hit(h.docid, s, h.text) for h, s in zip(rest, tail_scores(floor, len(rest)), strict=True)]
 
 
 def _rank_items(query: str, docs: Sequence[Any], top_k: int | None) -> list[tuple[str, str | None]]:
@@ -83,6 +87,29 @@ class Reranker(Stage):
     block: int = 8
     model_key: str = ""
     cache_chunk: int = 2048  # pairs scored between cache writes: a killed run resumes from the last one
+
+    role = "reranker"
+    spec_arg = "MODEL"
+    spec_options: ClassVar[tuple[str, ...]] = ("depth", "block", "cache")
+    DEFAULT_MODEL: ClassVar[str | None] = None  # the model a bare ``kind`` spec means (None: a model is required)
+
+    @classmethod
+    def spec_model(cls, arg: str, options: dict[str, Any]) -> str:
+        """The model named by a spec's argument (a subclass may read a suffix of it into ``options``)."""
+        model = arg or cls.DEFAULT_MODEL
+        if not model:
+            raise RerankError(f"reranker {cls.kind} needs a model: {cls.kind}:{cls.spec_arg}")
+        return model
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        options = ctx.take(cls)
+        block = options.pop("block", None)
+        model = cls.spec_model(spec.arg, options)
+        reranker = cls(model, **options)  # type: ignore[call-arg, arg-type]  # subclasses take the model first
+        if block:
+            reranker.block = block
+        return reranker
 
     def __init__(self, *, depth: int = 100, cache: str | Path | ScoreCache | None = None) -> None:
         if depth < 1:
@@ -115,8 +142,8 @@ class Reranker(Stage):
             for start in range(0, len(todo), self.cache_chunk):
                 chunk = todo[start : start + self.cache_chunk]
                 fresh = self._score([pairs[i] for i in chunk])
-                self.cache.put_many((keys[i], s) for i, s in zip(chunk, fresh))
-                known.update((keys[i], s) for i, s in zip(chunk, fresh))
+                self.cache.put_many((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
+                known.update((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
             return [known[k] for k in keys]
 
     def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
@@ -138,17 +165,20 @@ class Reranker(Stage):
                         raise DataError(f"query {qid!r}: hit {h.docid!r} has no text to rerank; give the first stage the "
                                         f"documents (a dataset with texts, or candidates with passages)")
         out: Ranking = {}
-        for block in query_blocks(queries, ranking, self.block):
-            out.update(self._rerank_block([text[qid] for qid in block], [ranking[qid] for qid in block], block))
+        blocks = query_blocks(queries, ranking, self.block)
+        with progress_bar(sum(map(len, blocks)), f"reranking with {self.name}", "query") as bar:
+            for block in blocks:
+                out.update(self._rerank_block([text[qid] for qid in block], [ranking[qid] for qid in block], block))
+                bar.update(len(block))
         return {qid: out[qid] if qid in out else list(hits) for qid, hits in ranking.items()}
 
     def _rerank_block(self, texts: list[str], lists: list[list[Hit]], qids: list[str]) -> Ranking:
         """One block of queries: every (query, hit) pair within the depth scored in one call."""
-        pairs = [(t, h.text or "") for t, hits in zip(texts, lists) for h in hits[: self.depth]]
+        pairs = [(t, h.text or "") for t, hits in zip(texts, lists, strict=True) for h in hits[: self.depth]]
         scores = self.score(pairs)
         out: Ranking = {}
         a = 0
-        for qid, hits in zip(qids, lists):
+        for qid, hits in zip(qids, lists, strict=True):
             head = hits[: self.depth]
             top = sorted(((scores[a + i], i, h) for i, h in enumerate(head)), key=lambda r: (-r[0], r[1]))
             out[qid] = with_tail([Hit(h.docid, s, h.text) for s, _, h in top], hits[self.depth :])
@@ -174,6 +204,16 @@ class ListReranker(Reranker):
     score each pair alone. Subclasses implement ``_order(queries, lists)``: for every query its
     candidates' new order (indices, best first) and a score per candidate in that order; all
     queries come in one call, so independent prompts of different queries share batches."""
+
+    spec_options: ClassVar[tuple[str, ...]] = (
+        "depth",
+        "block",
+        "device",
+        "dtype",
+        "batch_tokens",
+        "max_length",
+        "max_passage_tokens",
+    )
 
     def __init__(self, name: str, *, depth: int = 100, max_passage_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None) -> None:
@@ -206,9 +246,11 @@ class ListReranker(Reranker):
         """One block of queries ordered in one ``_order`` call (their prompts share batches)."""
         orders = self._order(texts, [[h.text or "" for h in hits[: self.depth]] for hits in lists])
         out: Ranking = {}
-        for qid, hits, (perm, scores) in zip(qids, lists, orders):
+        for qid, hits, (perm, scores) in zip(qids, lists, orders, strict=True):
             top = hits[: self.depth]
-            out[qid] = with_tail([Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores)], hits[self.depth :])
+            out[qid] = with_tail(
+                [Hit(top[i].docid, s, top[i].text) for i, s in zip(perm, scores, strict=True)], hits[self.depth :]
+            )
         return out
 
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
@@ -217,7 +259,7 @@ class ListReranker(Reranker):
         perm, scores = self._order([query], [[t for t, _ in head]])[0] if head else ([], [])
         order = list(perm) + list(range(len(head), len(items)))
         scores = list(scores) + tail_scores(scores[-1] if scores else 0.0, len(items) - len(head))
-        ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores)]
+        ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores, strict=True)]
         return ranked[:top_k] if top_k is not None else ranked
 
 

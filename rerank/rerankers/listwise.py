@@ -19,7 +19,7 @@ import logging
 import re
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.llm import fit_passages
@@ -94,6 +94,8 @@ def identifier_tokens(tokenizer: Any, window: int, strategy: str = "auto") -> tu
 
 
 class _Listwise(ListReranker):
+    family = "listwise"
+    spec_options: ClassVar[tuple[str, ...]] = (*ListReranker.spec_options, "window", "stride")
     def __init__(self, name: str, *, window: int = 20, stride: int | None = None, depth: int = 100,
                  max_passage_tokens: int | None = 100, **options: Any) -> None:
         if not 2 <= window <= len(LABELS):
@@ -119,7 +121,7 @@ class _Listwise(ListReranker):
         fixed = (len(before) + len(after) + len(pre_h) + len(post_h) + len(pre_t) + len(post_t) + 2 * len(query)
                  + sum(len(x) + len(newline) for x in labels) + self._reserve(n))
         fitted = fit_passages(passages, self.llm.window - fixed, self.max_passage_tokens)
-        body = [t for lab, p in zip(labels, fitted) for t in lab + p + newline]
+        body = [t for lab, p in zip(labels, fitted, strict=True) for t in lab + p + newline]
         return before + pre_h + query + post_h + body + pre_t + query + post_t + after
 
     def window_prompt(self, query: str, passages: Sequence[str]) -> list[int]:
@@ -152,7 +154,7 @@ class _Listwise(ListReranker):
             jobs = [(qi, plan[step]) for qi, plan in enumerate(plans) if step < len(plan) and plan[step][1] - plan[step][0] > 1]
             prompts = [self._prompt(qtok[qi], [dtok[qi][i] for i in orders[qi][s:e]]) for qi, (s, e) in jobs]
             perms = self._rank_windows(prompts, [e - s for _, (s, e) in jobs])
-            for (qi, (s, e)), perm in zip(jobs, perms):
+            for (qi, (s, e)), perm in zip(jobs, perms, strict=True):
                 current = orders[qi][s:e]
                 orders[qi][s:e] = [current[i] for i in perm]
         return [(o, positional_scores(len(o))) for o in orders]
@@ -163,6 +165,9 @@ class First(_Listwise):
     The default model is castorini/first_mistral (where the hub is reachable)."""
 
     kind = "first"
+    spec_arg = "[MODEL]"
+    spec_help = "FIRST single-token listwise reranking over sliding windows (default model castorini/first_mistral)"
+    spec_options: ClassVar[tuple[str, ...]] = (*_Listwise.spec_options, "identifiers")
     DEFAULT_MODEL = "castorini/first_mistral"
 
     def __init__(self, name: str = DEFAULT_MODEL, *, identifiers: str = "auto", **options: Any) -> None:
@@ -181,13 +186,14 @@ class First(_Listwise):
 
     def _rank_windows(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
         logits = self.llm.next_token_logits(prompts, self._ids)
-        return [sorted(range(n), key=lambda i: (-row[i], i)) for row, n in zip(logits, sizes)]
+        return [sorted(range(n), key=lambda i: (-row[i], i)) for row, n in zip(logits, sizes, strict=True)]
 
 
 class ListwiseGenerate(_Listwise):
     """Generative listwise reranking: the model writes the window's permutation."""
 
     kind = "listwise-gen"
+    spec_help = "RankGPT-style listwise reranking: the LLM writes the window's permutation"
 
     def _reserve(self, n: int) -> int:
         return self._max_new(n)
@@ -203,7 +209,7 @@ class ListwiseGenerate(_Listwise):
             by_size.setdefault(n, []).append(i)
         for n, idx in by_size.items():
             texts = self.llm.generate([prompts[i] for i in idx], max_new_tokens=self._max_new(n))
-            for i, text in zip(idx, texts):
+            for i, text in zip(idx, texts, strict=True):
                 perm, repaired = parse_permutation(text, n, self.labels)
                 self.cost.repaired += repaired
                 out[i] = perm

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import ListReranker, positional_scores
 
@@ -38,6 +38,18 @@ class PRP(ListReranker):
     """PRP with a causal LLM: ``PRP("Qwen/Qwen2.5-Coder-1.5B-Instruct", method="sliding", k=10)``."""
 
     kind = "prp"
+    family = "pairwise"
+    spec_arg = "MODEL[:allpair|sorting|sliding]"
+    spec_help = "Pairwise Ranking Prompting with a causal LLM (all pairs, heap sort to the top k, or sliding passes)"
+    spec_options: ClassVar[tuple[str, ...]] = (*ListReranker.spec_options, "method", "k", "mode")
+
+    @classmethod
+    def spec_model(cls, arg: str, options: dict[str, Any]) -> str:
+        model, _, method = arg.rpartition(":")
+        if model and method in METHODS:
+            options["method"] = method
+            arg = model
+        return super().spec_model(arg, options)
 
     def __init__(self, name: str, *, method: str = "allpair", k: int = 10, mode: str = "score",
                  max_passage_tokens: int | None = 128, depth: int = 100, **options: Any) -> None:
@@ -120,7 +132,7 @@ class PRP(ListReranker):
         prefs = self._preferences(jobs)
         wins = [[0.0] * len(d) for d in dtok]
         soft = [[0.0] * len(d) for d in dtok]
-        for (qi, i, j), (w, p) in zip(where, prefs):
+        for (qi, i, j), (w, p) in zip(where, prefs, strict=True):
             wins[qi][i] += w
             wins[qi][j] += 1.0 - w
             soft[qi][i] += p
@@ -155,7 +167,7 @@ def _drive(gens: dict[int, Comparison], dtok: list[list[list[int]]], qtok: list[
     while pending:
         ask = [(qi, pair) for qi, pair in pending.items() if pair not in memo[qi] and pair[::-1] not in memo[qi]]
         answers = preferences([(qtok[qi], dtok[qi][a], dtok[qi][b]) for qi, (a, b) in ask])
-        for (qi, (a, b)), (win, _) in zip(ask, answers):
+        for (qi, (a, b)), (win, _) in zip(ask, answers, strict=True):
             memo[qi][(a, b)] = win
         for qi, (a, b) in list(pending.items()):
             win = memo[qi][(a, b)] if (a, b) in memo[qi] else 1.0 - memo[qi][(b, a)]

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.engine import Cost, Encoded, Engine, finite_scores
-from ..models.loading import import_transformers, pick_device, pick_dtype, resolve_model
+from ..models.loading import batch_budget, context_window, load_model
 from .base import Reranker
 
 log = logging.getLogger("rerank")
@@ -40,7 +40,9 @@ class _ModelReranker(Reranker):
     """Loading, device, dtype and the engine, shared by the pointwise models."""
 
     kind = "model"
-    auto_class = ""  # the transformers Auto class that loads the weights
+    family = "pointwise"
+    spec_options: ClassVar[tuple[str, ...]] = ("depth", "block", "cache", "device", "dtype", "batch_tokens", "max_length")
+    model_kind = ""  # what rerank.models.loading.load_model loads
     # tokens per batch: on CPU small batches stay in cache (MiniLM fp32, 1,000 DL19 pairs: 12.1 s at
     # 4,096 vs 14.2 s at 16,384); a GPU wants large ones
     cpu_batch_tokens = 4096
@@ -49,12 +51,11 @@ class _ModelReranker(Reranker):
     def __init__(self, name: str, *, max_length: int | None = None, batch_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
         super().__init__(depth=depth, cache=cache)
-        tf = import_transformers("model-based rerankers")  # first: without the `models` extra, say how to get it
-        path = resolve_model(name)
-        device = pick_device(device)
-        self._setup(name, path, device, pick_dtype(dtype, device), batch_tokens, max_length)
-        self._attach(tf.AutoTokenizer.from_pretrained(self.path),
-                     getattr(tf, self.auto_class).from_pretrained(self.path, dtype=self.dtype).to(self.device).eval())
+        if max_length is not None and max_length < 16:
+            raise ValueError(f"max_length {max_length} is too short for a query and a passage")
+        loaded = load_model(name, self.model_kind, device=device, dtype=dtype, max_length=max_length)
+        self._setup(name, loaded.path, loaded.device, loaded.dtype, batch_tokens, max_length)
+        self._attach(loaded.tokenizer, loaded.model)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str = "in-memory", *, max_length: int | None = None,
@@ -71,8 +72,8 @@ class _ModelReranker(Reranker):
 
     def _setup(self, name: str, path: str, device: str, dtype: Any, batch_tokens: int | None, max_length: int | None) -> None:
         self.model_name, self.path, self.device, self.dtype = name, path, device, dtype
-        default = self.gpu_batch_tokens if device.startswith("cuda") else self.cpu_batch_tokens
-        self.engine = Engine(device=device, batch_tokens=batch_tokens or default)
+        self.engine = Engine(device=device, batch_tokens=batch_budget(device, batch_tokens, self.cpu_batch_tokens,
+                                                                      self.gpu_batch_tokens))
         self._max_length = max_length
         self._truncated_logged = False
         self.name = f"{self.kind}:{name}"
@@ -89,13 +90,9 @@ class _ModelReranker(Reranker):
         return self.engine.cost
 
     def _window(self, tokenizer: Any, config: Any) -> int:
-        limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-        window = min([x for x in limits if isinstance(x, int) and 0 < x < 1_000_000] or [512])
-        if self._max_length is not None:
-            if self._max_length < 16:
-                raise ValueError(f"max_length {self._max_length} is too short for a query and a passage")
-            window = min(window, self._max_length)
-        return window
+        if self._max_length is not None and self._max_length < 16:
+            raise ValueError(f"max_length {self._max_length} is too short for a query and a passage")
+        return context_window(config, tokenizer, self._max_length)
 
     def _note_truncation(self, n: int, total: int, window: int) -> None:
         if n and not self._truncated_logged:
@@ -108,7 +105,9 @@ class CrossEncoder(_ModelReranker):
     one-label models) or "none" (raw logit). Two-label models score log p(relevant)."""
 
     kind = "cross-encoder"
-    auto_class = "AutoModelForSequenceClassification"
+    spec_help = "any Hugging Face cross-encoder (sequence classification), sigmoid or raw logit"
+    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "activation")
+    model_kind = "sequence-classification"
 
     def __init__(self, name: str, *, activation: str = "sigmoid", **kwargs: Any) -> None:
         if activation not in ("sigmoid", "none"):
@@ -148,7 +147,9 @@ class LLMPointwise(_ModelReranker):
     goes through the output layer, and only for the two answer tokens."""
 
     kind = "llm-pointwise"
-    auto_class = "AutoModelForCausalLM"
+    spec_help = "a causal LLM as yes/no judge, score = logit(Yes) - logit(No)"
+    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "prompt", "max_query_tokens")
+    model_kind = "causal-lm"
     gpu_batch_tokens = 16384
 
     def __init__(self, name: str, *, prompt: str = _PROMPT, max_query_tokens: int = 64, **kwargs: Any) -> None:
@@ -198,7 +199,7 @@ class LLMPointwise(_ModelReranker):
         ds = self.tokenizer([d for _, d in pairs], add_special_tokens=False)["input_ids"]
         fixed = len(self.prefix) + len(self.middle) + len(self.suffix)
         items, cut = [], 0
-        for q, d in zip(qs, ds):
+        for q, d in zip(qs, ds, strict=True):
             q = q[: self.max_query_tokens] if len(q) + fixed + 16 > self.window else q
             room = self.window - fixed - len(q)
             cut += len(d) > room
@@ -225,7 +226,8 @@ class Splade(_ModelReranker):
     Unique queries and documents are encoded once each."""
 
     kind = "splade"
-    auto_class = "AutoModelForMaskedLM"
+    spec_help = "SPLADE query and document vectors, score = their dot product"
+    model_kind = "masked-lm"
     gpu_batch_tokens = 8192  # the MLM output is batch x length x vocabulary
 
     def __init__(self, name: str, **kwargs: Any) -> None:
@@ -291,8 +293,8 @@ class Splade(_ModelReranker):
 
         queries = list(dict.fromkeys(q for q, _ in pairs))
         docs = list(dict.fromkeys(d for _, d in pairs))
-        qv = dict(zip(queries, self.encode_texts(queries)))
-        dv = dict(zip(docs, self.encode_texts(docs)))
+        qv = dict(zip(queries, self.encode_texts(queries), strict=True))
+        dv = dict(zip(docs, self.encode_texts(docs), strict=True))
         size = self.model.config.vocab_size
         dense_q = {q: torch.zeros(size).index_put_((i,), v) for q, (i, v) in qv.items()}
         scores = [float((dense_q[q][dv[d][0]] * dv[d][1]).sum()) for q, d in pairs]

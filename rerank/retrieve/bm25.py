@@ -16,13 +16,16 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..data import Dataset
 from ..data.store import DocStore
-from ..errors import DataError, MissingDependency
+from ..errors import DataError, MissingDependency, RerankError
 from ..indexes import build_or_reuse, index_path
 from ..types import Hit, Query, Ranking, Stage
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
 BACKENDS = ("bm25s", "lucene")
@@ -109,7 +112,7 @@ class _Bm25s:
         self._model.backend = "numba" if _use_numba(len(keep) * len(self._docids), self.numba) else "numpy"
         docs, scores = self._model.retrieve([ids[i] for i in keep], k=k, show_progress=False, n_threads=self.threads)
         for row, i in enumerate(keep):
-            out[i] = [(self._docids[d], float(s)) for d, s in zip(docs[row], scores[row]) if s > 0]
+            out[i] = [(self._docids[d], float(s)) for d, s in zip(docs[row], scores[row], strict=True) if s > 0]
         return out
 
 
@@ -206,9 +209,47 @@ class BM25(Stage):
     off; None picks them for large batches, where their compile time pays off.
     """
 
-    def __init__(self, docs: DocStore | Dataset, *, backend: str = "bm25s", k1: float = 0.9, b: float = 0.4,
-                 k: int = 1000, threads: int = 0, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
-                 rebuild: bool = False, numba: bool | None = None) -> None:
+    kind, role = "bm25", "retriever"
+    spec_arg = "[lucene]"
+    spec_help = ("BM25: bm25s (default) or Lucene via pyserini (bm25:lucene); the published BM25 candidates where only "
+                 "they are here")
+    spec_options: ClassVar[tuple[str, ...]] = ("k1", "b")
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        from .run import FromRun
+
+        backend = spec.arg or "bm25s"
+        if backend not in BACKENDS:
+            raise RerankError(f"unknown BM25 backend {backend!r} in --retriever {spec}; choose bm25 or bm25:lucene")
+        ds = ctx.require_dataset(spec)
+        if ds.docs is not None and not ds.docs.complete and "bm25" in ds.candidates:
+            log.info("%s has no full corpus here (only its candidate passages); using its published BM25 "
+                     "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
+            return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % ctx.k
+        build_with = ctx.index_builder.build_bm25 if ctx.index_builder is not None and backend == "bm25s" else None
+        return cls(ctx.full_corpus(spec), backend=backend, k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                   with_text=ctx.with_text, build_with=build_with, **ctx.take(cls))
+
+    def write_index(self, folder: Path, docids: list[str], tokens: list[list[int]], tokenizer: Any) -> None:
+        """Write a bm25s index of documents already tokenized (by :func:`bm25s_tokenizer`) into ``folder``."""
+        self._impl.write(folder, docids, tokens, tokenizer)
+
+    def __init__(
+        self,
+        docs: DocStore | Dataset,
+        *,
+        backend: str = "bm25s",
+        k1: float = 0.9,
+        b: float = 0.4,
+        k: int = 1000,
+        threads: int = 0,
+        with_text: bool = True,
+        index_root: str | os.PathLike[str] | None = None,
+        rebuild: bool = False,
+        numba: bool | None = None,
+        build_with: Callable[[BM25, Path], None] | None = None,
+    ) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -228,8 +269,8 @@ class BM25(Stage):
         n = _threads(threads)
         self._impl: Any = _Bm25s(self.k1, self.b, n, numba) if backend == "bm25s" else _Lucene(self.k1, self.b, n)
         self._loaded: Path | None = None
-        # builds the index into a folder instead of this process (rerank.distributed sets it)
-        self.build_with: Callable[[Path], None] | None = None
+        # builds the index into a folder instead of this process (e.g. rerank.distributed's Ray builder)
+        self.build_with = build_with
 
     def _params(self) -> dict[str, Any]:
         p = dict(self._impl.index_params())
@@ -248,7 +289,10 @@ class BM25(Stage):
         expected = {"kind": "bm25", "backend": self.backend, "params": params,
                     "corpus": {"name": self.docs.name, "fingerprint": self.docs.fingerprint(), "documents": len(self.docs)}}
         path = index_path(f"bm25-{self.backend}", self.docs.name, params, self.index_root)
-        build = self.build_with or (lambda tmp: self._impl.build(tmp, self.docs.items()))
+        builder = self.build_with
+        build = (
+            (lambda tmp: builder(self, tmp)) if builder is not None else (lambda tmp: self._impl.build(tmp, self.docs.items()))
+        )
         build_or_reuse(path, expected, build, rebuild=self.rebuild)
         self.rebuild = False
         self._impl.load(path)
@@ -263,10 +307,15 @@ class BM25(Stage):
         empty = []
         for start in range(0, len(queries), _BATCH):
             chunk = list(queries[start : start + _BATCH])
-            for q, hits in zip(chunk, self._impl.search([q.text for q in chunk], self.k)):
+            for q, hits in zip(chunk, self._impl.search([q.text for q in chunk], self.k), strict=True):
                 if not hits:
                     empty.append(q.qid)
                 out[q.qid] = [Hit(d, s, self.docs.get(d) if self.with_text else None) for d, s in hits]
         if empty:
             log.warning("BM25 found nothing for %d queries (no indexed term): %s", len(empty), ", ".join(empty[:10]))
         return out
+
+
+def bm25s_tokenizer() -> Any:
+    """A fresh bm25s tokenizer with the stemming and stopwords BM25 (bm25s) indexes with."""
+    return _Bm25s._tokenizer()

@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from ..errors import DataError, IndexStateError, RerankError, ScoringError
 from ..indexes import build_or_reuse, index_path, read_manifest
 from ..rerankers.base import Reranker, tail_scores
 from ..types import Hit, Query, Ranking, Stage
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
 MATRIX = "R.npy"
@@ -95,6 +98,22 @@ def round_sizes(budget: int, anchor_items: int, rounds: int) -> list[int]:
     return [rest // rounds + (1 if r < rest % rounds else 0) for r in range(rounds)]
 
 
+def anchor_queries(source: str, dataset: str, split: str, encoding_errors: str = "strict") -> list[Query]:
+    """Anchor queries of a CUR index: another split of ``dataset`` (e.g. ``train``) or a queries file."""
+    from ..data import load_dataset
+    from ..data.formats import read_topics
+
+    if Path(source).is_file():
+        return read_topics(source, encoding_errors)
+    if source == split:
+        raise RerankError(f"--anchors-from {source}: the anchors would be the queries searched; "
+                          f"take them from another split (e.g. train) or a queries file")
+    try:
+        return load_dataset(dataset, split=source, encoding_errors=encoding_errors).queries
+    except RerankError as e:
+        raise RerankError(f"--anchors-from {source}: no such split of {dataset} and no such queries file ({e})") from None
+
+
 class CUR(Stage):
     """A first stage that searches ``docs`` with ``scorer`` alone (see the module docstring).
 
@@ -104,8 +123,59 @@ class CUR(Stage):
     (``activation="none"``): a sigmoid squashes the scores the factorisation approximates.
     """
 
-    def __init__(self, scorer: Reranker, docs: DocStore | Dataset, anchors: Sequence[Query], *, budget: int = 200,
-                 anchor_items: int | None = None, rounds: int = 9, init: Stage | None = None, k: int = 100,
+    kind, role = "cur", "retriever"
+    spec_arg = "SCORER"
+    spec_help = ("search with a pointwise scorer alone by CUR factorisation (ANNCUR, ADACUR), e.g. cur:cross-encoder:MODEL; "
+                 "budget: scorer calls per query, anchors_from: a split or queries file")
+    spec_parts = "stage"
+    spec_options: ClassVar[tuple[str, ...]] = (
+        "budget",
+        "rounds",
+        "anchor_items",
+        "init",
+        "anchors_from",
+        "device",
+        "dtype",
+        "batch_tokens",
+    )
+    ANCHORS_FROM = "train"
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        if not spec.parts:
+            raise RerankError("--retriever cur needs a pointwise scorer: cur:cross-encoder:MODEL, cur:llm-pointwise:MODEL "
+                              "or cur:splade:MODEL")
+        scorer = spec.parts[0]
+        if scorer.cls.family != "pointwise":
+            from ..specs import registry
+
+            pointwise = [k for k, c in registry().items() if c.family == "pointwise"]
+            raise RerankError(f"--retriever {spec}: CUR search needs a pointwise scorer ({', '.join(pointwise)}), "
+                              f"not {scorer.kind!r}")
+        ds = ctx.full_corpus(spec)
+        opts = ctx.options
+        source = opts.get("anchors_from") or cls.ANCHORS_FROM
+        anchors = anchor_queries(source, ctx.dataset_ref or ds.source, ctx.split, ds.encoding_errors)
+        searched = {q.qid for q in ds.queries}
+        overlap = sum(q.qid in searched for q in anchors)
+        if overlap:
+            raise RerankError(f"--anchors-from {source}: {overlap} of its {len(anchors)} queries "
+                              f"are queries of {ds.name} searched here (the dataset may have no such split); "
+                              f"anchors must be other queries: give a queries file")
+        extra = {"activation": "none"} if scorer.kind == "cross-encoder" else {}  # the factorisation approximates raw logits
+        model = {k: opts.get(k) for k in ("device", "dtype", "batch_tokens") if opts.get(k) is not None}
+        stage = scorer.cls.from_spec(scorer, ctx.with_(options={**model, **extra}))
+        assert isinstance(stage, Reranker)
+        numbers = {k: opts[k] for k in ("budget", "rounds", "anchor_items") if opts.get(k) is not None}
+        budget = numbers.get("budget", cls.BUDGET)
+        first = ctx.build(opts["init"], "retriever", k=budget, with_text=False) if opts.get("init") else None
+        return cls(stage, ds, anchors, init=first, k=ctx.k, with_text=ctx.with_text, rebuild=ctx.rebuild, **numbers)
+
+    BUDGET = 200
+    ROUNDS = 9
+
+    def __init__(self, scorer: Reranker, docs: DocStore | Dataset, anchors: Sequence[Query], *, budget: int = BUDGET,
+                 anchor_items: int | None = None, rounds: int = ROUNDS, init: Stage | None = None, k: int = 100,
                  rcond: float = 1e-3, seed: int = 0, with_text: bool = True,
                  index_root: str | os.PathLike[str] | None = None, rebuild: bool = False, progress: bool | None = None) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
@@ -186,7 +256,7 @@ class CUR(Stage):
         self._matrix, self._docids, self.path = matrix, docids, path
 
     def _build(self, folder: Path) -> None:
-        from .dense import _progress_bar
+        from ..progress import progress_bar
 
         ids_texts = list(self.docs.items())
         n, kq = len(ids_texts), len(self.anchors)
@@ -199,7 +269,7 @@ class CUR(Stage):
         if done:
             log.info("resuming the CUR index of %s at anchor query %d of %d", self.docs.name, done, kq)
         rows = max(1, _CHUNK_PAIRS // n)
-        bar = _progress_bar(kq * n, done * n, self.progress, f"CUR anchors x {self.docs.name}", unit="pair")
+        bar = progress_bar(kq * n, f"CUR anchors x {self.docs.name}", "pair", done * n, self.progress)
         try:
             for start in range(done, kq, rows):
                 block = self.anchors[start : start + rows]
@@ -233,7 +303,7 @@ class CUR(Stage):
         matrix, _ = self.matrix
         weights = np.zeros((len(item_rows), matrix.shape[0]), dtype=np.float64)
         cache: dict[bytes, np.ndarray] = {}  # uniform anchors: one pinv for every query
-        for i, (rows, c) in enumerate(zip(item_rows, exact)):
+        for i, (rows, c) in enumerate(zip(item_rows, exact, strict=True)):
             key = rows.tobytes()
             if key not in cache:
                 cache[key] = pinv(np.asarray(matrix[:, rows], dtype=np.float64), self.rcond)
@@ -270,7 +340,7 @@ class CUR(Stage):
         return out
 
     def _score_rows(self, queries: Sequence[Query], rows: Sequence[np.ndarray], texts: dict[int, str]) -> list[np.ndarray]:
-        pairs = [(q.text, texts[int(r)]) for q, rs in zip(queries, rows) for r in rs]
+        pairs = [(q.text, texts[int(r)]) for q, rs in zip(queries, rows, strict=True) for r in rs]
         flat = np.asarray(self.scorer.score(pairs), dtype=np.float64)
         self.calls += len(pairs)
         out, start = [], 0
@@ -313,8 +383,8 @@ class CUR(Stage):
                     top = np.argpartition(-approx[i], size - 1)[:size] if size < n else np.arange(n)
                     new.append(top[np.argsort(-approx[i, top], kind="stable")])
                 fresh = self._score_rows(qs, new, self._text(set(np.concatenate(new).tolist())))
-                rows = [np.concatenate([r, x]) for r, x in zip(rows, new)]
-                exact = [np.concatenate([c, f]) for c, f in zip(exact, fresh)]
+                rows = [np.concatenate([r, x]) for r, x in zip(rows, new, strict=True)]
+                exact = [np.concatenate([c, f]) for c, f in zip(exact, fresh, strict=True)]
             tail_approx = self.approximate(rows, exact) if k > budget else None
             for i, q in enumerate(qs):
                 order = np.argsort(-exact[i], kind="stable")[:k]
@@ -327,7 +397,7 @@ class CUR(Stage):
                     top_rows += [int(r) for r in more]
                     scores += tail_scores(min(scores), len(more))
                 texts = self._text(set(top_rows)) if self.with_text else {}
-                out[q.qid] = [Hit(docids[r], s, texts.get(r)) for r, s in zip(top_rows, scores)]
+                out[q.qid] = [Hit(docids[r], s, texts.get(r)) for r, s in zip(top_rows, scores, strict=True)]
         return out
 
     def __call__(self, queries: Sequence[Query], ranking: Ranking | None = None) -> Ranking:

@@ -21,17 +21,21 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..data import Dataset
 from ..data.store import DocStore
 from ..env import atomic_write
-from ..errors import DataError, IndexStateError, MissingDependency
+from ..errors import DataError, IndexStateError, MissingDependency, RerankError
 from ..indexes import build_or_reuse, index_path, read_manifest
 from ..models.encoder import Encoder
+from ..progress import progress_bar
 from ..types import Hit, Query, Ranking, Stage
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -46,14 +50,6 @@ def _faiss() -> Any:
     except ImportError:
         raise MissingDependency("dense retrieval", "faiss-cpu", "faiss-cpu (or faiss-gpu-cu12)") from None
     return faiss
-
-
-def _progress_bar(total: int, initial: int, show: bool | None, desc: str, unit: str = "doc") -> Any:
-    from tqdm.auto import tqdm
-
-    # None: shown on a terminal for corpora worth waiting for
-    disable = (total < 20_000 or None) if show is None else not show
-    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=disable, dynamic_ncols=True)
 
 
 def corpus_shards(docs: DocStore) -> Iterator[tuple[int, list[str], list[str]]]:
@@ -119,10 +115,35 @@ class Dense(Stage):
     batch_tokens) go to the Encoder.
     """
 
+    kind, role = "dense", "retriever"
+    spec_arg = "MODEL"
+    spec_help = "any sentence-transformers model + FAISS (flat, ivf, hnsw: --dense-index)"
+    spec_options: ClassVar[tuple[str, ...]] = (
+        "dense_index",
+        "device",
+        "dtype",
+        "batch_tokens",
+        "query_prefix",
+        "doc_prefix",
+        "max_length",
+    )
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        if not spec.arg:
+            raise RerankError("--retriever dense needs a model: dense:MODEL (e.g. dense:sentence-transformers/all-MiniLM-L6-v2)")
+        options = ctx.take(cls)
+        if "dense_index" in options:
+            options["index"] = options.pop("dense_index")
+        encode_with = ctx.index_builder.encode_dense if ctx.index_builder is not None else None
+        return cls(spec.arg, ctx.full_corpus(spec), k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                   with_text=ctx.with_text, encode_with=encode_with, **options)
+
     def __init__(self, model: str | Encoder, docs: DocStore | Dataset, *, index: str = "flat", k: int = 1000,
                  nlist: int | None = None, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 200,
                  ef_search: int = 128, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
-                 rebuild: bool = False, threads: int = 0, progress: bool | None = None, **encoder_options: Any) -> None:
+                 rebuild: bool = False, threads: int = 0, progress: bool | None = None,
+                 encode_with: Callable[[Dense, Path], None] | None = None, **encoder_options: Any) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -153,8 +174,8 @@ class Dense(Stage):
         self._docids: list[str] = []
         self._embeddings: np.ndarray | None = None
         self.paths: dict[str, Path] = {}
-        # encodes the corpus into a build folder instead of this process (rerank.distributed sets it)
-        self.encode_corpus_with: Callable[[Path], None] | None = None
+        # encodes the corpus into a build folder instead of this process (e.g. rerank.distributed's Ray builder)
+        self.encode_corpus_with = encode_with
 
     @property
     def cost(self) -> Any:
@@ -231,7 +252,7 @@ class Dense(Stage):
         float16 array, with a checkpoint after each shard. ``encode_corpus_with``, when set (e.g.
         by :func:`rerank.distributed.encode_corpus`), does the same work elsewhere."""
         if self.encode_corpus_with is not None:
-            self.encode_corpus_with(folder)
+            self.encode_corpus_with(self, folder)
             return
         n, dim = len(self.docs), self.encoder.dim
         emb_file, done_file = folder / EMBEDDINGS, folder / "progress.json"
@@ -240,7 +261,7 @@ class Dense(Stage):
         if done:
             log.info("resuming the encoding of %s at document %d of %d", self.docs.name, done, n)
         docids: list[str] = []
-        bar = _progress_bar(n, done, self.progress, f"encoding {self.docs.name}")
+        bar = progress_bar(n, f"encoding {self.docs.name}", "doc", done, self.progress)
         try:
             for start, ids, texts in corpus_shards(self.docs):
                 docids.extend(ids)
@@ -321,9 +342,9 @@ class Dense(Stage):
         vectors = self.encoder.encode_queries([q.text for q in queries])
         scores, ids = self.search(vectors, self.k)
         out: Ranking = {}
-        for q, row_s, row_i in zip(queries, scores, ids):
+        for q, row_s, row_i in zip(queries, scores, ids, strict=True):
             hits = []
-            for s, i in zip(row_s, row_i):
+            for s, i in zip(row_s, row_i, strict=True):
                 if i < 0:
                     continue
                 docid = self._docids[i]

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from ..errors import RerankError
 from ..types import Hit, Query, Ranking, Stage
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 NORMS = ("minmax", "zscore", "none")
 
@@ -63,12 +68,12 @@ class _Fusion(Stage):
             score: dict[str, float] = {}
             best: dict[str, int] = {}
             text: dict[str, str | None] = {}
-            lists = [(w, run.get(qid, [])) for w, run in zip(self.weights, runs)]
+            lists = [(w, run.get(qid, [])) for w, run in zip(self.weights, runs, strict=True)]
             floors = []
             for w, hits in lists:
                 contrib = self._contributions(hits)
                 floors.append((w, self._missing(contrib), {h.docid for h in hits}))
-                for rank, (h, c) in enumerate(zip(hits, contrib)):
+                for rank, (h, c) in enumerate(zip(hits, contrib, strict=True)):
                     score[h.docid] = score.get(h.docid, 0.0) + w * c
                     best[h.docid] = min(best.get(h.docid, rank), rank)
                     if text.get(h.docid) is None:
@@ -88,6 +93,20 @@ class RRF(_Fusion):
     """Reciprocal-rank fusion of ``stages``: ``RRF(bm25 % 1000, dense % 1000, k=60)``.
     ``depth``: fuse only each list's top ``depth``; ``weights``: one per stage."""
 
+    kind, role = "hybrid", "retriever"
+    spec_arg = "A+B[+C...]"
+    spec_help = "reciprocal-rank fusion of retrievers, each contributing its top 1000, e.g. hybrid:bm25+dense:MODEL"
+    spec_parts = "stages"
+    FUSION_DEPTH = 1000  # hits each part of a hybrid contributes to the fusion
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        if len(spec.parts) < 2:
+            raise RerankError(f"--retriever {spec}: a hybrid needs two or more retrievers joined by '+', e.g. "
+                              f"hybrid:bm25+dense:MODEL")
+        depth = max(ctx.k, cls.FUSION_DEPTH)
+        return cls(*[ctx.build(p, k=depth) for p in spec.parts]) % ctx.k
+
     def __init__(self, *stages: Stage, k: float = 60.0, weights: Sequence[float] | None = None, depth: int | None = None) -> None:
         super().__init__(stages, weights, depth)
         if not (k >= 0 and math.isfinite(k)):
@@ -103,7 +122,9 @@ class Interpolate(_Fusion):
     """Weighted sum of normalised scores: ``Interpolate(bm25, dense, weights=[0.3, 0.7])``.
     ``norm``: "minmax" (per query, to [0, 1]), "zscore" (per query), or "none"."""
 
-    def __init__(self, *stages: Stage, weights: Sequence[float] | None = None, norm: str = "minmax", depth: int | None = None) -> None:
+    def __init__(
+        self, *stages: Stage, weights: Sequence[float] | None = None, norm: str = "minmax", depth: int | None = None
+    ) -> None:
         super().__init__(stages, weights, depth)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")

@@ -6,10 +6,15 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.formats import read_run
 from ..data.store import DocStore
+from ..errors import RerankError
 from ..types import Hit, Query, Ranking, Stage, validate_ranking
+
+if TYPE_CHECKING:
+    from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
 
@@ -33,6 +38,23 @@ def restrict(ranking: Ranking, queries: Sequence[Query], source: str) -> Ranking
 class FromRun(Stage):
     """Serve a stored run as a first stage. With ``docs``, hits without text get it from there."""
 
+    kind, role = "run", "retriever"
+    spec_arg = "FILE"
+    spec_help = "a TREC run or candidate file (rank_llm JSON/JSONL)"
+
+    @classmethod
+    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
+        if not spec.arg:
+            raise RerankError(f"--retriever {spec} needs a {cls.spec_arg.lower()}: {cls.kind}:{cls.spec_arg}")
+        run, name = cls.spec_run(spec, ctx)
+        docs = ctx.dataset.docs if ctx.dataset is not None and ctx.with_text else None
+        return cls(run, docs, name=name) % ctx.k
+
+    @classmethod
+    def spec_run(cls, spec: Spec, ctx: Context) -> tuple[Ranking | str, str | None]:
+        """The run a spec names, and the stage's name (None: from the file)."""
+        return spec.arg, None
+
     def __init__(self, run: Ranking | str | os.PathLike[str], docs: DocStore | None = None, name: str | None = None) -> None:
         if isinstance(run, (str, os.PathLike)):
             self.source = str(run)
@@ -52,3 +74,15 @@ class FromRun(Stage):
             out = {qid: [h if h.text is not None else Hit(h.docid, h.score, docs.get(h.docid)) for h in hits]
                    for qid, hits in out.items()}
         return out
+
+
+class Candidates(FromRun):
+    """A candidate run shipped with the dataset (``candidates:NAME``, e.g. TREC DL's ``bm25``)."""
+
+    kind, role = "candidates", "retriever"
+    spec_arg = "NAME"
+    spec_help = "a candidate run shipped with the dataset, e.g. candidates:splade-pp-ed"
+
+    @classmethod
+    def spec_run(cls, spec: Spec, ctx: Context) -> tuple[Ranking | str, str | None]:
+        return ctx.require_dataset(spec).candidate_run(spec.arg), f"candidates:{spec.arg}"

@@ -14,8 +14,10 @@ from .crossencoder import CrossEncoderTask, load_cross_encoder_body, train_cross
 from .features import FeatureMLP, FeatureRanker, LetorData, letor_ndcg, read_letor, train_feature_ranker
 from .first import FirstTask, Window, label_windows, train_first
 from .losses import LOSSES, get_loss
-from .pgrank import PGRankLoss
+from .pgrank import PGRankLoss, pgrank
 from .trainer import TrainConfig, Trainer
+
+LOSSES["pgrank"] = pgrank  # policy gradient on sampled rankings (rerank.train.pgrank)
 
 __all__ = ["LOSSES", "BiEncoderTask", "CrossEncoderTask", "FeatureMLP", "FeatureRanker", "FirstTask", "LetorData",
            "PGRankLoss", "TrainConfig", "Trainer", "Window", "get_loss", "label_windows", "letor_ndcg", "load_bi_encoder",

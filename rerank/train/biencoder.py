@@ -13,29 +13,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import ModelNotFound
 from ..evaluate import evaluate
-from ..models.loading import import_transformers, resolve_model
+from ..models.loading import load_model
 from .crossencoder import CrossEncoderTask, mine_lists
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .trainer import TrainConfig
 
 log = logging.getLogger("rerank")
 
 
 def load_bi_encoder(name: str, device: str = "cpu", max_length: int = 256) -> Any:
     """A trainable sentence-transformers model (warm start from ``name``)."""
-    st = import_transformers("bi-encoder training", sentence_transformers=True)
-    path = resolve_model(name)
-    try:
-        model = st.SentenceTransformer(path, device=device)
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"{name!r} ({path}) does not load as a sentence-transformers model: {e}") from e
-    model.max_seq_length = min(max_length, model.max_seq_length or max_length)
-    return model
+    return load_model(name, "sentence-transformer", device=device, max_length=max_length, train=True).model
 
 
 class BiEncoderTask(CrossEncoderTask):
@@ -106,7 +102,7 @@ class BiEncoderTask(CrossEncoderTask):
         model.save(str(folder))
 
 
-def train_bi_encoder(model: str, dataset: Any, output: str | Path, config: Any, *, negatives: str = "bm25:30",
+def train_bi_encoder(model: str, dataset: Dataset, output: str | Path, config: TrainConfig, *, negatives: str = "bm25:30",
                      group_size: int = 20, positives: int = 1, max_length: int = 256, dev_queries: int = 50,
                      device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Train the sentence-transformers ``model`` on ``dataset`` (its train split) over lists of

@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,9 +26,13 @@ from ..data import Qrels
 from ..data.store import DocStore
 from ..errors import DataError
 from ..evaluate import evaluate
-from ..models.loading import import_transformers, resolve_model
+from ..models.loading import load_model
 from ..rerankers.pointwise import tokenize_pairs
 from ..types import Query, Ranking
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .trainer import TrainConfig
 
 log = logging.getLogger("rerank")
 
@@ -38,22 +42,22 @@ def load_cross_encoder_body(name: str, device: str = "cpu", attention_dropout: f
     encoder gets a fresh head. ``attention_dropout`` replaces the model's dropout on attention
     probabilities: with it, torch cannot use its fused attention kernel and a MiniLM training
     step on CPU takes 3.7x longer (6.5 s vs 1.75 s for 32 pairs of 256 tokens, bf16)."""
-    tf = import_transformers("cross-encoder training")
-    path = resolve_model(name)
-    tokenizer = tf.AutoTokenizer.from_pretrained(path)
-    config = tf.AutoConfig.from_pretrained(path)
-    for key in list(config.to_dict()):
-        if "dropout" in key and ("attention" in key or "attn" in key):
-            setattr(config, key, attention_dropout)
-    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForSequenceClassification")]
-    if heads and getattr(config, "num_labels", 1) != 1:
-        raise DataError(f"{name} is a classifier with {config.num_labels} outputs; start from an encoder body or a "
-                        "one-logit cross-encoder")
-    config.num_labels = 1
-    model = tf.AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    heads: list[str] = []
+
+    def one_logit(config: Any) -> None:
+        for key in list(config.to_dict()):
+            if "dropout" in key and ("attention" in key or "attn" in key):
+                setattr(config, key, attention_dropout)
+        heads.extend(a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForSequenceClassification"))
+        if heads and getattr(config, "num_labels", 1) != 1:
+            raise DataError(f"{name} is a classifier with {config.num_labels} outputs; start from an encoder body or a "
+                            "one-logit cross-encoder")
+        config.num_labels = 1
+
+    loaded = load_model(name, "sequence-classification", device=device, train=True, configure=one_logit)
     if not heads:
         log.info("%s has no ranking head: a fresh one-logit head was added", name)
-    return model.to(device), tokenizer
+    return loaded.model, loaded.tokenizer
 
 
 class CrossEncoderTask:
@@ -176,7 +180,7 @@ def split_dev(queries: Sequence[Query], qrels: Mapping[str, Any], n: int, seed: 
     return [q for q in queries if q.qid not in dev_ids], [q for q in queries if q.qid in dev_ids]
 
 
-def train_cross_encoder(model: str, dataset: Any, output: str | Path, config: Any, *, negatives: str = "bm25:30",
+def train_cross_encoder(model: str, dataset: Dataset, output: str | Path, config: TrainConfig, *, negatives: str = "bm25:30",
                         group_size: int = 8, positives: int = 1, max_length: int = 256, dev_queries: int = 50,
                         device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (a loaded :class:`~rerank.data.Dataset`, its train split) with hard
@@ -191,10 +195,12 @@ def train_cross_encoder(model: str, dataset: Any, output: str | Path, config: An
     return Trainer(body, task, config, output, device=device, overwrite=overwrite).train()
 
 
-def mine_lists(dataset: Any, negatives: str, dev_queries: int, seed: int) -> tuple[Qrels, list[Query], list[Query], Ranking, int]:
+def mine_lists(
+    dataset: Dataset, negatives: str, dev_queries: int, seed: int
+) -> tuple[Qrels, list[Query], list[Query], Ranking, int]:
     """(qrels, train queries, dev queries, first-stage candidates with texts, depth) for
     ``negatives`` = ``RETRIEVER:DEPTH`` (any ``--retriever`` spec, e.g. ``bm25:30``)."""
-    from ..cli import build_first_stage
+    from ..specs import RETRIEVER, stage
 
     spec, _, depth_s = negatives.rpartition(":")
     if not spec or not depth_s.isdigit() or int(depth_s) < 1:
@@ -202,5 +208,5 @@ def mine_lists(dataset: Any, negatives: str, dev_queries: int, seed: int) -> tup
     qrels = dataset.require_qrels()
     train_q, dev_q = split_dev(dataset.queries, qrels, dev_queries, seed)
     log.info("mining negatives: %s top %s for %d queries", spec, depth_s, len(dataset.queries))
-    candidates = build_first_stage(spec, dataset, int(depth_s), with_text=True)(train_q + dev_q)
+    candidates = stage(spec, dataset, role=RETRIEVER, k=int(depth_s), with_text=True)(train_q + dev_q)
     return qrels, train_q, dev_q, candidates, int(depth_s)

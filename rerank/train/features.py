@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from ..env import atomic_write
 from ..errors import DataError
 from ..evaluate import evaluate
 from ..types import Hit, Ranking
+
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
 
 log = logging.getLogger("rerank")
 
@@ -121,7 +124,8 @@ def read_letor(path: str | Path, query_file: str | Path | None = None, num_featu
                 idx.append(i - 1)
                 val.append(v)
             if num_features is not None and idx and max(idx) >= num_features:
-                raise DataError(f"{path}:{n}: feature {max(idx) + 1} beyond the {num_features} features of the model/training data")
+                raise DataError(f"{path}:{n}: feature {max(idx) + 1} beyond the {num_features} features of the model/training "
+                                f"data")
             width = max(width, max(idx) + 1 if idx else 0)
             labels.append(label)
             qids.append(qid)
@@ -296,7 +300,7 @@ class FeatureTask:
         model.save(folder)
 
 
-def train_feature_ranker(train: LetorData, output: str | Path, config: Any, *, dev: LetorData | None = None,
+def train_feature_ranker(train: LetorData, output: str | Path, config: TrainConfig, *, dev: LetorData | None = None,
                          hidden: Sequence[int] = (256, 128), dropout: float = 0.1, max_list: int = 256,
                          overwrite: bool = False) -> dict[str, Any]:
     """Fit the input normalisation on ``train``, then train a :class:`FeatureMLP` with ``config``."""

@@ -22,7 +22,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,10 @@ from ..data import Qrels
 from ..errors import DataError
 from ..evaluate import evaluate
 from ..types import Query, Ranking
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .trainer import TrainConfig
 
 log = logging.getLogger("rerank")
 
@@ -209,7 +213,7 @@ def add_lora(model: Any, rank: int = 16, alpha: int | None = None, dropout: floa
     return wrapped
 
 
-def train_first(model: str, dataset: Any, output: str | Path, config: Any, *, candidates: str = "bm25:20",
+def train_first(model: str, dataset: Dataset, output: str | Path, config: TrainConfig, *, candidates: str = "bm25:20",
                 window: int = 20, lam: float = 10.0, dev_queries: int = 50, max_passage_tokens: int = 100,
                 shuffle: bool = False, lora: int | None = None, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune the causal LM ``model`` with the FIRST objective on windows of ``dataset``'s

@@ -30,7 +30,7 @@ LossFn = Callable[..., Tensor]
 _LN2 = math.log(2.0)
 
 
-def _prepare(scores: Tensor, labels: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def prepare_lists(scores: Tensor, labels: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     if not isinstance(scores, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("scores and labels must be torch tensors")
     if scores.dim() == 1:
@@ -100,7 +100,7 @@ def _positions(scores: Tensor, mask: Tensor) -> Tensor:
 def bce(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
     """Binary cross-entropy on logits: mean over real items of
     ``-[t_i log σ(s_i) + (1 - t_i) log(1 - σ(s_i))]`` with ``t_i = 1[y_i > 0]``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     t = (y > 0).to(s.dtype)
     if not bool(m.any()):
         return (s * 0.0).sum()
@@ -109,7 +109,7 @@ def bce(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
 
 def mse(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean squared error against the graded labels: mean over real items of ``(s_i - y_i)^2``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     if not bool(m.any()):
         return (s * 0.0).sum()
     return ((s - y) ** 2)[m].mean()
@@ -120,7 +120,7 @@ def ranknet(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, weigh
             sigma: float = 1.0) -> Tensor:
     """RankNet: per list ``Σ_P w_ij log(1 + exp(-σ (s_i - s_j))) / Σ_P w_ij`` with ``w_ij = 1``, or
     ``w_ij = |y_i - y_j|`` when ``weighted``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     p = _pairs(y, m)
     diff = s[:, :, None] - s[:, None, :]
     w = (y[:, :, None] - y[:, None, :]).abs() if weighted else torch.ones_like(diff)
@@ -131,7 +131,7 @@ def ranknet(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, weigh
 
 def hinge(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, margin: float = 1.0) -> Tensor:
     """Pairwise margin hinge: per list ``mean_P max(0, margin - (s_i - s_j))``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     p = _pairs(y, m)
     diff = s[:, :, None] - s[:, None, :]
     per_pair = torch.where(p, F.relu(margin - diff), torch.zeros_like(diff))
@@ -160,7 +160,7 @@ def lambdaloss(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, we
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {weighting!r}")
     if k is not None and k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     p = _pairs(y, m)
     with torch.no_grad():
         idcg = _ideal_dcg(y, m, k)
@@ -194,7 +194,7 @@ def lambdarank(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, k:
 # --------------------------------------------------------------------------- listwise
 def listnet(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, temperature: float = 1.0) -> Tensor:
     """ListNet (top-one probabilities): per list ``-Σ_i softmax(y)_i log softmax(s / T)_i``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     neg = torch.full_like(s, -math.inf)
     target = torch.softmax(torch.where(m, y, neg), dim=1)
     logp = torch.log_softmax(torch.where(m, s / temperature, neg), dim=1)
@@ -207,7 +207,7 @@ def softmax(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tenso
     ``Σ_lists Σ_i y_i · -log softmax(s)_i / Σ_lists Σ_i y_i``. Labels act as weights (click
     counts times propensity weights in :mod:`rerank.ultr`), so a list counts in proportion to its
     label mass and lists with none add nothing."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     logp = torch.log_softmax(torch.where(m, s, torch.full_like(s, -math.inf)), dim=1)
     total = y.sum()
     if not bool(total > 0):
@@ -223,7 +223,7 @@ def listmle(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, ties:
     ``first`` (list order)."""
     if ties not in ("random", "first"):
         raise ValueError(f"ties must be 'random' or 'first', not {ties!r}")
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     if ties == "random":
         noise = torch.rand(y.shape, generator=generator, device="cpu").to(device=y.device, dtype=y.dtype)
         key = y + 0.5 * noise / (1.0 + noise.max())  # labels are integers or separated by > 0.5
@@ -242,7 +242,7 @@ def listmle(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, ties:
 def approx_ndcg(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, alpha: float = 10.0) -> Tensor:
     """ApproxNDCG (Qin et al. 2010): ``-Σ_i G_i / log2(1 + π̂_i) / maxDCG`` with the smooth rank
     ``π̂_i = 1 + Σ_{j ≠ i} σ(α (s_j - s_i))``."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     both = m[:, :, None] & m[:, None, :]
     eye = torch.eye(s.shape[1], dtype=torch.bool, device=s.device)[None]
     sig = torch.sigmoid(alpha * (s[:, None, :] - s[:, :, None]))  # [b, i, j] = σ(α (s_j - s_i))
@@ -288,7 +288,7 @@ def neural_ndcg(scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, t
                 k: int | None = None, sinkhorn_iterations: int = 50) -> Tensor:
     """NeuralNDCG (Pobrotyn & Białobrzeski 2021): ``-Σ_{r <= k} (P̂ G)_r / D(r) / maxDCG@k`` with
     ``P̂`` the Sinkhorn-scaled NeuralSort matrix of the scores."""
-    s, y, m = _prepare(scores, labels, mask)
+    s, y, m = prepare_lists(scores, labels, mask)
     p = sinkhorn(neural_sort(s, m, temperature), m, sinkhorn_iterations)
     g = torch.where(m, _gains(y), torch.zeros_like(y))
     at_rank = torch.bmm(p, g[:, :, None])[:, :, 0]  # expected gain at each rank
@@ -330,13 +330,7 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def _register_pgrank() -> None:
-    from .pgrank import pgrank
-
-    LOSSES["pgrank"] = pgrank  # policy gradient (a stochastic surrogate, see rerank.train.pgrank)
-
-
-_register_pgrank()
+# "pgrank" (policy gradient, a stochastic surrogate) is added by rerank.train, which imports both modules
 ALIASES = {"ndcg2pp": "lambdaloss", "ndcg2++": "lambdaloss", "approx-ndcg": "approxndcg", "neural-ndcg": "neuralndcg",
            "pointwise-bce": "bce", "pointwise-mse": "mse"}
 

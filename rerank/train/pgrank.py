@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .losses import prepare_lists
+
 Tensor = torch.Tensor
 
 
@@ -72,13 +74,11 @@ class PGRankLoss:
 
     def __call__(self, scores: Tensor, labels: Tensor, mask: Tensor | None = None, *, samples: int = 8, k: int = 10,
                  temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        from .losses import _prepare
-
         if samples < 2:
             raise ValueError(f"PG-Rank needs at least 2 samples per list for its leave-one-out baseline, got {samples}")
         if k < 1 or not temperature > 0:
             raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
-        s, y, m = _prepare(scores, labels, mask)
+        s, y, m = prepare_lists(scores, labels, mask)
         keep = ((y > 0) & m).any(dim=1)
         if not bool(keep.any()):
             self.last_stats = {}

@@ -154,10 +154,10 @@ class TableScorer:
 
 class TextScorer:
     """A cross-encoder over (query text, document text): texts come from the sessions when the
-    log carries them, else from ``queries`` / ``docs`` (a dataset's). ``dev``: a
-    :class:`~rerank.train.crossencoder.CrossEncoderTask` holding dev queries with their
-    candidates and qrels, for the per-epoch evaluation; it also saves the model (loadable by
-    ``CrossEncoder(folder)``)."""
+    log carries them, else from ``queries`` / ``docs`` (a dataset's). ``dev``: (qrels, dev
+    queries, their candidates, relevance threshold) for the per-epoch evaluation. Scoring, dev
+    evaluation and saving (loadable by ``CrossEncoder(folder)``) are those of cross-encoder
+    training (:class:`~rerank.train.crossencoder.CrossEncoderTask`)."""
 
     def __init__(self, model_name: str, groups: Sequence[ClickGroup], queries: dict[str, str], docs: Any, *,
                  max_length: int = 256, device: str = "cpu", dev: Any = None) -> None:
@@ -165,8 +165,9 @@ class TextScorer:
 
         self.model_name, self.max_length, self.device = model_name, max_length, device
         self.body, self.tokenizer = load_cross_encoder_body(model_name, device)
-        self.ce = dev if dev is not None else CrossEncoderTask(model_name, self.tokenizer, [], {}, {}, None,
-                                                               max_length=max_length, device=device)
+        qrels, dev_queries, candidates, rel = dev if dev is not None else ({}, [], {}, 1)
+        self.ce = CrossEncoderTask(model_name, self.tokenizer, [], qrels, candidates, docs, max_length=max_length, rel=rel,
+                                   dev_queries=dev_queries, dev_depth=30, device=device)
         self.query_text: dict[str, str] = {}
         self.doc_text: dict[tuple[str, str], str] = {}
         for g in groups:
@@ -307,7 +308,7 @@ class ClickTask:
         counts = torch.zeros(len(groups), width, dtype=torch.float64)
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         ipw = torch.ones(len(groups), width, dtype=torch.float64)
-        for b, (i, g) in enumerate(zip(indices, groups)):
+        for b, (i, g) in enumerate(zip(indices, groups, strict=True)):
             counts[b, : len(g.docs)] = torch.from_numpy(g.clicks)
             mask[b, : len(g.docs)] = True
             if self._ipw:

@@ -22,7 +22,7 @@ ymax = 4, η = 1, with ``eta`` to sharpen or flatten the bias) or from a JSON fi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,7 +292,7 @@ def letor_lists(data: LetorData, scores: np.ndarray, top: int = 10) -> list[Show
     return out
 
 
-def run_lists(queries: Sequence[Any], run: dict[str, Sequence[Any]], qrels: dict[str, dict[str, int]],
+def run_lists(queries: Sequence[Any], run: Mapping[str, Sequence[Any]], qrels: dict[str, dict[str, int]],
               top: int = 10) -> list[ShownList]:
     """Each query's ``top`` results of a first-stage ``run`` (the logging ranker), labelled from
     ``qrels`` (unjudged and negative grades: 0), with the query text."""

@@ -1,0 +1,215 @@
+"""rerank clicks simulate | stats | propensity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import RerankError
+from ..specs import RETRIEVER, help_text, stage
+from .common import friendly, load, setup_logging
+
+
+@click.group()
+def clicks() -> None:
+    """Click logs: simulate them, summarise them, estimate position bias (train on them: rerank train --clicks)."""
+
+
+@clicks.command("simulate")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="Labelled LETOR file to simulate on (documents are named by their row in the query).")
+@click.option("--dataset", "-d", help="Or a dataset with qrels: the logging ranker is --retriever, labels from the qrels.")
+@click.option("--split", default="train", show_default=True)
+@click.option(
+    "--retriever", "-r", default="bm25", show_default=True, help="Logging ranker for --dataset: " + help_text(RETRIEVER)
+)
+@click.option("--model", "click_model", default="pbm", show_default=True,
+              help="Click model: pbm, cascade, ubm (ULTRA's parameters) or an ULTRA ClickModel JSON file.")
+@click.option("--eta", type=float, help="Severity of position bias for named models: θ^eta [default: 1].")
+@click.option("--sessions", default=100_000, type=click.IntRange(min=1), show_default=True)
+@click.option("--top", default=10, type=click.IntRange(min=1), show_default=True, help="Results shown per session.")
+@click.option("--logging-ranker", type=click.Path(exists=True, file_okay=False),
+              help="A trained feature ranker folder to log with (--features); default: one trained on --logging-fraction of the "
+                   "labels.")
+@click.option("--logging-fraction", default=0.01, type=click.FloatRange(0, 1, min_open=True), show_default=True)
+@click.option("--randomize", is_flag=True, help="Show each session's list in a uniformly random order (for propensity "
+                                                "estimation).")
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Click log to write (.jsonl, or .jsonl.gz).")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@friendly
+def clicks_simulate(
+    features_path: str | None,
+    dataset: str | None,
+    split: str,
+    retriever: str,
+    click_model: str,
+    eta: float | None,
+    sessions: int,
+    top: int,
+    logging_ranker: str | None,
+    logging_fraction: float,
+    randomize: bool,
+    seed: int,
+    output: str,
+    encoding_errors: str,
+) -> None:
+    """Simulate a click log over labelled data with a click model, seeded."""
+    import tempfile
+
+    from ..ultr.log import write_click_log
+    from ..ultr.simulate import letor_lists, load_click_model, run_lists, simulate
+
+    setup_logging(False)
+    model = load_click_model(click_model, eta=eta)
+    if features_path:
+        from ..train.features import FeatureRanker, read_letor
+        from ..ultr.learn import train_logging_ranker
+
+        data = read_letor(features_path)
+        if logging_ranker:
+            ranker = FeatureRanker.load(logging_ranker)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ranker = train_logging_ranker(data, tmp, fraction=logging_fraction, seed=seed)
+        lists = letor_lists(data, ranker.predict(data), top)
+    elif dataset:
+        ds = load(dataset, split, None, encoding_errors)
+        logger = stage(retriever, ds, role=RETRIEVER, k=top, with_text=False)
+        lists = run_lists(ds.queries, logger(ds.queries), ds.require_qrels(), top)
+    else:
+        raise click.UsageError("give --features FILE or --dataset NAME to simulate on")
+    n = write_click_log(simulate(lists, model, sessions, seed=seed, randomize=randomize), output)
+    click.echo(f"wrote {n} sessions over {len(lists)} queries ({model.name}, top {top}{', randomized' if randomize else ''}) to "
+               f"{output}")
+
+
+@clicks.command("stats")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
+@friendly
+def clicks_stats(log: str, list_size: int) -> None:
+    """Sessions, shown lists, clicks and click-through rate by rank of a click log."""
+    from ..ultr.log import aggregate, iter_sessions
+
+    click.echo(json.dumps(aggregate(iter_sessions(log), list_size, source=log).summary(), indent=1))
+
+
+@clicks.command("propensity")
+@click.option("--clicks", "log", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--method", type=click.Choice(["dla", "em", "randomization"]), default="dla", show_default=True,
+              help="dla: learnt jointly with a ranker (any log); em: a position-based click model fitted by EM; "
+                   "randomization: click rates of a log shown in random order.")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="DLA's ranker: a feature MLP over these LETOR rows (default: one score per query-document pair).")
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
+@click.option("--epochs", default=100, type=click.IntRange(min=1), show_default=True)
+@click.option(
+    "--lr",
+    default=0.05,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    help="Ranker learning rate (table ranker; 1e-3 suits --features).",
+)
+@click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True)
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--truth", help="Compare with a position-based click model's θ: pbm or an ULTRA PBM JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the estimate as JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Plot the estimate to this PNG (needs matplotlib).")
+@friendly
+def clicks_propensity(
+    log: str,
+    method: str,
+    features_path: str | None,
+    list_size: int,
+    epochs: int,
+    lr: float,
+    propensity_lr: float,
+    seed: int,
+    truth: str | None,
+    output: str | None,
+    plot: str | None,
+) -> None:
+    """Estimate the examination propensity of each rank, relative to rank 1."""
+    import tempfile
+
+    from ..ultr.learn import pbm_em_propensities, propensity_error, randomization_propensities
+    from ..ultr.log import aggregate, iter_sessions
+
+    setup_logging(False)
+    stats = aggregate(iter_sessions(log), list_size, source=log)
+    se: list[float] | None = None
+    if method == "randomization":
+        est, err = randomization_propensities(stats)
+        estimate, se = est.tolist(), err.tolist()
+    elif method == "em":
+        estimate = pbm_em_propensities(stats).tolist()
+    else:
+        import torch
+
+        from ..train.trainer import TrainConfig
+        from ..ultr.learn import FeatureScorer, TableScorer, train_from_clicks
+
+        torch.set_num_threads(1)
+        scorer: Any = TableScorer(stats.groups)
+        if features_path:
+            from ..train.features import read_letor
+
+            scorer = FeatureScorer(read_letor(features_path), stats.groups)
+        cfg = TrainConfig(loss="softmax", epochs=epochs, batch_size=16, lr=lr, warmup=0.0, weight_decay=0.0, seed=seed,
+                          precision="fp32", checkpoint_every=10**9)
+        with tempfile.TemporaryDirectory() as tmp:
+            estimate = train_from_clicks(stats, scorer, tmp, cfg, algorithm="dla", propensity_lr=propensity_lr)["propensity"]
+    result: dict[str, Any] = {"log": log, "method": method, "sessions": stats.sessions, "propensity": estimate}
+    if se is not None:
+        result["stderr"] = se
+    click.echo("rank  θ/θ1" + ("   ±se" if se else "") + ("   truth" if truth else ""))
+    true_rel = None
+    if truth:
+        from ..ultr.simulate import load_click_model, position_propensities
+
+        t = position_propensities(load_click_model(truth), len(estimate))
+        true_rel = [v / t[0] for v in t]
+        result["truth"] = true_rel
+        result["error"] = propensity_error(estimate, true_rel)
+    for i, v in enumerate(estimate):
+        click.echo(f"{i + 1:>4}  {v:.3f}" + (f"  {se[i]:.3f}" if se else "") + (f"  {true_rel[i]:.3f}" if true_rel else ""))
+    if "error" in result:
+        click.echo(f"max relative error {result['error']['max_relative_error']:.3f}, Pearson r {result['error']['pearson']:.4f}")
+    if output:
+        from ..env import atomic_write
+
+        with atomic_write(output) as f:
+            json.dump(result, f, indent=1)
+    if plot:
+        _plot_propensity(plot, {f"{method} estimate": (estimate, se)} | ({"truth": (true_rel, None)} if true_rel else {}),
+                         f"{Path(log).name}: {stats.sessions:,} sessions")
+        click.echo(f"plot: {plot}")
+
+
+def _plot_propensity(path: str, curves: dict[str, tuple[Any, Any]], title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RerankError("--plot needs matplotlib: pip install 'rerank[plot]'") from None
+    from ..env import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, (values, err) in curves.items():
+        ranks = range(1, len(values) + 1)
+        ax.errorbar(ranks, values, yerr=err, marker="o", capsize=2, label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("examination θ / θ1")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,201 @@
+"""What the commands share: logging, one-line errors, option groups as small dataclasses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..errors import RerankError
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..distributed import RayOptions
+
+log = logging.getLogger("rerank")
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+DEFAULT_METRICS = "nDCG@10,RR@10,R@100"
+DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
+ENCODING_ERRORS = click.Choice(["strict", "replace"])
+
+
+def setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rerank: %(message)s"))
+    root = logging.getLogger("rerank")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def friendly(fn: F) -> F:
+    """Report user errors in one line (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (RerankError, ValueError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def options(*opts: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, in the order given."""
+
+    def apply(fn: F) -> F:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
+def take(cls: type[T], kw: dict[str, Any], **renamed: str) -> T:
+    """An option group's dataclass from a command's keyword arguments (removed from ``kw``);
+    ``renamed``: field name -> the click parameter that fills it."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: kw.pop(renamed.get(n, n)) for n in names if renamed.get(n, n) in kw})
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def metric_list(value: str | None) -> list[str]:
+    names = [m.strip() for m in (value or DEFAULT_METRICS).split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter("give at least one measure")
+    return names
+
+
+# ---------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class DatasetArgs:
+    """Which dataset, which judgments, how to evaluate (--dataset, --split, --qrels, --rel, --metrics)."""
+
+    dataset: str | None = None
+    split: str | None = None
+    qrels: str | None = None
+    rel: int | None = None
+    metrics: str | None = None
+    encoding_errors: str = "strict"
+    quiet: bool = False
+
+
+dataset_options = options(
+    click.option("--dataset", "-d", help="Alias (see `rerank datasets`), ir_datasets id, or path."),
+    click.option("--split", help="Qrels split of a BEIR folder [default: test]."),
+    click.option("--qrels", type=click.Path(exists=True, dir_okay=False), help="Use these judgments instead of the dataset's."),
+    click.option("--rel", type=int, help="Relevance grade from which a document counts as relevant for RR/R/P/AP "
+                                           "(default: the dataset's, 2 for TREC DL, else 1)."),
+    click.option("--metrics", help="Comma-separated ir_measures names [default: nDCG@10,RR@10,R@100]."),
+    click.option("--encoding-errors", type=ENCODING_ERRORS, default="strict", show_default=True,
+                 help="What to do with bytes that are not UTF-8 in dataset files."),
+    click.option("--quiet", "-q", is_flag=True, help="Only warnings and results."),
+)
+
+
+def load(dataset: str, split: str, qrels: str | None = None, encoding_errors: str = "strict") -> Dataset:
+    from ..data import load_dataset
+    from ..data.formats import read_qrels
+
+    ds = load_dataset(dataset, split=split, encoding_errors=encoding_errors)
+    if qrels:
+        ds.qrels = read_qrels(qrels)
+    return ds
+
+
+# ---------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelArgs:
+    """Where and how models run (--device, --dtype, --batch-tokens)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    batch_tokens: int | None = None
+
+    def as_options(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "batch_tokens": self.batch_tokens}
+
+
+model_options = options(
+    click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on "
+                                                                    "GPU]."),
+    click.option("--device", help="auto, cpu, cuda, cuda:N [default: auto]."),
+    click.option("--dtype", type=DTYPES, help="auto (the default): bf16 on GPUs and on CPUs with bf16 instructions, else "
+                                              "float32."),
+)
+
+
+# ---------------------------------------------------------------- CUR
+@dataclass(frozen=True)
+class CurArgs:
+    """Options of a ``cur:SCORER`` first stage (defaults in rerank.retrieve.cur.CUR)."""
+
+    budget: int | None = None
+    rounds: int | None = None
+    anchor_items: int | None = None
+    init: str | None = None
+    anchors_from: str | None = None
+
+    def as_options(self) -> dict[str, Any]:
+        return {"budget": self.budget, "rounds": self.rounds, "anchor_items": self.anchor_items, "init": self.init,
+                "anchors_from": self.anchors_from}
+
+
+cur_options = options(
+    click.option("--ce-budget", type=click.IntRange(min=1), help="cur:SCORER: scorer calls per query [default: 200]."),
+    click.option("--cur-rounds", type=click.IntRange(min=1),
+                 help="cur:SCORER: rounds after the anchor items; 1 is ANNCUR, more is ADACUR [default: 9]."),
+    click.option("--cur-anchor-items", type=click.IntRange(min=1),
+                 help="cur:SCORER: items every query is scored against first [default: budget / (rounds + 1)]."),
+    click.option("--cur-init", help="cur:SCORER: take each query's first items from this retriever (e.g. bm25) "
+                                    "instead of uniform ones."),
+    click.option("--anchors-from", help="cur:SCORER: anchor queries of the index: a split of the dataset or a queries file "
+                                        "(TSV/JSONL) [default: train]."),
+)
+CUR_PARAMS = {"budget": "ce_budget", "rounds": "cur_rounds", "anchor_items": "cur_anchor_items", "init": "cur_init"}
+
+
+# ---------------------------------------------------------------- Ray
+@dataclass(frozen=True)
+class RayArgs:
+    """--ray and its options; :meth:`resolve` gives RayOptions (None without --ray)."""
+
+    use_ray: bool = False
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+
+    def resolve(self) -> RayOptions | None:
+        if not self.use_ray:
+            given = [n for n, v in (("--workers", self.workers), ("--gpus-per-worker", self.gpus_per_worker),
+                                    ("--cpus-per-worker", self.cpus_per_worker)) if v is not None]
+            if given:
+                raise RerankError(f"{', '.join(given)} apply with --ray")
+            return None
+        from ..distributed import RayOptions, require_ray
+
+        require_ray()  # without the extra, say how to get it before any work
+        return RayOptions(workers=self.workers or 2, gpus_per_worker=self.gpus_per_worker or 0.0,
+                          cpus_per_worker=self.cpus_per_worker or 1.0)
+
+
+ray_options = options(
+    click.option("--ray", "use_ray", is_flag=True, help="Run index builds and the reranker on Ray (extra `distributed`): "
+                 "the cluster at $RAY_ADDRESS, else a local one."),
+    click.option("--workers", type=click.IntRange(min=1), help="--ray: model replicas (Ray actors) [default: 2]."),
+    click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="--ray: GPUs each worker holds [default: 0]."),
+    click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="--ray: CPUs each worker holds [default: "
+                                                                                        "1]."),
+)

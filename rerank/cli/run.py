@@ -1,0 +1,414 @@
+"""rerank run | eval | index | reproduce | kinds | datasets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import RerankError
+from ..specs import RERANKER, RETRIEVER, Context, help_text, parse, registry, stage, usage
+from .common import (
+    CUR_PARAMS,
+    CurArgs,
+    DatasetArgs,
+    ModelArgs,
+    RayArgs,
+    cur_options,
+    dataset_options,
+    friendly,
+    load,
+    metric_list,
+    model_options,
+    peak_rss_mb,
+    ray_options,
+    setup_logging,
+    take,
+)
+
+log = logging.getLogger("rerank")
+
+CONFIG_KEYS = {
+    "name",
+    "description",
+    "dataset",
+    "split",
+    "retriever",
+    "reranker",
+    "top_k",
+    "rerank_depth",
+    "dtype",
+    "dense_index",
+    "batch_tokens",
+    "window",
+    "stride",
+    "metrics",
+    "rel",
+    "expected",
+    "tolerance",
+    "reproduce",
+}
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """A YAML pipeline: dataset, retriever, reranker, top_k, metrics and the scores it must reproduce."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RerankError(f"{path}: cannot read the config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise RerankError(f"{path}: a config is a YAML mapping of {', '.join(sorted(CONFIG_KEYS))}")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise RerankError(f"{path}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}")
+    for key in ("dataset", "retriever", "reranker"):
+        if key in cfg and not isinstance(cfg[key], str):
+            raise RerankError(f"{path}: '{key}' is one spec string, got {type(cfg[key]).__name__}")
+    if "metrics" in cfg and isinstance(cfg["metrics"], list):
+        cfg["metrics"] = ",".join(cfg["metrics"])
+    expected = cfg.get("expected", {})
+    if not isinstance(expected, dict) or not all(isinstance(v, (int, float)) for v in expected.values()):
+        raise RerankError(f"{path}: 'expected' maps measure names to numbers")
+    return cfg
+
+
+def check_expected(cfg: dict[str, Any], measured: dict[str, float]) -> list[str]:
+    """One line per expected score that the run did not reproduce within the tolerance."""
+    tol = float(cfg.get("tolerance", 0.001))
+    bad = []
+    for name, want in cfg.get("expected", {}).items():
+        got = measured.get(name)
+        if got is None:
+            bad.append(f"{name}: expected {want}, not measured (add it to metrics)")
+        elif abs(got - want) > tol:
+            bad.append(f"{name}: measured {got:.4f}, expected {want:.4f} (tolerance {tol})")
+    return bad
+
+
+@dataclass(frozen=True)
+class RerankArgs:
+    """The second stage and its options."""
+
+    reranker: str | None = None
+    rerank_depth: int | None = None
+    window: int | None = None
+    stride: int | None = None
+    block_queries: int | None = None
+    score_cache: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputArgs:
+    output: str | None = None
+    metrics_json: str | None = None
+
+
+def check_writable(*paths: str | None) -> None:
+    """Fail before any work when an output file could not be written."""
+    import os
+
+    for p in paths:
+        if not p:
+            continue
+        path = Path(p)
+        parent = path.parent if str(path.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if path.is_dir():
+            raise RerankError(f"output {p} is a folder; give a file name")
+        if not probe.is_dir():
+            raise RerankError(f"cannot write {p}: {probe} is not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise RerankError(f"cannot write {p}: permission denied")
+
+
+@click.command()
+@click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML pipeline from configs/ (its values are defaults; it fails when its expected scores are not "
+                   "reproduced).")
+@click.option("--retriever", "-r", help=help_text(RETRIEVER))
+@click.option("--reranker", help=f"Second stage [default: none]: {help_text(RERANKER)}. MODEL: a Hugging Face id, a local path, "
+                                 "or a folder name under $RERANK_MODEL_PATH / the offline models.")
+@dataset_options
+@click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
+@click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
+@click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window (first, listwise-gen) [default: 20].")
+@click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
+@click.option("--block-queries", type=click.IntRange(min=1),
+              help="Queries the reranker scores together (its batches; with --ray, a worker's unit) [default: 8 pointwise, 32 "
+                   "PRP/listwise].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: "
+                                                                                "flat].")
+@model_options
+@click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite file of scores by (model, query, document): repeats "
+                                                                     "are free.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format, atomically).")
+@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
+@click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
+@cur_options
+@ray_options
+@friendly
+def run(**kw: Any) -> None:
+    """Run a pipeline on a dataset, print its metrics and write the run."""
+    config, retriever, threads, rebuild = kw.pop("config"), kw.pop("retriever"), kw.pop("threads"), kw.pop("rebuild")
+    top_k, dense_index = kw.pop("top_k"), kw.pop("dense_index")
+    data, model, cur = take(DatasetArgs, kw), take(ModelArgs, kw), take(CurArgs, kw, **CUR_PARAMS)
+    second, out, ray_args = take(RerankArgs, kw), take(OutputArgs, kw), take(RayArgs, kw)
+    assert not kw, kw
+    setup_logging(data.quiet)
+    cfg = read_config(config) if config else {}
+    run_pipeline(cfg, config, retriever=retriever or cfg.get("retriever"), data=data, model=model, cur=cur,
+                 second=second, out=out, ray_args=ray_args, top_k=top_k or int(cfg.get("top_k", 100)),
+                 dense_index=dense_index or cfg.get("dense_index"), threads=threads, rebuild=rebuild)
+
+
+def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | None, data: DatasetArgs, model: ModelArgs,
+                 cur: CurArgs, second: RerankArgs, out: OutputArgs, ray_args: RayArgs, top_k: int, dense_index: str | None,
+                 threads: int, rebuild: bool) -> dict[str, Any]:
+    """``rerank run``: a config's values fill what the command line left out."""
+    dataset = data.dataset or cfg.get("dataset")
+    reranker = second.reranker or cfg.get("reranker", "none")
+    split = data.split or cfg.get("split", "test")
+    rel = data.rel if data.rel is not None else cfg.get("rel")
+    model = ModelArgs(model.device, model.dtype or cfg.get("dtype"), model.batch_tokens or cfg.get("batch_tokens"))
+    if not retriever or not dataset:
+        raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
+    names = metric_list(data.metrics or cfg.get("metrics"))
+    check_writable(out.output, out.metrics_json)
+    ray = ray_args.resolve()
+    first_spec = parse(retriever, RETRIEVER, "--retriever")
+    reranking: Any = None
+    if reranker != "none":
+        options: dict[str, Any] = {"depth": second.rerank_depth or cfg.get("rerank_depth"), **model.as_options(),
+                                   "window": second.window or cfg.get("window"), "stride": second.stride or cfg.get("stride"),
+                                   "cache": second.score_cache}
+        if ray is not None:
+            from ..distributed import RayReranker
+
+            reranking = RayReranker(reranker, ray, block=second.block_queries,
+                                    journal=f"{out.output}.journal" if out.output else None, **options)
+        else:
+            reranking = stage(reranker, role=RERANKER, block=second.block_queries, **options)
+    t0 = time.perf_counter()
+    ds = load(dataset, split, data.qrels, data.encoding_errors)
+    load_s = time.perf_counter() - t0
+    builder = None
+    if ray is not None:
+        from ..distributed import RayIndexBuilder
+
+        builder = RayIndexBuilder(ray)
+    ctx = Context(ds, k=top_k, with_text=reranking is not None, threads=threads, rebuild=rebuild, dataset_ref=dataset,
+                  split=split, index_builder=builder,
+                  options={"dense_index": dense_index, **model.as_options(), **cur.as_options()})
+    first = ctx.build(first_spec)
+    pipe = first >> reranking if reranking is not None else first
+    t1 = time.perf_counter()
+    ranking = pipe(ds.queries)
+    seconds = time.perf_counter() - t1
+    if out.output:
+        from ..data.formats import write_trec_run
+
+        write_trec_run(ranking, out.output, tag=retriever)
+        log.info("wrote %s (%d queries)", out.output, len(ranking))
+    result: dict[str, Any] = {"dataset": ds.name, "pipeline": pipe.name,
+                              "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
+                                       "queries": len(ds.queries), "peak_rss_mb": peak_rss_mb()}}
+    from ..types import ScorerSearch, leaves
+
+    searchers = [s for s in leaves(first) if isinstance(s, ScorerSearch)]
+    if searchers:  # a first stage that searches with a scorer (cur:SCORER)
+        calls = sum(s.calls for s in searchers)
+        result["cost"]["first_stage_scorer_calls"] = calls
+        click.echo(f"first stage: {calls} scorer calls ({calls / max(1, len(ds.queries)):.1f} a query)")
+    if reranking is not None:
+        c = reranking.cost
+        result["cost"]["rerank"] = c.as_dict()
+        click.echo(f"reranker: {c.calls} {c.unit} through the model ({c.tokens} tokens, {c.batches} batches, "
+                   f"{c.cached} from cache) in {c.seconds:.2f}s")
+    if ds.qrels is not None:
+        from ..evaluate import evaluate
+
+        ev = evaluate(ranking, ds.qrels, names, rel if rel is not None else ds.rel)
+        result["metrics"] = ev.metrics
+        result["relevance_threshold"] = ev.rel
+        click.echo(ev.table(f"{ds.name} {pipe.name}"))
+    else:
+        log.warning("%s has no qrels: nothing to evaluate", ds.name)
+    click.echo(f"{len(ds.queries)} queries in {seconds:.2f}s (dataset loaded in {load_s:.2f}s)")
+    problems = check_expected(cfg, result.get("metrics", {})) if cfg.get("expected") else []
+    if cfg.get("expected"):
+        result["expected"] = cfg["expected"]
+        result["reproduced"] = not problems
+    if out.metrics_json:
+        from ..env import atomic_write
+
+        with atomic_write(out.metrics_json) as f:
+            json.dump(result, f, indent=2)
+    if problems:
+        click.echo(f"{config}: not reproduced\n  " + "\n  ".join(problems), err=True)
+        sys.exit(1)
+    if cfg.get("expected"):
+        click.echo(f"{config}: expected scores reproduced")
+    return result
+
+
+@click.command("eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@dataset_options
+@click.option("--per-query", is_flag=True, help="Also print every query's scores.")
+@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write the metrics (and comparisons) here as JSON.")
+@friendly
+def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw: Any) -> None:
+    """Evaluate runs (TREC run files or candidate JSON/JSONL). With several runs, the first is the
+    baseline of a paired t-test and randomization test."""
+    from ..data.formats import read_run
+    from ..evaluate import compare, evaluate, format_comparison, format_per_query, format_table
+
+    data = take(DatasetArgs, kw)
+    setup_logging(data.quiet)
+    if not data.dataset:
+        raise RerankError("rerank eval needs --dataset (whose qrels judge the runs)")
+    names = metric_list(data.metrics)
+    check_writable(metrics_json)
+    ds = load(data.dataset, data.split or "test", data.qrels, data.encoding_errors)
+    judgments = ds.require_qrels()
+    threshold = data.rel if data.rel is not None else ds.rel
+    evals = {}
+    for path in runs:
+        evals[path] = evaluate(read_run(path, data.encoding_errors), judgments, names, threshold)
+        if evals[path].missing:
+            log.warning("%s: %d judged queries have no results (scored 0)", path, len(evals[path].missing))
+    click.echo(format_table([(Path(p).name, e.metrics) for p, e in evals.items()], names))
+    if threshold != 1:
+        click.echo(f"(binary measures count grade >= {threshold} as relevant)")
+    out: dict[str, Any] = {"dataset": ds.name, "relevance_threshold": threshold,
+                           "runs": {p: {"metrics": e.metrics} for p, e in evals.items()}}
+    if per_query:
+        for p, e in evals.items():
+            click.echo(f"\n{p}\n{format_per_query(e)}")
+    base = runs[0]
+    for other in runs[1:]:
+        rows = compare(evals[base], evals[other])
+        click.echo(f"\n{Path(base).name} vs {Path(other).name} ({rows[0].queries} queries)")
+        click.echo(format_comparison(rows, Path(base).name, Path(other).name))
+        out["runs"][other]["vs_" + Path(base).name] = [r.__dict__ for r in rows]
+    if len(runs) == 1:
+        out["metrics"] = evals[base].metrics
+    if metrics_json:
+        from ..env import atomic_write
+
+        with atomic_write(metrics_json) as f:
+            json.dump(out, f, indent=2)
+
+
+@click.command()
+@click.option("--retriever", "-r", default="bm25", show_default=True,
+              help="bm25, bm25:lucene, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
+@click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: "
+                                                                                "flat].")
+@model_options
+@click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@click.option("--anchors-from", help="cur:SCORER: anchor queries: a split of the dataset or a queries file (TSV/JSONL) [default: "
+                                     "train].")
+@ray_options
+@friendly
+def index(retriever: str, dataset: str, split: str, dense_index: str | None, threads: int, rebuild: bool, encoding_errors: str,
+          anchors_from: str | None, **kw: Any) -> None:
+    """Build (or check) the indexes a retriever needs, under indexes/."""
+    from ..types import Indexed, leaves
+
+    setup_logging(False)
+    model, ray = take(ModelArgs, kw), take(RayArgs, kw).resolve()
+    spec = parse(retriever, RETRIEVER, "--retriever")
+    indexable = [
+        k for k, cls in registry().items() if cls.role == RETRIEVER and (hasattr(cls, "index") or cls.spec_parts == "stages")
+    ]
+    if spec.kind not in indexable:
+        raise RerankError(f"nothing to index for --retriever {retriever!r}; indexable: {', '.join(usage(k) for k in indexable)}")
+    ds = load(dataset, split, None, encoding_errors)
+    if ds.docs is None or not ds.docs.complete:
+        raise RerankError(f"{ds.name} has no full corpus here to index")
+    builder = None
+    if ray is not None:
+        from ..distributed import RayIndexBuilder
+
+        builder = RayIndexBuilder(ray)
+    ctx = Context(ds, k=1000, threads=threads, rebuild=rebuild, dataset_ref=dataset, split=split, index_builder=builder,
+                  options={"dense_index": dense_index, **model.as_options(), "anchors_from": anchors_from})
+    for part in leaves(ctx.build(spec)):
+        if isinstance(part, Indexed):
+            t0 = time.perf_counter()
+            path = part.index()
+            click.echo(f"{part.name}: {path} ({len(ds.docs)} documents, {time.perf_counter() - t0:.1f}s)")
+
+
+@click.command()
+@click.argument("configs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write every config's result here as JSON.")
+@friendly
+def reproduce(configs: tuple[str, ...], metrics_json: str | None) -> None:
+    """Run configs (default: every configs/*.yaml) and report which reproduce their expected scores.
+    Exits 1 when any does not."""
+    setup_logging(True)
+    paths = list(configs) or sorted(str(p) for p in Path("configs").glob("*.yaml"))
+    if not paths:
+        raise RerankError("no configs given and none in ./configs")
+    check_writable(metrics_json)
+    results: dict[str, Any] = {}
+    failed = []
+    for path in paths:
+        cfg = read_config(path)
+        click.echo(f"== {path}")
+        t0 = time.perf_counter()
+        try:
+            res = run_pipeline(cfg, path, retriever=cfg.get("retriever"), data=DatasetArgs(quiet=True), model=ModelArgs(),
+                               cur=CurArgs(), second=RerankArgs(), out=OutputArgs(), ray_args=RayArgs(),
+                               top_k=int(cfg.get("top_k", 100)), dense_index=cfg.get("dense_index"), threads=0, rebuild=False)
+        except SystemExit:  # not reproduced: run_pipeline said why
+            failed.append(path)
+            results[path] = {"reproduced": False, "seconds": round(time.perf_counter() - t0, 1)}
+            continue
+        results[path] = {"reproduced": True, "metrics": res.get("metrics"), "seconds": round(time.perf_counter() - t0, 1)}
+    click.echo(
+        f"{len(paths) - len(failed)} of {len(paths)} configs reproduced" + (f"; not: {', '.join(failed)}" if failed else "")
+    )
+    if metrics_json:
+        from ..env import atomic_write
+
+        with atomic_write(metrics_json) as f:
+            json.dump(results, f, indent=2)
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+def kinds() -> None:
+    """List the retriever and reranker kinds a spec can name, with their options."""
+    from ..specs import describe
+
+    click.echo(describe())
+
+
+@click.command()
+def datasets() -> None:
+    """List the dataset aliases (any ir_datasets id or local path works too)."""
+    from ..data import list_datasets
+
+    for name, where, desc in list_datasets():
+        click.echo(f"{name:<12} {desc}\n{'':<12} {where}")
+    click.echo("\nAlso: any ir_datasets id, a BEIR folder, a folder of TREC topics/qrels/candidate files, "
+               "or a candidate file.\nLocal data mirror: $RERANK_SHARED_DATA (default ../shared/data).")

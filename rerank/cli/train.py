@@ -1,0 +1,368 @@
+"""rerank train | train-ltr: rankers from labels (LTR losses, PG-Rank, FIRST) and from clicks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import RerankError
+from ..specs import RETRIEVER, stage
+from .common import friendly, load, options, setup_logging, take
+
+if TYPE_CHECKING:
+    from ..train.features import LetorData
+    from ..train.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Loss, schedule, seed and output, shared by `rerank train` and `rerank train-ltr`."""
+
+    output: str
+    loss: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    accumulate: int = 1
+    lr: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    overwrite: bool = False
+
+    def config(self, precision: str = "auto", *, defaults: tuple[str, int, int, float] = ("listnet", 1, 4, 5e-5),
+               **extra: Any) -> TrainConfig:
+        """A TrainConfig; ``defaults``: (loss, epochs, batch size, lr) of this kind of training."""
+        from ..train.trainer import TrainConfig
+
+        d_loss, d_epochs, d_batch, d_lr = defaults
+        return TrainConfig(loss=self.loss or d_loss, epochs=self.epochs or d_epochs, batch_size=self.batch_size or d_batch,
+                           accumulate=self.accumulate, lr=self.lr or d_lr, seed=self.seed,
+                           checkpoint_every=self.checkpoint_every, precision=precision, **extra)
+
+
+train_options = options(
+    click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the model and its "
+                                                                                         "checkpoint."),
+    click.option("--loss", help="bce, mse, ranknet, ranknet-weighted, hinge, lambdarank, ndcg1, ndcg2, lambdaloss "
+                                "(NDCG-Loss2++), "
+                 "listnet, listmle, approxndcg, neuralndcg, softmax [default: listnet; softmax with --clicks]."),
+    click.option("--epochs", type=click.IntRange(min=1), help="[default: 1; 100 with --clicks; 60 for train-ltr]"),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Lists per micro-batch [default: 4; 16 with --clicks and "
+                                                                  "train-ltr]."),
+    click.option("--accumulate", default=1, type=click.IntRange(min=1), show_default=True, help="Micro-batches per optimiser "
+                                                                                                "step."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[default: 5e-5 for cross-encoders; 1e-3 for feature "
+                                                                           "MLPs]"),
+    click.option("--seed", default=0, type=int, show_default=True),
+    click.option("--checkpoint-every", default=100, type=click.IntRange(min=1), show_default=True, help="Steps between "
+                                                                                                        "checkpoints."),
+    click.option("--overwrite", is_flag=True, help="Train again into an output folder that holds a finished run."),
+)
+
+
+@dataclass(frozen=True)
+class FeatureArgs:
+    """Feature-MLP training (`rerank train-ltr`, `rerank train --clicks --features`)."""
+
+    valid: str | None = None
+    dev_fraction: float = 0.2
+    test_path: str | None = None
+    hidden: str = "256,128"
+    dropout: float = 0.1
+    threads: int = 1
+
+    def widths(self) -> list[int]:
+        try:
+            return [int(w) for w in self.hidden.split(",") if w.strip()]
+        except ValueError:
+            raise RerankError(f"--hidden takes comma-separated widths, e.g. 256,128; got {self.hidden!r}") from None
+
+    def split(self, data: LetorData, seed: int) -> tuple[LetorData, LetorData | None]:
+        """(training data, dev data): --valid, else --dev-fraction of the training queries."""
+        from ..train.features import read_letor, split_queries
+
+        if self.valid:
+            return data, read_letor(self.valid, num_features=data.num_features)
+        if self.dev_fraction > 0:
+            return split_queries(data, self.dev_fraction, seed)
+        return data, None
+
+    def report_test(self, output: str, num_features: int) -> None:
+        if self.test_path:
+            from ..train.features import FeatureRanker, letor_ndcg, read_letor
+
+            test = read_letor(self.test_path, num_features=num_features)
+            click.echo(f"test nDCG@10 {letor_ndcg(test, FeatureRanker.load(output).predict(test))['nDCG@10']:.4f} "
+                       f"({len(test.qrels())} queries with a relevant document)")
+
+
+feature_options = options(
+    click.option("--valid", type=click.Path(exists=True, dir_okay=False), help="Labelled dev data (default: --dev-fraction of "
+                                                                               "the training queries)."),
+    click.option("--dev-fraction", default=0.2, type=click.FloatRange(0, 1, max_open=True), show_default=True),
+    click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), help="Report nDCG@10 on this labelled file "
+                                                                                           "after training."),
+    click.option("--hidden", default="256,128", show_default=True, help="MLP hidden layer widths."),
+    click.option("--dropout", default=0.1, type=click.FloatRange(0, 1, max_open=True), show_default=True),
+    click.option("--threads", default=1, type=click.IntRange(min=1), show_default=True, help="torch threads (small MLPs: 1 is "
+                                                                                             "fastest)."),
+)
+
+
+@dataclass(frozen=True)
+class TextArgs:
+    """Text rankers: the model, the dataset and how lists are built."""
+
+    model: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+    negatives: str = "bm25:30"
+    group_size: int = 8
+    positives: int = 1
+    max_length: int = 256
+    dev_queries: int = 50
+    device: str = "auto"
+    precision: str = "auto"
+    encoding_errors: str = "strict"
+
+
+@dataclass(frozen=True)
+class ObjectiveArgs:
+    encoder: str = "cross"
+    objective: str = "listwise"
+    first_lambda: float = 10.0
+    window: int = 20
+    lora: int | None = None
+    pg_samples: int = 8
+    pg_k: int = 10
+    pg_temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class ClickArgs:
+    """Learning from a click log."""
+
+    clicks: str | None = None
+    algorithm: str = "dla"
+    features_path: str | None = None
+    propensities: str | None = None
+    list_size: int = 10
+    max_weight: float | None = None
+    propensity_lr: float = 0.05
+
+
+def report(result: dict[str, Any], output: str) -> None:
+    history = result["history"]
+    if len(history) > 12:  # long runs: a dozen epochs evenly, the last and the saved one
+        keep = {round(i * (len(history) - 1) / 10) for i in range(11)} | {result["saved_epoch"]}
+        history = [h for h in history if h["epoch"] in keep]
+    for h in history:
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in h.items() if k not in ("epoch", "step"))
+        click.echo(f"epoch {h['epoch']} (step {h['step']}): {metrics}")
+    click.echo(f"saved epoch {result['saved_epoch']} to {output}")
+
+
+@click.command()
+@click.option("--model", "-m", help="Encoder body or cross-encoder: HF id, path or offline model name.")
+@click.option("--dataset", "-d", help="Dataset with training queries and qrels (alias, ir_datasets id or path).")
+@click.option("--split", default="train", show_default=True)
+@click.option("--negatives", default="bm25:30", show_default=True, help="RETRIEVER:DEPTH mining hard negatives (any "
+                                                                        "--retriever).")
+@click.option("--group-size", default=8, type=click.IntRange(min=2), show_default=True, help="Items per list: positives + "
+                                                                                             "negatives.")
+@click.option("--positives", default=1, type=click.IntRange(min=1), show_default=True,
+              help="Relevant documents per list (at most; graded ones keep their grade as label).")
+@click.option("--max-length", default=256, type=click.IntRange(min=16), show_default=True)
+@click.option("--dev-queries", default=50, type=click.IntRange(min=0), show_default=True,
+              help="Training queries held out to evaluate each epoch (best epoch kept).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on GPUs and on CPUs with native bf16.")
+@click.option("--encoder", type=click.Choice(["cross", "bi"]), default="cross", show_default=True,
+              help="cross: a cross-encoder (query and document in one input); bi: a sentence-transformers bi-encoder "
+                   "(scale 20 x cosine), saved for --retriever dense:OUTPUT.")
+@click.option(
+    "--objective",
+    type=click.Choice(["listwise", "pgrank", "contrastive", "first"]),
+    default="listwise",
+    show_default=True,
+    help="listwise: the --loss; pgrank: policy gradient on sampled rankings (PG-Rank, utility nDCG@--pg-k); "
+    "contrastive: softmax cross-entropy of the positives against the list (InfoNCE); first: fine-tune a "
+    "causal LM (-m) as a FIRST listwise reranker on windows of --negatives (LM loss + --first-lambda x RankNet).",
+)
+@click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
+              help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
+@click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
+@click.option("--lora", type=click.IntRange(min=1), help="FIRST: train LoRA adapters of this rank (peft, extra `lora`) instead "
+                                                         "of all weights.")
+@click.option("--pg-samples", default=8, type=click.IntRange(min=2), show_default=True, help="PG-Rank: rankings sampled per "
+                                                                                             "list.")
+@click.option("--pg-k", default=10, type=click.IntRange(min=1), show_default=True, help="PG-Rank: sampled prefix length and nDCG "
+                                                                                        "cutoff.")
+@click.option("--pg-temperature", default=1.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="PG-Rank: policy temperature over the scores.")
+@click.option("--clicks", type=click.Path(exists=True, dir_okay=False),
+              help="Learn from this click log (JSON lines, .gz, or Yandex format) instead of labels: with --features "
+                   "(LETOR rows) a feature MLP, with --model and --dataset a cross-encoder.")
+@click.option("--algorithm", type=click.Choice(["dla", "ipw", "naive"]), default="dla", show_default=True,
+              help="Click learner: DLA (propensities learnt jointly), IPW (given --propensities) or naive (clicks as labels).")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
+              help="LETOR file whose rows the click log's documents name (with --clicks).")
+@click.option("--propensities", help="For ipw: θ per rank, comma-separated, or a position-based model (pbm, an ULTRA PBM JSON).")
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True,
+              help="Ranks modelled (sessions showing more are cut, the clicks below counted).")
+@click.option("--max-weight", type=click.FloatRange(min=1), help="Clip propensity (and DLA relevance) weights at this value.")
+@click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="DLA: learning rate of the propensity model.")
+@feature_options
+@train_options
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@friendly
+def train(**kw: Any) -> None:
+    """Train a cross-encoder or bi-encoder over candidate lists (listwise losses, PG-Rank, contrastive),
+    or (--clicks) a ranker from a click log; resumes from OUTPUT's checkpoint."""
+    from ..models.loading import pick_device
+
+    text, goal, clicks = take(TextArgs, kw), take(ObjectiveArgs, kw), take(ClickArgs, kw)
+    features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
+    assert not kw, kw
+    setup_logging(False)
+    device = pick_device(text.device)
+    if clicks.clicks:
+        _train_clicks(clicks.clicks, clicks, text, features, schedule, device)
+        return
+    if not text.model or not text.dataset:
+        raise click.UsageError("training from labels needs --model and --dataset (or give --clicks LOG)")
+    from ..train.biencoder import train_bi_encoder
+    from ..train.crossencoder import train_cross_encoder
+
+    loss = schedule.loss
+    if goal.objective != "listwise" and loss:
+        raise click.UsageError(f"--objective {goal.objective} sets the loss; leave out --loss {loss}")
+    loss_options: dict[str, Any] = {}
+    if goal.objective == "pgrank":
+        loss, loss_options = "pgrank", {"samples": goal.pg_samples, "k": goal.pg_k, "temperature": goal.pg_temperature}
+    elif goal.objective == "contrastive":
+        loss = "softmax"
+    ds = load(text.dataset, text.split, None, text.encoding_errors)
+    if goal.objective == "first":
+        from ..train.first import train_first
+
+        cfg = schedule.config(text.precision, defaults=("task", 1, 1, 1e-5))
+        result = train_first(text.model, ds, schedule.output, cfg, candidates=text.negatives, window=goal.window,
+                             lam=goal.first_lambda, lora=goal.lora, dev_queries=text.dev_queries, device=device,
+                             overwrite=schedule.overwrite)
+        report(result, schedule.output)
+        click.echo(f"use it: rerank run --reranker first:{schedule.output} ...")
+        return
+    cfg = schedule.config(text.precision, defaults=(loss or "listnet", 1, 4, 5e-5), loss_options=loss_options)
+    fn = train_bi_encoder if goal.encoder == "bi" else train_cross_encoder
+    result = fn(text.model, ds, schedule.output, cfg, negatives=text.negatives, group_size=text.group_size,
+                positives=text.positives, max_length=text.max_length, dev_queries=text.dev_queries, device=device,
+                overwrite=schedule.overwrite)
+    report(result, schedule.output)
+    if goal.objective == "pgrank" and result.get("loss_per_step"):
+        utility = [s["mean_utility"] for s in result["loss_per_step"] if "mean_utility" in s]
+        if utility:
+            tenth = max(1, len(utility) // 10)
+            click.echo(f"mean sampled nDCG@{goal.pg_k}: first {tenth} steps {sum(utility[:tenth]) / tenth:.4f}, "
+                       f"last {tenth} steps {sum(utility[-tenth:]) / tenth:.4f}")
+    kind = "--retriever dense" if goal.encoder == "bi" else "--reranker cross-encoder"
+    click.echo(f"use it: rerank run {kind}:{schedule.output} ...")
+
+
+def propensity_spec(spec: str) -> list[float]:
+    """θ per rank from a position-based click model or a comma-separated list."""
+    from ..ultr.simulate import load_click_model, position_propensities
+
+    if "," in spec:
+        try:
+            return [float(v) for v in spec.split(",")]
+        except ValueError:
+            raise RerankError(f"--propensities: {spec!r} is not a comma-separated list of numbers") from None
+    return position_propensities(load_click_model(spec))
+
+
+def _hold_out(stats: Any, dev_ids: set[str]) -> None:
+    """Leave the clicks of dev queries out of training (their labels judge the epochs)."""
+    before = len(stats.groups)
+    stats.groups = [g for g in stats.groups if g.qid not in dev_ids]
+    if len(stats.groups) < before:
+        click.echo(f"{before - len(stats.groups)} shown lists of dev queries left out of training")
+
+
+def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: FeatureArgs, schedule: TrainArgs, device: str) -> None:
+    import torch
+
+    from ..ultr.learn import FeatureScorer, TextScorer, train_from_clicks
+    from ..ultr.log import aggregate, iter_sessions
+
+    if clicks.algorithm == "ipw" and not clicks.propensities:
+        raise click.UsageError("--algorithm ipw needs --propensities")
+    theta = propensity_spec(clicks.propensities) if clicks.propensities else None
+    stats = aggregate(iter_sessions(log), clicks.list_size, source=log)
+    click.echo(json.dumps(stats.summary()))
+    scorer: Any
+    if clicks.features_path:
+        from ..train.features import read_letor
+
+        torch.set_num_threads(features.threads)
+        data = read_letor(clicks.features_path)
+        _, dev = features.split(data, schedule.seed)
+        if dev is not None and not features.valid:
+            _hold_out(stats, set(dev.qids))
+        scorer = FeatureScorer(data, stats.groups, dev, hidden=features.widths(), dropout=features.dropout)
+        cfg = schedule.config("fp32", defaults=("softmax", 100, 16, 1e-3))
+    elif text.model and text.dataset:
+        from ..train.crossencoder import split_dev
+
+        ds = load(text.dataset, text.split, None, text.encoding_errors)
+        qrels = ds.qrels or {}
+        _, dev_q = (
+            split_dev(ds.queries, qrels, text.dev_queries, schedule.seed) if qrels and text.dev_queries else (ds.queries, [])
+        )
+        _hold_out(stats, {q.qid for q in dev_q})
+        dev_run = stage("bm25", ds, role=RETRIEVER, k=30)(dev_q) if dev_q else None  # dev evaluation: their BM25 top 30
+        scorer = TextScorer(text.model, stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs, max_length=text.max_length,
+                            device=device, dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
+        cfg = schedule.config(text.precision, defaults=("softmax", 1, 4, 5e-5))
+    else:
+        raise click.UsageError("--clicks needs --features FILE (LETOR rows) or --model and --dataset (texts)")
+    result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
+                               max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
+                               device=device if not clicks.features_path else "cpu", overwrite=schedule.overwrite)
+    report(result, schedule.output)
+    if "propensity" in result:
+        click.echo(
+            "estimated propensity (rank: θ/θ1): " + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(result["propensity"]))
+        )
+    if clicks.features_path:
+        features.report_test(schedule.output, scorer.data.num_features)
+    else:
+        click.echo(f"use it: rerank run --reranker cross-encoder:{schedule.output} ...")
+
+
+@click.command("train-ltr")
+@click.option("--features", "features_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training data, SVMlight/LETOR (label qid:Q i:v ...; or LightGBM's with a .query file beside).")
+@feature_options
+@train_options
+@friendly
+def train_ltr(features_path: str, **kw: Any) -> None:
+    """Train an MLP ranker over LETOR features with any loss (the feature ranker loads with FeatureRanker.load)."""
+    import torch
+
+    from ..train.features import read_letor, train_feature_ranker
+
+    features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
+    setup_logging(False)
+    torch.set_num_threads(features.threads)
+    data = read_letor(features_path)
+    train_data, dev = features.split(data, schedule.seed)
+    cfg = schedule.config("fp32", defaults=("listnet", 60, 16, 1e-3))
+    result = train_feature_ranker(train_data, schedule.output, cfg, dev=dev, hidden=features.widths(), dropout=features.dropout,
+                                  overwrite=schedule.overwrite)
+    report(result, schedule.output)
+    features.report_test(schedule.output, data.num_features)
