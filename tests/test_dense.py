@@ -173,7 +173,8 @@ def test_an_index_of_another_dimension_is_a_clear_error(minilm, sci_small, tmp_p
     assert rebuilt.embeddings[0].shape == (20, 128)
 
 
-def test_an_interrupted_encoding_resumes(enc32, sci_small, tmp_path, monkeypatch):
+def test_an_interrupted_encoding_resumes(tiny_bert, sci_small, tmp_path, monkeypatch):
+    enc32 = Encoder(tiny_bert, dtype="float32")  # BERT's architecture, tiny: resumption does not depend on the model
     store, _ = sci_small
     monkeypatch.setattr(dense_mod, "SHARD_DOCS", 64)
     calls = {"n": 0}

@@ -171,7 +171,8 @@ def test_llm_backend_counts_and_batches(smol):
         llm.single_token("Passage A and B")
 
 
-def test_prp_methods_rerank_real_passages(smol, dl19_small):
+def test_prp_methods_rerank_real_passages(tiny_smol, dl19_small):
+    smol = tiny_smol  # the counts and invariants hold for any model: a tiny Llama with SmolLM2's tokenizer
     _, queries, ranking = dl19_small
     before = copy.deepcopy(ranking)
     allpair = PRP(smol, method="allpair", depth=5, max_passage_tokens=48, dtype="float32")
@@ -194,7 +195,8 @@ def test_prp_methods_rerank_real_passages(smol, dl19_small):
     assert gen.cost.generated > 0 and all(len(res[q.qid]) == len(ranking[q.qid]) for q in queries)
 
 
-def test_first_and_generative_listwise_small_windows(smol, dl19_small):
+def test_first_and_generative_listwise_small_windows(tiny_smol, dl19_small):
+    smol = tiny_smol  # the counts and invariants hold for any model: a tiny Llama with SmolLM2's tokenizer
     _, queries, ranking = dl19_small
     first = First(smol, window=4, stride=2, depth=8, max_passage_tokens=48, dtype="float32")
     out = first(queries, ranking)
