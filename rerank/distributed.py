@@ -532,7 +532,7 @@ def use_ray(stage: Stage, options: RayOptions) -> list[Stage]:
         if isinstance(s, Composite):
             todo.extend(s.stages)
         if isinstance(s, Dense):
-            s.encode_corpus_with = builder.encode_dense
+            s.encode_with = builder.encode_dense
             changed.append(s)
         elif isinstance(s, BM25) and s.backend == "bm25s":
             s.build_with = builder.build_bm25

@@ -205,15 +205,8 @@ class ListReranker(Reranker):
     candidates' new order (indices, best first) and a score per candidate in that order; all
     queries come in one call, so independent prompts of different queries share batches."""
 
-    spec_options: ClassVar[tuple[str, ...]] = (
-        "depth",
-        "block",
-        "device",
-        "dtype",
-        "batch_tokens",
-        "max_length",
-        "max_passage_tokens",
-    )
+    spec_options: ClassVar[tuple[str, ...]] = ("depth", "block", "device", "dtype", "batch_tokens", "max_length",
+                                                "max_passage_tokens")
 
     def __init__(self, name: str, *, depth: int = 100, max_passage_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None) -> None:

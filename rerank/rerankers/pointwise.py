@@ -36,6 +36,11 @@ def tokenize_pairs(tokenizer: Any, queries: list[str], docs: list[str], max_leng
         return tokenizer(queries, docs, truncation="longest_first", max_length=max_length, **options)
 
 
+def _check_max_length(max_length: int | None) -> None:
+    if max_length is not None and max_length < 16:
+        raise ValueError(f"max_length {max_length} is too short for a query and a passage")
+
+
 class _ModelReranker(Reranker):
     """Loading, device, dtype and the engine, shared by the pointwise models."""
 
@@ -51,8 +56,7 @@ class _ModelReranker(Reranker):
     def __init__(self, name: str, *, max_length: int | None = None, batch_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
         super().__init__(depth=depth, cache=cache)
-        if max_length is not None and max_length < 16:
-            raise ValueError(f"max_length {max_length} is too short for a query and a passage")
+        _check_max_length(max_length)  # before any weights load
         loaded = load_model(name, self.model_kind, device=device, dtype=dtype, max_length=max_length)
         self._setup(name, loaded.path, loaded.device, loaded.dtype, batch_tokens, max_length)
         self._attach(loaded.tokenizer, loaded.model)
@@ -90,8 +94,7 @@ class _ModelReranker(Reranker):
         return self.engine.cost
 
     def _window(self, tokenizer: Any, config: Any) -> int:
-        if self._max_length is not None and self._max_length < 16:
-            raise ValueError(f"max_length {self._max_length} is too short for a query and a passage")
+        _check_max_length(self._max_length)
         return context_window(config, tokenizer, self._max_length)
 
     def _note_truncation(self, n: int, total: int, window: int) -> None:

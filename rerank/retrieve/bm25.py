@@ -235,21 +235,10 @@ class BM25(Stage):
         """Write a bm25s index of documents already tokenized (by :func:`bm25s_tokenizer`) into ``folder``."""
         self._impl.write(folder, docids, tokens, tokenizer)
 
-    def __init__(
-        self,
-        docs: DocStore | Dataset,
-        *,
-        backend: str = "bm25s",
-        k1: float = 0.9,
-        b: float = 0.4,
-        k: int = 1000,
-        threads: int = 0,
-        with_text: bool = True,
-        index_root: str | os.PathLike[str] | None = None,
-        rebuild: bool = False,
-        numba: bool | None = None,
-        build_with: Callable[[BM25, Path], None] | None = None,
-    ) -> None:
+    def __init__(self, docs: DocStore | Dataset, *, backend: str = "bm25s", k1: float = 0.9, b: float = 0.4,
+                 k: int = 1000, threads: int = 0, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
+                 rebuild: bool = False, numba: bool | None = None,
+                 build_with: Callable[[BM25, Path], None] | None = None) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -289,10 +278,12 @@ class BM25(Stage):
         expected = {"kind": "bm25", "backend": self.backend, "params": params,
                     "corpus": {"name": self.docs.name, "fingerprint": self.docs.fingerprint(), "documents": len(self.docs)}}
         path = index_path(f"bm25-{self.backend}", self.docs.name, params, self.index_root)
-        builder = self.build_with
-        build = (
-            (lambda tmp: builder(self, tmp)) if builder is not None else (lambda tmp: self._impl.build(tmp, self.docs.items()))
-        )
+        def build(tmp: Path) -> None:
+            if self.build_with is not None:
+                self.build_with(self, tmp)
+            else:
+                self._impl.build(tmp, self.docs.items())
+
         build_or_reuse(path, expected, build, rebuild=self.rebuild)
         self.rebuild = False
         self._impl.load(path)

@@ -128,17 +128,9 @@ class CUR(Stage):
     spec_help = ("search with a pointwise scorer alone by CUR factorisation (ANNCUR, ADACUR), e.g. cur:cross-encoder:MODEL; "
                  "budget: scorer calls per query, anchors_from: a split or queries file")
     spec_parts = "stage"
-    spec_options: ClassVar[tuple[str, ...]] = (
-        "budget",
-        "rounds",
-        "anchor_items",
-        "init",
-        "anchors_from",
-        "device",
-        "dtype",
-        "batch_tokens",
-    )
-    ANCHORS_FROM = "train"
+    spec_options: ClassVar[tuple[str, ...]] = ("budget", "rounds", "anchor_items", "init", "anchors_from", "device", "dtype",
+                                                "batch_tokens")
+    BUDGET, ROUNDS, ANCHORS_FROM = 200, 9, "train"  # the defaults: scorer calls a query, rounds, anchor queries
 
     @classmethod
     def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
@@ -170,9 +162,6 @@ class CUR(Stage):
         budget = numbers.get("budget", cls.BUDGET)
         first = ctx.build(opts["init"], "retriever", k=budget, with_text=False) if opts.get("init") else None
         return cls(stage, ds, anchors, init=first, k=ctx.k, with_text=ctx.with_text, rebuild=ctx.rebuild, **numbers)
-
-    BUDGET = 200
-    ROUNDS = 9
 
     def __init__(self, scorer: Reranker, docs: DocStore | Dataset, anchors: Sequence[Query], *, budget: int = BUDGET,
                  anchor_items: int | None = None, rounds: int = ROUNDS, init: Stage | None = None, k: int = 100,

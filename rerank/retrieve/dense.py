@@ -118,15 +118,8 @@ class Dense(Stage):
     kind, role = "dense", "retriever"
     spec_arg = "MODEL"
     spec_help = "any sentence-transformers model + FAISS (flat, ivf, hnsw: --dense-index)"
-    spec_options: ClassVar[tuple[str, ...]] = (
-        "dense_index",
-        "device",
-        "dtype",
-        "batch_tokens",
-        "query_prefix",
-        "doc_prefix",
-        "max_length",
-    )
+    spec_options: ClassVar[tuple[str, ...]] = ("dense_index", "device", "dtype", "batch_tokens", "query_prefix", "doc_prefix",
+                                                "max_length")
 
     @classmethod
     def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
@@ -175,7 +168,7 @@ class Dense(Stage):
         self._embeddings: np.ndarray | None = None
         self.paths: dict[str, Path] = {}
         # encodes the corpus into a build folder instead of this process (e.g. rerank.distributed's Ray builder)
-        self.encode_corpus_with = encode_with
+        self.encode_with = encode_with
 
     @property
     def cost(self) -> Any:
@@ -249,10 +242,10 @@ class Dense(Stage):
 
     def _encode_corpus(self, folder: Path) -> None:
         """Encode the corpus shard by shard (see :func:`corpus_shards`) into a memory-mapped
-        float16 array, with a checkpoint after each shard. ``encode_corpus_with``, when set (e.g.
+        float16 array, with a checkpoint after each shard. ``encode_with``, when set (e.g.
         by :func:`rerank.distributed.encode_corpus`), does the same work elsewhere."""
-        if self.encode_corpus_with is not None:
-            self.encode_corpus_with(self, folder)
+        if self.encode_with is not None:
+            self.encode_with(self, folder)
             return
         n, dim = len(self.docs), self.encoder.dim
         emb_file, done_file = folder / EMBEDDINGS, folder / "progress.json"
