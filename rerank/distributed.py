@@ -410,6 +410,7 @@ class _Journal:
 def rerank(factory: Callable[[], Stage], queries: Sequence[Query], ranking: Ranking, options: RayOptions, *,
            block: int = 8, journal: str | os.PathLike[str] | None = None, name: str = "reranker",
            on_block: Callable[[int, int], None] | None = None) -> tuple[Ranking, Cost]:
+    # ``name`` identifies the job in its journal with the queries (give the model's content fingerprint in it)
     """Rerank ``ranking`` on Ray: ``factory()`` builds the reranker on every worker; the queries are
     cut into blocks of ``block`` (use the reranker's own ``block`` for results identical to one
     process). ``journal``: a file that keeps finished blocks, so that a stopped job resumes (it
@@ -479,6 +480,19 @@ def rerank(factory: Callable[[], Stage], queries: Sequence[Query], ranking: Rank
     return out, cost
 
 
+def _model_identity(cls: Any, spec: str, options: dict[str, Any]) -> str:
+    """The content fingerprint of the model a reranker spec names (its name when not local): a
+    journal of a run with other weights is not resumed."""
+    from .errors import RerankError
+    from .models.loading import model_fingerprint, resolve_model
+    from .specs import parse
+
+    try:
+        return model_fingerprint(resolve_model(cls.spec_model(parse(spec).arg, dict(options))))
+    except RerankError as e:
+        return str(e)
+
+
 class RayReranker(Stage):
     """A reranker run by Ray workers, usable wherever the reranker is:
     ``bm25 % 100 >> RayReranker("cross-encoder:MODEL", RayOptions(workers=4, gpus_per_worker=1))``.
@@ -496,12 +510,14 @@ class RayReranker(Stage):
             self.factory: Callable[[], Stage] = functools.partial(make_reranker, reranker, **reranker_options)
             self.block = block or cls.block
             self.name = f"ray({reranker})"
+            self._job = f"{self.name}|{_model_identity(cls, reranker, reranker_options)}|{sorted(reranker_options.items())}"
         else:
             if reranker_options:
                 raise ValueError("reranker options go with a reranker spec; build them into the factory instead")
             self.factory = reranker
             self.block = block or 8
             self.name = f"ray({getattr(reranker, '__name__', 'reranker')})"
+            self._job = self.name
         self.options = options or RayOptions()
         self.journal = journal
         self.cost = Cost()
@@ -510,7 +526,7 @@ class RayReranker(Stage):
         if ranking is None:
             raise ValueError(f"{self.name} is a reranker: give it a first stage (retriever >> reranker)")
         out, cost = rerank(self.factory, queries, ranking, self.options, block=self.block, journal=self.journal,
-                           name=self.name)
+                           name=self._job)
         self.cost.add(cost)
         return out
 

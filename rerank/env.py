@@ -24,17 +24,36 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def reachable(host: str, port: int = 443) -> bool:
-    """Whether ``host`` accepts a TCP connection within a few seconds (remembered per process).
-    Asked before a library's own download retries, so a network that silently drops packets
-    fails in seconds rather than minutes."""
+    """Whether ``host`` completes a TLS handshake within a few seconds (remembered per process).
+    Asked before a library's own download retries, so a network that silently drops packets, or a
+    proxy that accepts connections and then fails TLS, fails in seconds rather than minutes. With
+    ``HTTPS_PROXY`` set, the proxy is what must accept a connection."""
     key = (host, port)
     if key not in _reachable:
-        try:
-            socket.create_connection(key, timeout=PROBE_TIMEOUT_S).close()
-            _reachable[key] = True
-        except OSError:
-            _reachable[key] = False
+        _reachable[key] = _probe(host, port)
     return _reachable[key]
+
+
+def _probe(host: str, port: int) -> bool:
+    import ssl
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        u = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            socket.create_connection((u.hostname or "", u.port or 80), timeout=PROBE_TIMEOUT_S).close()
+            return True
+        except (OSError, ValueError):
+            return False
+    try:
+        context = ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE"))
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as sock:
+            sock.settimeout(PROBE_TIMEOUT_S)
+            with context.wrap_socket(sock, server_hostname=host):
+                return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
 
 
 def shared_data_dir() -> Path | None:
@@ -55,6 +74,26 @@ def indexes_dir() -> Path:
     return Path(os.environ.get("RERANK_INDEXES", "indexes")).expanduser()
 
 
+_umask: list[int] = []
+
+
+def umask() -> int:
+    """The process's umask (read once: reading it means setting it)."""
+    if not _umask:
+        current = os.umask(0o022)
+        os.umask(current)
+        _umask.append(current)
+    return _umask[0]
+
+
+def _file_mode(path: Path) -> int:
+    """An overwritten file keeps its mode; a new one gets what open() would give it (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and rename it into place only on success."""
@@ -65,6 +104,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -83,6 +123,7 @@ def atomic_dir(path: str | os.PathLike[str], work: Path | None = None) -> Iterat
     tmp = work if work is not None else Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -42,6 +42,15 @@ class ModelNotFound(RerankError, FileNotFoundError):
     """A model name that resolves to no local folder and cannot be downloaded."""
 
 
+class ModelMismatch(RerankError, ValueError):
+    """A model folder without trained weights for the kind it is asked to run as (a new head
+    would be random). ``fits`` lists the kinds it does hold."""
+
+    def __init__(self, message: str, fits: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.fits = list(fits or [])
+
+
 class ScoringError(RerankError, RuntimeError):
     """A model produced unusable scores (NaN/inf) or could not run even one item."""
 

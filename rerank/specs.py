@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import RerankError
+from .errors import ModelMismatch, RerankError
 from .types import Cutoff, Pipeline, Stage
 
 if TYPE_CHECKING:
@@ -241,7 +241,18 @@ class Context:
         """The stage for ``spec`` (a sub-stage of another: a hybrid's parts, a CUR scorer)."""
         ctx = self.with_(**changes) if changes else self
         s = parse(spec, role)
-        return s.cls.from_spec(s, ctx)
+        return _build(s, ctx)
+
+
+def _build(spec: Spec, ctx: Context) -> Stage:
+    """``spec``'s stage; a model folder that does not fit its kind names the kinds it fits."""
+    try:
+        return spec.cls.from_spec(spec, ctx)
+    except ModelMismatch as e:
+        if not e.fits or "kinds that fit" in str(e):
+            raise
+        fits = [k for k, c in registry().items() if c.model_kind in e.fits]
+        raise ModelMismatch(f"{e}; kinds that fit it: {', '.join(fits)}" if fits else str(e), e.fits) from None
 
 
 def check_options(specs: Sequence[Spec], options: Mapping[str, Any]) -> None:
@@ -287,7 +298,7 @@ def stage(spec: str | Spec, dataset: Dataset | str | None = None, *, role: str |
     s = parse(spec, role, role)
     ctx = _context(dataset, dict(options), "k" if s.role == RETRIEVER else "_")
     check_options([s], ctx.options)
-    return s.cls.from_spec(s, ctx)
+    return _build(s, ctx)
 
 
 def pipeline(text: str | Sequence[str], dataset: Dataset | str | None = None, **options: Any) -> Stage:
@@ -302,7 +313,7 @@ def pipeline(text: str | Sequence[str], dataset: Dataset | str | None = None, **
     stages: list[Stage] = []
     for i, st in enumerate(steps):
         here = ctx.with_(k=st.cutoff) if i == 0 and st.cutoff else ctx
-        stages.append(st.spec.cls.from_spec(st.spec, here))
+        stages.append(_build(st.spec, here))
         if st.cutoff:
             stages.append(Cutoff(st.cutoff))
     return stages[0] if len(stages) == 1 else Pipeline(stages)

@@ -75,6 +75,7 @@ class Stage:
     spec_help: ClassVar[str] = ""  # one line for help texts
     spec_parts: ClassVar[str] = ""  # "stages": the argument is retriever specs joined by '+'; "stage": one spec
     spec_options: ClassVar[tuple[str, ...]] = ()  # options it takes from a spec's context
+    model_kind: ClassVar[str] = ""  # the model it loads (rerank.models.loading.AUTO_CLASSES), if any
 
     @classmethod
     def from_spec(cls, spec: Spec, ctx: Context) -> Stage:

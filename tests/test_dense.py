@@ -149,7 +149,9 @@ def test_long_documents_are_truncated_and_logged_once(minilm, caplog):
     assert (enc.encode_docs([head])[0] @ a[0]) > 0.999
 
 
-def test_an_index_of_another_dimension_is_a_clear_error(minilm, sci_small, tmp_path):
+def test_a_model_replaced_under_its_name_gets_its_own_index(minilm, sci_small, tmp_path):
+    """Indexes are keyed by the model's content: a model replaced in its folder (here by one with a
+    128-d projection) is never served the old model's index, and needs no --rebuild."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense as DenseLayer
 
@@ -157,8 +159,8 @@ def test_an_index_of_another_dimension_is_a_clear_error(minilm, sci_small, tmp_p
     small = MemoryDocStore(dict(list(store.docs.items())[:20]), name="dim")
     model = tmp_path / "my-encoder"
     shutil.copytree(minilm, model)
-    Dense(str(model), small, index_root=tmp_path / "idx", dtype="float32").index()
-    # the model is replaced under the same name by one with a 128-d projection
+    old = Dense(str(model), small, index_root=tmp_path / "idx", dtype="float32")
+    old_path = old.index()
     st = SentenceTransformer(minilm, device="cpu")
     import torch
 
@@ -166,11 +168,9 @@ def test_an_index_of_another_dimension_is_a_clear_error(minilm, sci_small, tmp_p
     projected = SentenceTransformer(modules=[*st, DenseLayer(384, 128)], device="cpu")
     shutil.rmtree(model)
     projected.save(str(model))
-    with pytest.raises(IndexStateError, match=r"384-dimensional embeddings.*produces 128-dimensional.*[Rr]ebuild"):
-        Dense(str(model), small, index_root=tmp_path / "idx", dtype="float32").index()
-    rebuilt = Dense(str(model), small, index_root=tmp_path / "idx", dtype="float32", rebuild=True)
-    rebuilt.index()
-    assert rebuilt.embeddings[0].shape == (20, 128)
+    new = Dense(str(model), small, index_root=tmp_path / "idx", dtype="float32")
+    assert new.index() != old_path and old_path.is_dir()
+    assert new.embeddings[0].shape == (20, 128)
 
 
 def test_an_interrupted_encoding_resumes(tiny_bert, sci_small, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import click
 
 from ..errors import RerankError
 from ..specs import RETRIEVER, help_text, stage
-from .common import friendly, load, setup_logging
+from .common import check_writable, friendly, load, setup_logging
 
 
 @click.group()
@@ -64,6 +64,7 @@ def clicks_simulate(
     from ..ultr.simulate import letor_lists, load_click_model, run_lists, simulate
 
     setup_logging(False)
+    check_writable(output)
     model = load_click_model(click_model, eta=eta)
     if features_path:
         from ..train.features import FeatureRanker, read_letor
@@ -140,6 +141,7 @@ def clicks_propensity(
     from ..ultr.log import aggregate, iter_sessions
 
     setup_logging(False)
+    check_writable(output, plot)
     stats = aggregate(iter_sessions(log), list_size, source=log)
     se: list[float] | None = None
     if method == "randomization":

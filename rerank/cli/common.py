@@ -8,6 +8,7 @@ import resource
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -111,7 +112,7 @@ def load(dataset: str, split: str, qrels: str | None = None, encoding_errors: st
 
     ds = load_dataset(dataset, split=split, encoding_errors=encoding_errors)
     if qrels:
-        ds.qrels = read_qrels(qrels)
+        ds.set_qrels(read_qrels(qrels))
     return ds
 
 
@@ -199,3 +200,32 @@ ray_options = options(
     click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="--ray: CPUs each worker holds [default: "
                                                                                         "1]."),
 )
+
+
+def check_writable(*paths: str | None, folder: bool = False) -> None:
+    """Fail before any work when an output could not be written: a file is created (and removed)
+    in the nearest existing folder on the way to each path. ``folder``: the paths are folders."""
+    import os
+    import tempfile
+
+    for p in paths:
+        if not p:
+            continue
+        path = Path(p)
+        if path.is_dir() and not folder:
+            raise RerankError(f"output {p} is a folder; give a file name")
+        if path.exists() and not path.is_dir() and folder:
+            raise RerankError(f"output {p} is a file; give a folder")
+        probe = path if folder and path.is_dir() else path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise RerankError(f"cannot write {p}: {probe} is not a folder")
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise RerankError(f"cannot write {p}: the file is read-only")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".rerank-probe.", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise RerankError(f"cannot write {p}: {e.strerror or e} in {probe}") from None

@@ -20,6 +20,7 @@ from .common import (
     DatasetArgs,
     ModelArgs,
     RayArgs,
+    check_writable,
     cur_options,
     dataset_options,
     friendly,
@@ -34,25 +35,26 @@ from .common import (
 
 log = logging.getLogger("rerank")
 
-CONFIG_KEYS = {
-    "name",
-    "description",
-    "dataset",
-    "split",
-    "retriever",
-    "reranker",
-    "top_k",
-    "rerank_depth",
-    "dtype",
-    "dense_index",
-    "batch_tokens",
-    "window",
-    "stride",
-    "metrics",
-    "rel",
-    "expected",
-    "tolerance",
-    "reproduce",
+#: a config's keys and the type of each value
+CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "description": str,
+    "dataset": str,
+    "split": str,
+    "retriever": str,
+    "reranker": str,
+    "top_k": int,
+    "rerank_depth": int,
+    "dtype": str,
+    "dense_index": str,
+    "batch_tokens": int,
+    "window": int,
+    "stride": int,
+    "metrics": (str, list),
+    "rel": int,
+    "expected": dict,
+    "tolerance": (int, float),
+    "reproduce": str,
 }
 
 
@@ -66,18 +68,25 @@ def read_config(path: str) -> dict[str, Any]:
         raise RerankError(f"{path}: cannot read the config ({e})") from None
     if not isinstance(cfg, dict):
         raise RerankError(f"{path}: a config is a YAML mapping of {', '.join(sorted(CONFIG_KEYS))}")
-    unknown = set(cfg) - CONFIG_KEYS
+    unknown = set(cfg) - set(CONFIG_KEYS)
     if unknown:
         raise RerankError(f"{path}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(CONFIG_KEYS))}")
-    for key in ("dataset", "retriever", "reranker"):
-        if key in cfg and not isinstance(cfg[key], str):
-            raise RerankError(f"{path}: '{key}' is one spec string, got {type(cfg[key]).__name__}")
+    for key, value in cfg.items():
+        want = CONFIG_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, want):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            what = "one spec string" if key in ("retriever", "reranker") else f"a {names}"
+            raise RerankError(f"{path}: '{key}' is {what}, got {type(value).__name__} {value!r:.60}")
     if "metrics" in cfg and isinstance(cfg["metrics"], list):
         cfg["metrics"] = ",".join(cfg["metrics"])
     expected = cfg.get("expected", {})
     if not isinstance(expected, dict) or not all(isinstance(v, (int, float)) for v in expected.values()):
         raise RerankError(f"{path}: 'expected' maps measure names to numbers")
     return cfg
+
+
+def threshold_line(rel: int, source: str) -> str:
+    return f"(binary measures count grade >= {rel} as relevant: {source})"
 
 
 def check_expected(cfg: dict[str, Any], measured: dict[str, float]) -> list[str]:
@@ -109,26 +118,6 @@ class RerankArgs:
 class OutputArgs:
     output: str | None = None
     metrics_json: str | None = None
-
-
-def check_writable(*paths: str | None) -> None:
-    """Fail before any work when an output file could not be written."""
-    import os
-
-    for p in paths:
-        if not p:
-            continue
-        path = Path(p)
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if path.is_dir():
-            raise RerankError(f"output {p} is a folder; give a file name")
-        if not probe.is_dir():
-            raise RerankError(f"cannot write {p}: {probe} is not a folder")
-        if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise RerankError(f"cannot write {p}: permission denied")
 
 
 @click.command()
@@ -187,7 +176,7 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     if not retriever or not dataset:
         raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
     names = metric_list(data.metrics or cfg.get("metrics"))
-    check_writable(out.output, out.metrics_json)
+    check_writable(out.output, out.metrics_json, second.score_cache)
     ray = ray_args.resolve()
     first_spec = parse(retriever, RETRIEVER, "--retriever")
     reranking: Any = None
@@ -241,10 +230,13 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     if ds.qrels is not None:
         from ..evaluate import evaluate
 
+        source = "--rel" if data.rel is not None else "the config" if rel is not None else ds.rel_source
         ev = evaluate(ranking, ds.qrels, names, rel if rel is not None else ds.rel)
         result["metrics"] = ev.metrics
         result["relevance_threshold"] = ev.rel
+        result["relevance_threshold_source"] = source
         click.echo(ev.table(f"{ds.name} {pipe.name}"))
+        click.echo(threshold_line(ev.rel, source))
     else:
         log.warning("%s has no qrels: nothing to evaluate", ds.name)
     click.echo(f"{len(ds.queries)} queries in {seconds:.2f}s (dataset loaded in {load_s:.2f}s)")
@@ -285,15 +277,15 @@ def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw
     ds = load(data.dataset, data.split or "test", data.qrels, data.encoding_errors)
     judgments = ds.require_qrels()
     threshold = data.rel if data.rel is not None else ds.rel
+    source = "--rel" if data.rel is not None else ds.rel_source
     evals = {}
     for path in runs:
         evals[path] = evaluate(read_run(path, data.encoding_errors), judgments, names, threshold)
         if evals[path].missing:
             log.warning("%s: %d judged queries have no results (scored 0)", path, len(evals[path].missing))
     click.echo(format_table([(Path(p).name, e.metrics) for p, e in evals.items()], names))
-    if threshold != 1:
-        click.echo(f"(binary measures count grade >= {threshold} as relevant)")
-    out: dict[str, Any] = {"dataset": ds.name, "relevance_threshold": threshold,
+    click.echo(threshold_line(threshold, source))
+    out: dict[str, Any] = {"dataset": ds.name, "relevance_threshold": threshold, "relevance_threshold_source": source,
                            "runs": {p: {"metrics": e.metrics} for p, e in evals.items()}}
     if per_query:
         for p, e in evals.items():

@@ -10,7 +10,7 @@ import click
 
 from ..errors import RerankError
 from ..specs import RETRIEVER, stage
-from .common import friendly, load, options, setup_logging, take
+from .common import check_writable, friendly, load, options, setup_logging, take
 
 if TYPE_CHECKING:
     from ..train.features import LetorData
@@ -126,6 +126,12 @@ class TextArgs:
     device: str = "auto"
     precision: str = "auto"
     encoding_errors: str = "strict"
+    allow_new_head: bool = False
+
+    @property
+    def new_head(self) -> bool | None:
+        """load_model's allow_new_head: True when asked, else its default (bodies only)."""
+        return True if self.allow_new_head else None
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,8 @@ def report(result: dict[str, Any], output: str) -> None:
 @feature_options
 @train_options
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@click.option("--allow-new-head", is_flag=True, help="Cross-encoders: train a new ranking head on a model that holds another "
+                                                     "kind's head (a causal or masked LM); an encoder body gets one anyway.")
 @friendly
 def train(**kw: Any) -> None:
     """Train a cross-encoder or bi-encoder over candidate lists (listwise losses, PG-Rank, contrastive),
@@ -229,6 +237,7 @@ def train(**kw: Any) -> None:
     features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
     assert not kw, kw
     setup_logging(False)
+    check_writable(schedule.output, folder=True)
     device = pick_device(text.device)
     if clicks.clicks:
         _train_clicks(clicks.clicks, clicks, text, features, schedule, device)
@@ -258,10 +267,15 @@ def train(**kw: Any) -> None:
         click.echo(f"use it: rerank run --reranker first:{schedule.output} ...")
         return
     cfg = schedule.config(text.precision, defaults=(loss or "listnet", 1, 4, 5e-5), loss_options=loss_options)
-    fn = train_bi_encoder if goal.encoder == "bi" else train_cross_encoder
-    result = fn(text.model, ds, schedule.output, cfg, negatives=text.negatives, group_size=text.group_size,
-                positives=text.positives, max_length=text.max_length, dev_queries=text.dev_queries, device=device,
-                overwrite=schedule.overwrite)
+    if goal.encoder == "bi":
+        result = train_bi_encoder(text.model, ds, schedule.output, cfg, negatives=text.negatives, group_size=text.group_size,
+                                  positives=text.positives, max_length=text.max_length, dev_queries=text.dev_queries,
+                                  device=device, overwrite=schedule.overwrite)
+    else:
+        result = train_cross_encoder(text.model, ds, schedule.output, cfg, negatives=text.negatives,
+                                     group_size=text.group_size, positives=text.positives, max_length=text.max_length,
+                                     dev_queries=text.dev_queries, device=device, overwrite=schedule.overwrite,
+                                     allow_new_head=text.new_head)
     report(result, schedule.output)
     if goal.objective == "pgrank" and result.get("loss_per_step"):
         utility = [s["mean_utility"] for s in result["loss_per_step"] if "mean_utility" in s]
@@ -326,7 +340,8 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
         _hold_out(stats, {q.qid for q in dev_q})
         dev_run = stage("bm25", ds, role=RETRIEVER, k=30)(dev_q) if dev_q else None  # dev evaluation: their BM25 top 30
         scorer = TextScorer(text.model, stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs, max_length=text.max_length,
-                            device=device, dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
+                            device=device, allow_new_head=text.new_head,
+                            dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
         cfg = schedule.config(text.precision, defaults=("softmax", 1, 4, 5e-5))
     else:
         raise click.UsageError("--clicks needs --features FILE (LETOR rows) or --model and --dataset (texts)")
@@ -358,6 +373,7 @@ def train_ltr(features_path: str, **kw: Any) -> None:
 
     features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
     setup_logging(False)
+    check_writable(schedule.output, folder=True)
     torch.set_num_threads(features.threads)
     data = read_letor(features_path)
     train_data, dev = features.split(data, schedule.seed)

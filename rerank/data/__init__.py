@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,8 @@ class Dataset:
     ``candidates`` names first-stage runs shipped with the data (e.g. the published BM25 top-100
     of TREC DL with passage texts), usable as a first stage when the full corpus is absent.
     ``rel`` is the relevance grade from which a document counts as relevant for binary
-    measures (RR, R, P, AP): 2 for TREC DL, 1 elsewhere.
+    measures (RR, R, P, AP): 2 for TREC DL, 1 elsewhere; ``rel_source`` says where it comes from
+    (an alias, qrels recognised by their content, a ``dataset.json``, or the default).
     """
 
     name: str
@@ -66,7 +69,16 @@ class Dataset:
     rel: int = 1
     source: str = ""
     encoding_errors: str = "strict"
+    rel_source: str = "default"
     _runs: dict[str, Ranking] = field(default_factory=dict, repr=False)
+
+    def set_qrels(self, qrels: Qrels, source: str = "") -> None:
+        """Judge with ``qrels`` (e.g. ``--qrels FILE``): the relevance threshold follows them when
+        they are a known collection's (recognised by content), else stays as it was."""
+        self.qrels = qrels
+        known = KNOWN_QRELS.get(qrels_fingerprint(qrels))
+        if known is not None:
+            self.rel, self.rel_source = ALIASES[known].rel, f"{known} qrels, recognised by content"
 
     def candidate_run(self, name: str) -> Ranking:
         if name not in self.candidates:
@@ -80,6 +92,46 @@ class Dataset:
         if self.qrels is None:
             raise DataError(f"dataset {self.name!r} ({self.source}) has no relevance judgments (qrels); pass --qrels FILE")
         return self.qrels
+
+
+#: qrels recognised by content (:func:`qrels_fingerprint`): a copy anywhere is judged by its collection's conventions
+KNOWN_QRELS: dict[str, str] = {"65d10133a143898ad5c20f2b13d38e74": "trec-dl-19"}  # NIST's 9,260 judgments, 43 queries
+
+#: a dataset folder's own conventions: ``{"rel": 2}`` (and optionally ``"name"``)
+METADATA = "dataset.json"
+
+
+def qrels_fingerprint(qrels: Qrels) -> str:
+    """A hash of every (query, document, grade) judgment, independent of file layout and order."""
+    h = hashlib.blake2b(digest_size=16)
+    for qid in sorted(qrels):
+        for docid in sorted(qrels[qid]):
+            h.update(f"{qid}\t{docid}\t{qrels[qid][docid]}\n".encode())
+    return h.hexdigest()
+
+
+def _conventions(ds: Dataset, folder: Path) -> None:
+    """The name and relevance threshold of a dataset read from files: its qrels recognised by
+    content, then the folder's ``dataset.json`` (which wins)."""
+    if ds.qrels is not None:
+        known = KNOWN_QRELS.get(qrels_fingerprint(ds.qrels))
+        if known is not None:
+            ds.name, ds.rel, ds.rel_source = known, ALIASES[known].rel, f"{known} qrels, recognised by content"
+    meta = folder / METADATA
+    if not meta.is_file():
+        return
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{meta}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or set(data) - {"rel", "name", "description"}:
+        raise DataError(f"{meta}: expected an object with 'rel' (an integer grade) and optionally 'name', 'description'")
+    if "rel" in data:
+        if isinstance(data["rel"], bool) or not isinstance(data["rel"], int) or data["rel"] < 1:
+            raise DataError(f"{meta}: 'rel' must be a positive integer grade, got {data['rel']!r}")
+        ds.rel, ds.rel_source = data["rel"], str(meta)
+    if isinstance(data.get("name"), str) and data["name"].strip():
+        ds.name = data["name"].strip()
 
 
 # ---------------------------------------------------------------- paths
@@ -103,6 +155,10 @@ def _load_beir(folder: Path, split: str, encoding_errors: str) -> Dataset:
         have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise DataError(f"BEIR folder {folder} has no qrels file qrels/{split}.tsv (splits present: {', '.join(have) or 'none'})")
     qrels = read_qrels(qrels_path)
+    for name in ("queries.jsonl", "corpus.jsonl"):
+        if not (folder / name).is_file():
+            raise DataError(f"BEIR folder {folder} has no {name} (a BEIR folder holds corpus.jsonl, queries.jsonl and "
+                            f"qrels/<split>.tsv)")
     queries = [q for q in read_topics(folder / "queries.jsonl", encoding_errors) if q.qid in qrels]
     if not queries:
         raise DataError(f"{folder}: none of the queries in queries.jsonl is judged in qrels/{split}.tsv")
@@ -174,11 +230,7 @@ def _load_path(path: Path, split: str, encoding_errors: str) -> Dataset:
             ds = _load_trec_folder(path, encoding_errors)
     else:
         ds = _load_file(path, encoding_errors)
-    # a folder that is an alias's local copy keeps the alias's name and conventions
-    shared = shared_data_dir()
-    for name, a in ALIASES.items():
-        if shared and a.shared and path.resolve() == (shared / a.shared).resolve():
-            ds.name, ds.rel = name, a.rel
+    _conventions(ds, path if path.is_dir() else path.parent)
     return ds
 
 
@@ -203,7 +255,8 @@ def _load_irds(dataset_id: str, name: str | None = None, rel: int = 1) -> Datase
             for r in ds.qrels_iter():
                 qrels.setdefault(str(r.query_id), {})[str(r.doc_id)] = int(r.relevance)
     docs = IrdsDocStore(ds, dataset_id) if ds.has_docs() else None
-    return Dataset(name or dataset_id, queries, qrels, docs, rel=rel, source=f"ir_datasets:{dataset_id}")
+    return Dataset(name or dataset_id, queries, qrels, docs, rel=rel, source=f"ir_datasets:{dataset_id}",
+                   rel_source=f"the {name} alias" if name else "default")
 
 
 def _close_matches(name: str) -> list[str]:
@@ -235,6 +288,7 @@ def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str
                 log.info("%s: using the local copy at %s (ir_datasets: %s)", name_or_path, local, e.cause)
                 ds = _load_path(local, split, encoding_errors)
                 ds.source = f"{local} (local copy of ir_datasets:{alias.irds})"
+                ds.name, ds.rel, ds.rel_source = name_or_path, alias.rel, f"the {name_or_path} alias"
                 return ds
             hint = f" Or put the files under $RERANK_SHARED_DATA/{alias.shared}." if alias.shared else ""
             raise DatasetUnavailable(f"{e}.{hint}") from None

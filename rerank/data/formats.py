@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,22 @@ def _decode(raw: bytes, path: Path, lineno: int, errors: str) -> str:
 
 
 def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for each non-blank line."""
+    """(line number, text without the newline) for each non-blank line (``.gz``: gzip-compressed)."""
+    import gzip
+    import zlib
+
     path = Path(path)
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, lineno, encoding_errors).rstrip("\r\n")
-            if line.strip():
-                yield lineno, line
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(raw, path, lineno, encoding_errors).rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}:{lineno + 1}: not a readable gzip file ({e})") from None
 
 
 def _json_line(path: Path, lineno: int, line: str) -> Any:
@@ -54,9 +64,42 @@ def _json_line(path: Path, lineno: int, line: str) -> Any:
         raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
-def _query(qid: Any, text: Any, where: str) -> Query:
+# whitespace (Unicode's too) and control characters: a TREC file splits on the one, and the other
+# forges or hides lines
+_BAD_ID = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def check_id(value: Any, what: str, where: str) -> str:
+    """``value`` as an id (a string, or an integer written as one): never empty, no whitespace or
+    control characters, which TREC run and qrels files cannot carry."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: {what} must be a string, got {type(value).__name__} {value!r:.60}")
+    text = str(value)
+    bad = _BAD_ID.search(text)
+    if not text or bad:
+        why = "is empty" if not text else f"holds {bad.group()!r} (whitespace or a control character)" if bad else ""
+        raise DataError(f"{where}: {what} {text!r:.80} {why}, which TREC runs and qrels cannot carry")
+    return text
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    """A text field: a string of valid Unicode (a JSON "\\ud800" escape decodes to a lone surrogate)."""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {what} must be a string, got {type(value).__name__} {value!r:.60}")
     try:
-        return Query(str(qid), text)
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: {what} holds a lone surrogate (\\u{ord(value[e.start]):04x} at character {e.start + 1}), "
+                        f"which is not text") from None
+    return value
+
+
+def _query(qid: Any, text: Any, where: str) -> Query:
+    qid = check_id(qid, "query id", where)
+    text = _text(text, f"query {qid!r}: text", where)
+    try:
+        return Query(qid, text)
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
 
@@ -71,6 +114,8 @@ def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
         where = f"{path}:{lineno}"
         if path.suffix == ".jsonl":
             obj = _json_line(path, lineno, line)
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object with '_id' and 'text', got {type(obj).__name__}")
             qid = obj.get("_id", obj.get("qid", obj.get("query_id")))
             if qid is None or "text" not in obj:
                 raise DataError(f"{where}: expected a JSON object with '_id' and 'text'")
@@ -91,13 +136,16 @@ def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
 
 # ---------------------------------------------------------------- qrels
 def read_qrels(path: PathLike) -> Qrels:
-    """TREC qrels (``qid iter docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header)."""
+    """TREC qrels (``qid iter docid rel``) or BEIR TSV (``query-id corpus-id score`` with a header).
+    A line with a TAB is split on TABs (BEIR), others on whitespace (TREC). Grades are integers; a
+    judgment given twice with different grades is an error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"qrels file not found: {path}")
     qrels: Qrels = {}
+    lines: dict[tuple[str, str], int] = {}
     for lineno, line in iter_lines(path):
-        parts = line.split()
+        parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
         if lineno == 1 and parts and parts[0].lower() in ("query-id", "qid", "query_id"):
             continue  # BEIR header
         if len(parts) == 4:
@@ -107,11 +155,21 @@ def read_qrels(path: PathLike) -> Qrels:
         else:
             raise DataError(f"{path}:{lineno}: expected 'qid iter docid relevance' (or 'qid docid relevance'), got {len(parts)} "
                             f"columns")
+        where = f"{path}:{lineno}"
+        qid, docid = check_id(qid, "query id", where), check_id(docid, "document id", where)
         try:
-            grade = int(float(rel))
+            value = float(rel)
         except ValueError:
-            raise DataError(f"{path}:{lineno}: relevance {rel!r} is not a number") from None
-        qrels.setdefault(qid, {})[docid] = grade
+            raise DataError(f"{where}: relevance {rel!r} is not a number") from None
+        if not math.isfinite(value) or value != int(value):
+            raise DataError(f"{where}: relevance {rel!r} is not an integer grade")
+        grade = int(value)
+        judged = qrels.setdefault(qid, {})
+        if docid in judged and judged[docid] != grade:
+            raise DataError(f"{where}: document {docid!r} of query {qid!r} is judged {grade} here and {judged[docid]} on line "
+                            f"{lines[qid, docid]}")
+        judged[docid] = grade
+        lines[qid, docid] = lineno
     if not qrels:
         raise DataError(f"{path}: no judgments in the file")
     return qrels
@@ -128,6 +186,8 @@ def read_trec_run(path: PathLike) -> Ranking:
         if len(parts) != 6:
             raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}: {line[:80]!r}")
         qid, _, docid, rank, score, _tag = parts
+        where = f"{path}:{lineno}"
+        qid, docid = check_id(qid, "query id", where), check_id(docid, "document id", where)
         try:
             int(rank)
         except ValueError:
@@ -148,10 +208,18 @@ def read_trec_run(path: PathLike) -> Ranking:
 
 
 def write_trec_run(ranking: Mapping[str, Iterable[Hit]], path: PathLike, tag: str = "rerank") -> None:
-    """Write a TREC run atomically (temporary file, then rename)."""
-    tag = tag.replace(" ", "_") or "rerank"
+    """Write a TREC run atomically (temporary file, then rename). Every id is checked first
+    (:func:`check_id`): an id with a space or a newline would write a run that reads back wrong."""
+    tag = _BAD_ID.sub("_", tag) or "rerank"
+    rows = {qid: list(hits) for qid, hits in ranking.items()}
+    for qid, hits in rows.items():
+        check_id(qid, "query id", f"{path}")
+        for h in hits:
+            check_id(h.docid, f"document id (query {qid!r})", f"{path}")
+            if not math.isfinite(h.score):
+                raise DataError(f"{path}: document {h.docid!r} of query {qid!r} has score {h.score}")
     with atomic_write(path) as f:
-        for qid, hits in ranking.items():
+        for qid, hits in rows.items():
             for rank, h in enumerate(hits, 1):
                 f.write(f"{qid} Q0 {h.docid} {rank} {h.score:.6f} {tag}\n")
 
@@ -198,6 +266,8 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
         if not isinstance(obj, dict) or "hits" not in obj or "query" not in obj:
             raise DataError(f"{where}: expected an object with 'query' and 'hits'")
         hits = obj["hits"]
+        if not isinstance(hits, list):
+            raise DataError(f"{where}: 'hits' must be a list, got {type(hits).__name__}")
         qids = {str(h["qid"]) for h in hits if isinstance(h, dict) and "qid" in h}
         if "qid" in obj:
             qids.add(str(obj["qid"]))
@@ -205,7 +275,7 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
             raise DataError(f"{where}: hits name several query ids {sorted(qids)}")
         if not qids:
             raise DataError(f"{where}: query {obj['query']!r} has no hits and no 'qid', so it cannot be matched to a topic")
-        qid = qids.pop()
+        qid = check_id(qids.pop(), "query id", where)
         q = _query(qid, obj["query"], where)
         if qid in ranking:
             raise DataError(f"{where}: query {qid!r} appears twice in the file")
@@ -214,7 +284,7 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
         for i, h in enumerate(hits):
             if not isinstance(h, dict) or "docid" not in h:
                 raise DataError(f"{where}, hit {i + 1}: expected an object with 'docid'")
-            docid = str(h["docid"])
+            docid = check_id(h["docid"], "document id", f"{where}, hit {i + 1}")
             if docid in seen:
                 raise DataError(f"{where}: document {docid!r} appears twice for query {qid!r} (hits {seen[docid]} and {i + 1})")
             seen[docid] = i + 1
@@ -224,7 +294,9 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
                 raise DataError(f"{where}, hit {i + 1}: score {h.get('score')!r} is not a number") from None
             if math.isnan(score):
                 raise DataError(f"{where}, hit {i + 1}: score is NaN")
-            out.append((score, i, Hit(docid, score, _hit_text(h))))
+            field = _hit_text(h)
+            passage = None if field is None else _text(field, "passage", f"{where}, hit {i + 1}")
+            out.append((score, i, Hit(docid, score, passage)))
         ranking[qid] = [h for _, _, h in sorted(out, key=lambda r: (-r[0], r[1]))]
         texts[qid] = q.text
     return ranking, texts
@@ -247,11 +319,14 @@ def read_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> dict[st
     docs: dict[str, str] = {}
     for lineno, line in iter_lines(path, encoding_errors):
         obj = _json_line(path, lineno, line)
+        where = f"{path}:{lineno}"
         if not isinstance(obj, dict) or "_id" not in obj:
-            raise DataError(f"{path}:{lineno}: expected a JSON object with '_id'")
-        docid = str(obj["_id"])
+            raise DataError(f"{where}: expected a JSON object with '_id'")
+        docid = check_id(obj["_id"], "document id", where)
         if docid in docs:
-            raise DataError(f"{path}:{lineno}: document id {docid!r} appears twice")
+            raise DataError(f"{where}: document id {docid!r} appears twice")
         title, text = obj.get("title") or "", obj.get("text") or ""
+        if _SURROGATE_ESCAPE.search(line) or not isinstance(title, str) or not isinstance(text, str):
+            title, text = _text(title, "title", where), _text(text, "text", where)
         docs[docid] = f"{title} {text}".strip() if title else text
     return docs

@@ -47,6 +47,7 @@ class Encoder:
         loaded = load_model(name, "sentence-transformer", device=device, dtype=dtype, max_length=max_length)
         self.name, self.path, self.device, self.dtype, self.model = name, loaded.path, loaded.device, loaded.dtype, loaded.model
         self.max_length = loaded.window
+        self.fingerprint = loaded.fingerprint
         self.similarity = str(getattr(self.model, "similarity_fn_name", None) or "cosine")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"{name}: similarity {self.similarity!r} is not supported for search; supported: {', '.join(SIMILARITIES)}")
@@ -94,7 +95,7 @@ class Encoder:
 
     def params(self) -> dict[str, Any]:
         """What determines the document embeddings (an index built with other values is stale)."""
-        return {"model": self.name, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
+        return {"model": self.name, "weights": self.fingerprint, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
                 "max_length": self.max_length, "similarity": self.similarity, "dtype": str(self.dtype).removeprefix("torch.")}
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import ScoringError
+from ..errors import DataError, ScoringError
 
 log = logging.getLogger("rerank")
 Encoded = dict[str, list[int]]
@@ -166,10 +166,16 @@ class ScoreCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS scores (key BLOB PRIMARY KEY, score REAL NOT NULL)")
-        self._db.commit()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS scores (key BLOB PRIMARY KEY, score REAL NOT NULL)")
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(scores)")]
+            self._db.commit()
+        except sqlite3.Error as e:
+            raise DataError(f"score cache {self.path}: not a rerank score cache ({e}); give another --score-cache file") from None
+        if columns != ["key", "score"]:
+            raise DataError(f"score cache {self.path}: its 'scores' table has columns {columns}, not a rerank score cache")
 
     @staticmethod
     def key(model_key: str, query: str, doc: str) -> bytes:

@@ -14,6 +14,8 @@ A name resolves, in order, to:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..env import offline, reachable
-from ..errors import MissingDependency, ModelNotFound
+from ..errors import MissingDependency, ModelMismatch, ModelNotFound
 
 log = logging.getLogger("rerank")
 
@@ -142,6 +144,85 @@ def batch_budget(device: str, batch_tokens: int | None, cpu: int, gpu: int) -> i
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
                 "masked-lm": "AutoModelForMaskedLM", "sentence-transformer": ""}
 
+#: the architecture name's ending that says a folder holds the weights of a kind's head
+HEAD_SUFFIXES = {"ForSequenceClassification": "sequence-classification", "ForCausalLM": "causal-lm",
+                 "ForMaskedLM": "masked-lm"}
+
+# files whose whole content is hashed into a model's fingerprint; larger ones are sampled
+_FULL_HASH_BYTES = 1 << 30
+_SAMPLE_BYTES = 1 << 20
+_fingerprints: dict[tuple[Any, ...], str] = {}
+
+
+def model_heads(path: str | Path) -> list[str]:
+    """The kinds (keys of :data:`AUTO_CLASSES`) a local model folder has trained weights for,
+    read from its ``config.json`` (``architectures``) and sentence-transformers' ``modules.json``.
+    A bare encoder (``BertModel``) has no head: it fits only ``sentence-transformer``."""
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    archs = config.get("architectures") or [] if isinstance(config, dict) else []
+    heads = [kind for arch in archs if isinstance(arch, str) for suffix, kind in HEAD_SUFFIXES.items() if arch.endswith(suffix)]
+    if (folder / "modules.json").is_file() or any(isinstance(a, str) and a.endswith("Model") for a in archs):
+        heads.append("sentence-transformer")
+    return list(dict.fromkeys(heads))
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A hash of what a model folder holds: every file's name, size and content (files over
+    1 GiB: their size and eleven 1 MiB samples), so a model retrained into the same folder gets a
+    new fingerprint and a copy of a folder the same one. Caches and indexes made with a model are
+    keyed by it. Memoised per process on (name, size, mtime) of the files."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"hub:{path}"
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and ".cache" not in f.relative_to(folder).parts)
+    stats = tuple((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    memo = (str(folder.resolve()), stats)
+    if memo in _fingerprints:
+        return _fingerprints[memo]
+    digest = hashlib.blake2b(digest_size=16)
+    for f, (rel, size, _) in zip(files, stats, strict=True):
+        digest.update(f"{rel}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= _FULL_HASH_BYTES:
+                for block in iter(lambda: fh.read(1 << 22), b""):  # noqa: B023 - consumed in this iteration
+                    digest.update(block)
+            else:
+                for i in range(11):
+                    fh.seek((size - _SAMPLE_BYTES) * i // 10)
+                    digest.update(fh.read(_SAMPLE_BYTES))
+    _fingerprints[memo] = digest.hexdigest()
+    return _fingerprints[memo]
+
+
+#: what each kind is, in a user's words (errors name what a folder holds and what would fit)
+KIND_WORDS = {"sequence-classification": "a cross-encoder (sequence-classification head)",
+              "causal-lm": "a causal language model (LLM rerankers)", "masked-lm": "a masked language model (SPLADE)",
+              "sentence-transformer": "an encoder body (dense retrieval; a base to train rerankers from)"}
+
+
+def _check_head(name: str, path: str, kind: str, missing: list[str], allow_new_head: bool | None, train: bool) -> None:
+    """Refuse a model whose ``kind`` head would be freshly initialised (random scores), unless
+    ``allow_new_head``; in training (``allow_new_head=None``) an encoder body may get a new head,
+    a folder with another kind's head (a causal LM given as a cross-encoder) may not."""
+    if not missing:
+        return
+    heads = model_heads(path)
+    body = not any(h != "sentence-transformer" for h in heads)
+    allowed = allow_new_head if allow_new_head is not None else (train and body)
+    listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    if allowed:
+        log.info("%s: a new %s head is initialised (%s)", name, kind, listed)
+        return
+    holds = " and ".join(KIND_WORDS[h] for h in heads) or "no head rerank knows"
+    raise ModelMismatch(f"{name!r} ({path}) holds {holds}, not {KIND_WORDS[kind]}: its {listed} would be random "
+                        f"weights" + ("" if train else ", so its scores would mean nothing")
+                        + ("; to train a new head on it anyway, pass --allow-new-head (allow_new_head=True)" if train else ""),
+                        fits=heads)
+
 
 @dataclass
 class LoadedModel:
@@ -154,17 +235,20 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     window: int
+    fingerprint: str  # of the weights' folder (model_fingerprint): what caches and indexes are keyed by
 
 
 def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str | None = "auto",
                max_length: int | None = None, default_window: int = 512, train: bool = False,
-               configure: Callable[[Any], None] | None = None) -> LoadedModel:
+               configure: Callable[[Any], None] | None = None, allow_new_head: bool | None = None) -> LoadedModel:
     """The one way rerank loads a Hugging Face model, for every family.
 
     ``name`` resolves by :func:`resolve_model`; ``kind`` is one of :data:`AUTO_CLASSES`;
     ``device``/``dtype`` are picked by :func:`pick_device`/:func:`pick_dtype` (``train=True``:
     fp32 weights in training mode, the trainer's autocast gives bf16); ``configure`` may change
-    the model's config before the weights load (e.g. a one-logit head, no attention dropout)."""
+    the model's config before the weights load (e.g. a one-logit head, no attention dropout).
+    A folder without trained weights for ``kind``'s head is refused (:class:`ModelMismatch`):
+    see :func:`_check_head` for ``allow_new_head``."""
     if kind not in AUTO_CLASSES:
         raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(AUTO_CLASSES)}")
     st_model = kind == "sentence-transformer"
@@ -183,12 +267,28 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
             model.to(torch_dtype).eval()
         if max_length is not None:
             model.max_seq_length = min(max_length, model.max_seq_length or max_length)
-        return LoadedModel(name, path, where, torch_dtype, model, model.tokenizer, int(model.max_seq_length or default_window))
+        return LoadedModel(name, path, where, torch_dtype, model, model.tokenizer, int(model.max_seq_length or default_window),
+                           _fingerprint_of(name, path))
     tokenizer = lib.AutoTokenizer.from_pretrained(path)
     config = lib.AutoConfig.from_pretrained(path)
     if configure is not None:
         configure(config)
-    model = getattr(lib, AUTO_CLASSES[kind]).from_pretrained(path, config=config, dtype=torch_dtype).to(where)
+    try:
+        model, info = getattr(lib, AUTO_CLASSES[kind]).from_pretrained(path, config=config, dtype=torch_dtype,
+                                                                        output_loading_info=True)
+    except (OSError, ValueError) as e:  # e.g. config.json without weights, or a truncated file
+        raise ModelNotFound(f"{name!r} ({path}) does not load as {KIND_WORDS[kind]}: {str(e).splitlines()[0]}") from e
+    _check_head(name, path, kind, sorted(info.get("missing_keys") or ()), allow_new_head, train)
+    model = model.to(where)
     if not train:
         model.eval()
-    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, context_window(config, tokenizer, max_length, default_window))
+    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, context_window(config, tokenizer, max_length, default_window),
+                       _fingerprint_of(name, path))
+
+
+def _fingerprint_of(name: str, path: str) -> str:
+    """The fingerprint of the folder a model was loaded from (a hub id loads into the cache)."""
+    if not Path(path).is_dir():
+        cached = _hf_cached(name)
+        path = str(cached) if cached is not None else path
+    return model_fingerprint(path)

@@ -44,7 +44,7 @@ class RankedDoc:
 
 def _text_and_id(doc: Any, i: int) -> tuple[str, str | None]:
     if isinstance(doc, str):
-        return doc, None
+        return _valid_text(doc, f"document {i}"), None
     if isinstance(doc, Mapping):
         text = next((doc[k] for k in _TEXT_ATTRS if k in doc and doc[k] is not None), None)
         did = next((doc[k] for k in _ID_ATTRS if k in doc and doc[k] is not None), None)
@@ -53,7 +53,17 @@ def _text_and_id(doc: Any, i: int) -> tuple[str, str | None]:
         did = next((getattr(doc, k) for k in _ID_ATTRS if getattr(doc, k, None) is not None), None)
     if not isinstance(text, str):
         raise DataError(f"document {i} has no text: give a string, or a dict/object with one of {', '.join(_TEXT_ATTRS)}")
-    return text, None if did is None else str(did)
+    return _valid_text(text, f"document {i}"), None if did is None else str(did)
+
+
+def _valid_text(text: str, what: str) -> str:
+    """``text`` when it is valid Unicode (a lone surrogate cannot be tokenised)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{what} holds a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start + 1}), "
+                        "which is not text") from None
+    return text
 
 
 def tail_scores(floor: float, n: int) -> list[float]:
@@ -71,11 +81,26 @@ def _rank_items(query: str, docs: Sequence[Any], top_k: int | None) -> list[tupl
     """``rank``'s arguments checked, and each document's (text, id)."""
     if not isinstance(query, str) or not query.strip():
         raise DataError("query must be a non-empty string")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be positive, got {top_k}")
+    _valid_text(query, "the query")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if isinstance(docs, (str, bytes)):
         raise DataError("docs must be a list of documents, not a single string")
     return [_text_and_id(d, i) for i, d in enumerate(docs)]
+
+
+def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``score``'s pairs as a list, each (query text, document text): anything else (a None, a
+    number, a missing half) is an error naming the pair, never scored as its string form."""
+    if isinstance(pairs, (str, bytes)):
+        raise DataError("pairs must be a list of (query, document) pairs, not a single string")
+    out = list(pairs)
+    for i, p in enumerate(out):
+        if not isinstance(p, (tuple, list)) or len(p) != 2 or not all(isinstance(x, str) for x in p):
+            raise DataError(f"pair {i} must be (query text, document text), two strings; got {p!r:.80}")
+        _valid_text(p[0], f"pair {i}'s query")
+        _valid_text(p[1], f"pair {i}'s document")
+    return [(q, d) for q, d in out]
 
 
 class Reranker(Stage):
@@ -129,7 +154,7 @@ class Reranker(Stage):
     # ------------------------------------------------------------ scoring
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw scores of (query, document) pairs, in order (served from the cache when present)."""
-        pairs = [(str(q), str(d)) for q, d in pairs]
+        pairs = _check_pairs(pairs)
         if not pairs:
             return []
         with self._lock:

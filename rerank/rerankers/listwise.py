@@ -95,6 +95,7 @@ def identifier_tokens(tokenizer: Any, window: int, strategy: str = "auto") -> tu
 
 class _Listwise(ListReranker):
     family = "listwise"
+    model_kind = "causal-lm"
     spec_options: ClassVar[tuple[str, ...]] = (*ListReranker.spec_options, "window", "stride")
     def __init__(self, name: str, *, window: int = 20, stride: int | None = None, depth: int = 100,
                  max_passage_tokens: int | None = 100, **options: Any) -> None:

@@ -39,6 +39,7 @@ class PRP(ListReranker):
 
     kind = "prp"
     family = "pairwise"
+    model_kind = "causal-lm"
     spec_arg = "MODEL[:allpair|sorting|sliding]"
     spec_help = "Pairwise Ranking Prompting with a causal LLM (all pairs, heap sort to the top k, or sliding passes)"
     spec_options: ClassVar[tuple[str, ...]] = (*ListReranker.spec_options, "method", "k", "mode")

@@ -13,6 +13,8 @@ has it). Long documents are truncated from the document side; the query is kept 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -47,7 +49,6 @@ class _ModelReranker(Reranker):
     kind = "model"
     family = "pointwise"
     spec_options: ClassVar[tuple[str, ...]] = ("depth", "block", "cache", "device", "dtype", "batch_tokens", "max_length")
-    model_kind = ""  # what rerank.models.loading.load_model loads
     # tokens per batch: on CPU small batches stay in cache (MiniLM fp32, 1,000 DL19 pairs: 12.1 s at
     # 4,096 vs 14.2 s at 16,384); a GPU wants large ones
     cpu_batch_tokens = 4096
@@ -59,6 +60,7 @@ class _ModelReranker(Reranker):
         _check_max_length(max_length)  # before any weights load
         loaded = load_model(name, self.model_kind, device=device, dtype=dtype, max_length=max_length)
         self._setup(name, loaded.path, loaded.device, loaded.dtype, batch_tokens, max_length)
+        self.fingerprint = loaded.fingerprint
         self._attach(loaded.tokenizer, loaded.model)
 
     @classmethod
@@ -71,6 +73,7 @@ class _ModelReranker(Reranker):
             setattr(self, k, v)
         param = next(model.parameters())
         self._setup(name, name, str(param.device), param.dtype, batch_tokens, max_length)
+        self.fingerprint = f"in-memory:{id(model)}"  # no score cache: the weights change while training
         self._attach(tokenizer, model)
         return self
 
@@ -87,7 +90,8 @@ class _ModelReranker(Reranker):
         self.window = self._window(self.tokenizer, self.model.config)
         pad = self.tokenizer.pad_token_id
         self.engine.pad_id = pad if pad is not None else 0
-        self.model_key = f"{self.kind}|{self.path}|{self.dtype}|{self.window}"
+        # what a cached score depends on: the weights' content (not their folder), dtype, window
+        self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}"
 
     @property
     def cost(self) -> Cost:
@@ -224,18 +228,47 @@ class LLMPointwise(_ModelReranker):
         return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
 
 
+# model key -> text -> SPLADE vector (kept across instances of one model; bounded by Splade.vector_cache)
+_SPLADE_VECTORS: dict[str, OrderedDict[str, tuple[Any, Any]]] = {}
+_SPLADE_LOCK = threading.Lock()
+
+
 class Splade(_ModelReranker):
     """SPLADE: vectors log(1 + relu(MLM logits)) max-pooled over tokens; score = q · d.
-    Unique queries and documents are encoded once each."""
+    Unique queries and documents are encoded once each, and the vectors of the last
+    ``vector_cache`` texts are kept, shared by the instances of one model (same weights, dtype
+    and window) in a process: a CUR search scores the same items for many queries and rounds,
+    and the MLM head over the vocabulary is most of a SPLADE model's cost."""
 
     kind = "splade"
     spec_help = "SPLADE query and document vectors, score = their dot product"
     model_kind = "masked-lm"
     gpu_batch_tokens = 8192  # the MLM output is batch x length x vocabulary
+    vector_cache = 20_000  # texts whose sparse vectors are kept (~3 KB each)
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", 256)
         super().__init__(name, **kwargs)
+
+    def vectors(self, texts: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """The vectors of ``texts`` (distinct ones), encoding only those not kept from earlier calls
+        (a model in memory, whose weights may change, keeps none)."""
+        if self.fingerprint.startswith("in-memory"):
+            distinct = list(dict.fromkeys(texts))
+            return dict(zip(distinct, self.encode_texts(distinct) if distinct else [], strict=True))
+        with _SPLADE_LOCK:
+            cache = _SPLADE_VECTORS.setdefault(self.model_key, OrderedDict())
+            todo = [t for t in dict.fromkeys(texts) if t not in cache]
+        fresh = self.encode_texts(todo) if todo else []
+        with _SPLADE_LOCK:
+            cache.update(zip(todo, fresh, strict=True))
+            out = {}
+            for t in texts:
+                cache.move_to_end(t)
+                out[t] = cache[t]
+            while len(cache) > self.vector_cache:
+                cache.popitem(last=False)
+        return out
 
     def _forward(self, batch: dict[str, Any]) -> Any:
         import torch
@@ -271,7 +304,8 @@ class Splade(_ModelReranker):
         size = self.model.config.vocab_size
 
         def sparse(texts: Sequence[str]) -> Any:
-            vecs = self.encode_texts(list(texts))
+            kept = self.vectors(texts)
+            vecs = [kept[t] for t in texts]
             empty = torch.zeros(0, dtype=torch.long)
             rows = torch.cat([torch.full_like(i, n) for n, (i, _) in enumerate(vecs)]) if vecs else empty
             cols = torch.cat([i for i, _ in vecs]) if vecs else empty
@@ -294,10 +328,8 @@ class Splade(_ModelReranker):
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         import torch
 
-        queries = list(dict.fromkeys(q for q, _ in pairs))
-        docs = list(dict.fromkeys(d for _, d in pairs))
-        qv = dict(zip(queries, self.encode_texts(queries), strict=True))
-        dv = dict(zip(docs, self.encode_texts(docs), strict=True))
+        qv = self.vectors([q for q, _ in pairs])
+        dv = self.vectors([d for _, d in pairs])
         size = self.model.config.vocab_size
         dense_q = {q: torch.zeros(size).index_put_((i,), v) for q, (i, v) in qv.items()}
         scores = [float((dense_q[q][dv[d][0]] * dv[d][1]).sum()) for q, d in pairs]

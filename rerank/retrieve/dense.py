@@ -116,6 +116,7 @@ class Dense(Stage):
     """
 
     kind, role = "dense", "retriever"
+    model_kind = "sentence-transformer"
     spec_arg = "MODEL"
     spec_help = "any sentence-transformers model + FAISS (flat, ivf, hnsw: --dense-index)"
     spec_options: ClassVar[tuple[str, ...]] = ("dense_index", "device", "dtype", "batch_tokens", "query_prefix", "doc_prefix",

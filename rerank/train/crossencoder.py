@@ -37,11 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rerank")
 
 
-def load_cross_encoder_body(name: str, device: str = "cpu", attention_dropout: float = 0.0) -> tuple[Any, Any]:
+def load_cross_encoder_body(name: str, device: str = "cpu", attention_dropout: float = 0.0, *,
+                            allow_new_head: bool | None = None) -> tuple[Any, Any]:
     """(model, tokenizer): a sequence-classification model with one output from ``name``; a bare
-    encoder gets a fresh head. ``attention_dropout`` replaces the model's dropout on attention
-    probabilities: with it, torch cannot use its fused attention kernel and a MiniLM training
-    step on CPU takes 3.7x longer (6.5 s vs 1.75 s for 32 pairs of 256 tokens, bf16)."""
+    encoder gets a fresh head (a model with another kind's head only with ``allow_new_head``).
+    ``attention_dropout`` replaces the model's dropout on attention probabilities: with it, torch
+    cannot use its fused attention kernel and a MiniLM training step on CPU takes 3.7x longer
+    (6.5 s vs 1.75 s for 32 pairs of 256 tokens, bf16)."""
     heads: list[str] = []
 
     def one_logit(config: Any) -> None:
@@ -54,7 +56,8 @@ def load_cross_encoder_body(name: str, device: str = "cpu", attention_dropout: f
                             "one-logit cross-encoder")
         config.num_labels = 1
 
-    loaded = load_model(name, "sequence-classification", device=device, train=True, configure=one_logit)
+    loaded = load_model(name, "sequence-classification", device=device, train=True, configure=one_logit,
+                        allow_new_head=allow_new_head)
     if not heads:
         log.info("%s has no ranking head: a fresh one-logit head was added", name)
     return loaded.model, loaded.tokenizer
@@ -182,13 +185,13 @@ def split_dev(queries: Sequence[Query], qrels: Mapping[str, Any], n: int, seed: 
 
 def train_cross_encoder(model: str, dataset: Dataset, output: str | Path, config: TrainConfig, *, negatives: str = "bm25:30",
                         group_size: int = 8, positives: int = 1, max_length: int = 256, dev_queries: int = 50,
-                        device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+                        device: str = "cpu", overwrite: bool = False, allow_new_head: bool | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (a loaded :class:`~rerank.data.Dataset`, its train split) with hard
     negatives from the first stage ``negatives`` (``RETRIEVER:DEPTH``, e.g. ``bm25:30``)."""
     from .trainer import Trainer
 
     qrels, train_q, dev_q, candidates, depth = mine_lists(dataset, negatives, dev_queries, config.seed)
-    body, tokenizer = load_cross_encoder_body(model, device)
+    body, tokenizer = load_cross_encoder_body(model, device, allow_new_head=allow_new_head)
     task = CrossEncoderTask(model, tokenizer, train_q, qrels, candidates, dataset.docs, group_size=group_size,
                             max_length=max_length, rel=dataset.rel, seed=config.seed, dev_queries=dev_q,
                             dev_depth=depth, device=device, positives=positives)

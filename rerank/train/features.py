@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data import Qrels
+from ..data.formats import iter_lines
 from ..env import atomic_write
 from ..errors import DataError
 from ..evaluate import evaluate
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 log = logging.getLogger("rerank")
+
+MAX_FEATURES = 1_000_000  # a larger feature index is a corrupt file, not a feature (rows are dense in memory)
 
 
 @dataclass
@@ -93,43 +96,42 @@ def read_letor(path: str | Path, query_file: str | Path | None = None, num_featu
     qids: list[str | None] = []
     entries: list[tuple[np.ndarray, np.ndarray]] = []
     width = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            body = line.split("#", 1)[0].split()
-            if not body:
+    for n, line in iter_lines(path):
+        body = line.split("#", 1)[0].split()
+        if not body:
+            continue
+        try:
+            label = float(body[0])
+        except ValueError:
+            raise DataError(f"{path}:{n}: the label {body[0]!r} is not a number") from None
+        if not (label >= 0 and np.isfinite(label)):
+            raise DataError(f"{path}:{n}: label {body[0]} must be >= 0")
+        qid = None
+        idx, val = [], []
+        for tok in body[1:]:
+            key, sep, value = tok.partition(":")
+            if not sep:
+                raise DataError(f"{path}:{n}: {tok!r} is not KEY:VALUE")
+            if key == "qid":
+                qid = value
                 continue
             try:
-                label = float(body[0])
+                i, v = int(key), float(value)
             except ValueError:
-                raise DataError(f"{path}:{n}: the label {body[0]!r} is not a number") from None
-            if not (label >= 0 and np.isfinite(label)):
-                raise DataError(f"{path}:{n}: label {body[0]} must be >= 0")
-            qid = None
-            idx, val = [], []
-            for tok in body[1:]:
-                key, sep, value = tok.partition(":")
-                if not sep:
-                    raise DataError(f"{path}:{n}: {tok!r} is not KEY:VALUE")
-                if key == "qid":
-                    qid = value
-                    continue
-                try:
-                    i, v = int(key), float(value)
-                except ValueError:
-                    raise DataError(f"{path}:{n}: bad feature {tok!r}") from None
-                if i < 1:
-                    raise DataError(f"{path}:{n}: feature indices start at 1, got {i}")
-                if not np.isfinite(v):
-                    raise DataError(f"{path}:{n}: feature {i} is {value}")
-                idx.append(i - 1)
-                val.append(v)
-            if num_features is not None and idx and max(idx) >= num_features:
-                raise DataError(f"{path}:{n}: feature {max(idx) + 1} beyond the {num_features} features of the model/training "
-                                f"data")
-            width = max(width, max(idx) + 1 if idx else 0)
-            labels.append(label)
-            qids.append(qid)
-            entries.append((np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.float32)))
+                raise DataError(f"{path}:{n}: bad feature {tok!r}") from None
+            if not 1 <= i <= MAX_FEATURES:
+                raise DataError(f"{path}:{n}: feature index {i} is outside 1..{MAX_FEATURES}")
+            if not np.isfinite(v):
+                raise DataError(f"{path}:{n}: feature {i} is {value}")
+            idx.append(i - 1)
+            val.append(v)
+        if num_features is not None and idx and max(idx) >= num_features:
+            raise DataError(f"{path}:{n}: feature {max(idx) + 1} beyond the {num_features} features of the model/training "
+                            f"data")
+        width = max(width, max(idx) + 1 if idx else 0)
+        labels.append(label)
+        qids.append(qid)
+        entries.append((np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.float32)))
     if not labels:
         raise DataError(f"{path} holds no rows")
     width = num_features or width
@@ -139,8 +141,11 @@ def read_letor(path: str | Path, query_file: str | Path | None = None, num_featu
     if all(q is None for q in qids):
         if not qfile.is_file():
             raise DataError(f"{path} has no qid: fields and no query file {qfile} (one list size per line)")
-        sizes = [int(t) for t in qfile.read_text().split()]
-        if sum(sizes) != len(labels) or min(sizes) < 1:
+        try:
+            sizes = [int(t) for _, line in iter_lines(qfile) for t in line.split()]
+        except ValueError:
+            raise DataError(f"{qfile}: a list size is not an integer") from None
+        if not sizes or sum(sizes) != len(labels) or min(sizes) < 1:
             raise DataError(f"{qfile}: list sizes add up to {sum(sizes)}, but {path} has {len(labels)} rows")
         names = [str(i) for i in range(len(sizes))]
     elif any(q is None for q in qids):

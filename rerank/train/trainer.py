@@ -198,7 +198,13 @@ class Trainer:
         path = self._checkpoint_path()
         if not path.is_file():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        try:  # weights_only: tensors and plain containers, never code (a checkpoint may come from anywhere)
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - an unpickler refusal, a truncated or foreign file
+            raise TrainingError(f"{path} is not a rerank checkpoint that loads safely ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); delete it to start over") from None
+        if not isinstance(state, dict) or not isinstance(state.get("identity"), dict):
+            raise TrainingError(f"{path} is not a rerank checkpoint (no identity); delete it to start over")
         if state["identity"] != self.identity:
             diff = sorted(k for part in ("config", "task") for k in set(state["identity"][part]) | set(self.identity[part])
                           if state["identity"][part].get(k) != self.identity[part].get(k))

@@ -160,11 +160,11 @@ class TextScorer:
     training (:class:`~rerank.train.crossencoder.CrossEncoderTask`)."""
 
     def __init__(self, model_name: str, groups: Sequence[ClickGroup], queries: dict[str, str], docs: Any, *,
-                 max_length: int = 256, device: str = "cpu", dev: Any = None) -> None:
+                 max_length: int = 256, device: str = "cpu", dev: Any = None, allow_new_head: bool | None = None) -> None:
         from ..train.crossencoder import CrossEncoderTask, load_cross_encoder_body
 
         self.model_name, self.max_length, self.device = model_name, max_length, device
-        self.body, self.tokenizer = load_cross_encoder_body(model_name, device)
+        self.body, self.tokenizer = load_cross_encoder_body(model_name, device, allow_new_head=allow_new_head)
         qrels, dev_queries, candidates, rel = dev if dev is not None else ({}, [], {}, 1)
         self.ce = CrossEncoderTask(model_name, self.tokenizer, [], qrels, candidates, docs, max_length=max_length, rel=rel,
                                    dev_queries=dev_queries, dev_depth=30, device=device)

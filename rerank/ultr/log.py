@@ -23,7 +23,6 @@ distinct lists, not of sessions). Every malformed record is an error naming ``fi
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..data.formats import check_id, iter_lines
 from ..env import atomic_write
 from ..errors import DataError
 
@@ -59,12 +59,11 @@ class ClickSession:
         return out
 
 
-def _open_text(path: Path) -> IO[str]:
+def _log_path(path: str | Path) -> Path:
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"no click log {path}")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return path
 
 
 def _session_from_json(obj: Any, where: str) -> ClickSession:
@@ -81,11 +80,17 @@ def _session_from_json(obj: Any, where: str) -> ClickSession:
                         f"got {len(clicks) if isinstance(clicks, list) else type(clicks).__name__}")
     if any(c not in (0, 1) for c in clicks):
         raise DataError(f"{where}: clicks must be 0 or 1, got {clicks}")
-    if len(set(map(str, docs))) != len(docs):
+    docs = [check_id(d, "document id", where) for d in docs]
+    if len(set(docs)) != len(docs):
         raise DataError(f"{where}: a document is shown twice in {docs}")
+    qid = check_id(obj["qid"], "query id", where)
+    query = obj.get("query")
+    if query is not None and not isinstance(query, str):
+        raise DataError(f"{where}: 'query' must be a text, got {type(query).__name__}")
     texts = obj.get("texts")
-    if texts is not None and (not isinstance(texts, list) or len(texts) != len(docs)):
-        raise DataError(f"{where}: 'texts' must hold one text per shown document")
+    if texts is not None and (not isinstance(texts, list) or len(texts) != len(docs)
+                              or not all(isinstance(t, str) for t in texts)):
+        raise DataError(f"{where}: 'texts' must hold one text (a string) per shown document")
     feats = obj.get("features")
     if feats is not None:
         if not isinstance(feats, list) or len(feats) != len(docs) or len({len(f) for f in feats}) != 1:
@@ -94,59 +99,51 @@ def _session_from_json(obj: Any, where: str) -> ClickSession:
             feats = tuple(tuple(float(v) for v in f) for f in feats)
         except (TypeError, ValueError):
             raise DataError(f"{where}: 'features' must be numbers") from None
-    return ClickSession(str(obj["qid"]), tuple(map(str, docs)), tuple(int(c) for c in clicks), str(obj.get("session", "")),
-                        obj.get("query"), tuple(map(str, texts)) if texts is not None else None, feats)
+    return ClickSession(qid, tuple(docs), tuple(int(c) for c in clicks), str(obj.get("session", "")),
+                        query, tuple(texts) if texts is not None else None, feats)
 
 
 def read_click_log(path: str | Path) -> Iterator[ClickSession]:
     """Sessions of a JSON-lines click log (``.gz`` read as gzip), one at a time."""
-    path = Path(path)
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from None
-            yield _session_from_json(obj, f"{path}:{n}")
+    path = _log_path(path)
+    for n, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+        yield _session_from_json(obj, f"{path}:{n}")
 
 
 def read_yandex(path: str | Path) -> Iterator[ClickSession]:
     """Sessions of a Yandex WSCD 2012 log in PyClick's layout (see the module docstring)."""
-    path = Path(path)
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            for k, part in enumerate(line.split(";")):
-                part = part.strip()
-                if not part:
-                    continue
-                where = f"{path}:{n} (session {k + 1} of the line)"
-                query, tab, rest = part.partition("\t")
-                shown, colon, clicked = rest.partition(":")
-                if not tab or not colon or not query.strip():
-                    raise DataError(f"{where}: expected 'QUERY<TAB>doc,doc,... : clicked,...', got {part[:80]!r}")
-                docs = tuple(d.strip() for d in shown.split(",") if d.strip())
-                if not docs:
-                    raise DataError(f"{where}: no shown documents")
-                if len(set(docs)) != len(docs):
-                    raise DataError(f"{where}: a document is shown twice")
-                hits = {c.strip() for c in clicked.split(",") if c.strip()}
-                yield ClickSession(query.strip(), docs, tuple(int(d in hits) for d in docs), f"{n}.{k + 1}",
-                                   unshown_clicks=len(hits - set(docs)))
+    path = _log_path(path)
+    for n, line in iter_lines(path):
+        for k, part in enumerate(line.split(";")):
+            part = part.strip()
+            if not part:
+                continue
+            where = f"{path}:{n} (session {k + 1} of the line)"
+            query, tab, rest = part.partition("\t")
+            shown, colon, clicked = rest.partition(":")
+            if not tab or not colon or not query.strip():
+                raise DataError(f"{where}: expected 'QUERY<TAB>doc,doc,... : clicked,...', got {part[:80]!r}")
+            docs = tuple(check_id(d.strip(), "document id", where) for d in shown.split(",") if d.strip())
+            if not docs:
+                raise DataError(f"{where}: no shown documents")
+            if len(set(docs)) != len(docs):
+                raise DataError(f"{where}: a document is shown twice")
+            hits = {c.strip() for c in clicked.split(",") if c.strip()}
+            yield ClickSession(query.strip(), docs, tuple(int(d in hits) for d in docs), f"{n}.{k + 1}",
+                               unshown_clicks=len(hits - set(docs)))
 
 
 def iter_sessions(path: str | Path, fmt: str = "auto") -> Iterator[ClickSession]:
     """Sessions of a log in our JSON-lines format or the Yandex one (``fmt``: auto | jsonl | yandex;
     auto looks at the first non-blank character: ``{`` is JSON lines)."""
-    path = Path(path)
+    path = _log_path(path)
     if fmt == "auto":
-        fmt = "yandex"
-        with _open_text(path) as f:
-            for line in f:
-                if line.strip():
-                    fmt = "jsonl" if line.lstrip().startswith("{") else "yandex"
-                    break
+        first = next(iter_lines(path), (0, ""))[1]
+        fmt = "jsonl" if first.lstrip().startswith("{") else "yandex"
     if fmt == "jsonl":
         return read_click_log(path)
     if fmt == "yandex":
