@@ -124,11 +124,11 @@ def compare(a: Evaluation, b: Evaluation, samples: int = 10000, seed: int = 0) -
 
 
 # ---------------------------------------------------------------- printing
-def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], metrics: Sequence[str]) -> str:
-    """A plain aligned table: one row per run, one column per metric."""
-    w0 = max([len("run")] + [len(name) for name, _ in rows])
+def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], metrics: Sequence[str], label: str = "run") -> str:
+    """A plain aligned table: one row per run (or per ``label``: query), one column per metric."""
+    w0 = max([len(label)] + [len(name) for name, _ in rows])
     widths = [max(len(m), 7) for m in metrics]
-    head = "  ".join(["run".ljust(w0)] + [m.rjust(w) for m, w in zip(metrics, widths, strict=True)])
+    head = "  ".join([label.ljust(w0)] + [m.rjust(w) for m, w in zip(metrics, widths, strict=True)])
     lines = [head, "-" * len(head)]
     for name, vals in rows:
         cells = [f"{vals[m]:.4f}".rjust(w) if m in vals else "-".rjust(w) for m, w in zip(metrics, widths, strict=True)]
@@ -137,10 +137,13 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], metrics: Seque
 
 
 def format_comparison(rows: Sequence[Comparison], name_a: str = "A", name_b: str = "B") -> str:
-    head = f"{'metric':<12} {name_a[:12]:>12} {name_b[:12]:>12} {'delta':>8} {'t-test p':>9} {'rand. p':>9}"
+    """Two runs side by side, with the deltas and p-values; run names in full (columns widen)."""
+    wm = max([len("metric")] + [len(c.metric) for c in rows])
+    wa, wb = max(len(name_a), 7), max(len(name_b), 7)
+    head = f"{'metric':<{wm}} {name_a:>{wa}} {name_b:>{wb}} {'delta':>8} {'t-test p':>9} {'rand. p':>9}"
     lines = [head, "-" * len(head)]
     for c in rows:
-        lines.append(f"{c.metric:<12} {c.mean_a:12.4f} {c.mean_b:12.4f} {c.delta:+8.4f} {c.t_pvalue:9.4f} "
+        lines.append(f"{c.metric:<{wm}} {c.mean_a:{wa}.4f} {c.mean_b:{wb}.4f} {c.delta:+8.4f} {c.t_pvalue:9.4f} "
                      f"{c.randomization_pvalue:9.4f}")
     return "\n".join(lines)
 
@@ -148,4 +151,4 @@ def format_comparison(rows: Sequence[Comparison], name_a: str = "A", name_b: str
 def format_per_query(ev: Evaluation) -> str:
     metrics = list(ev.per_query)
     qids = sorted(next(iter(ev.per_query.values())))
-    return format_table([(q, {m: ev.per_query[m][q] for m in metrics}) for q in qids], metrics)
+    return format_table([(q, {m: ev.per_query[m][q] for m in metrics}) for q in qids], metrics, label="query")

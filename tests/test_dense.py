@@ -15,7 +15,7 @@ from conftest import offline_model
 import rerank.retrieve.dense as dense_mod
 from rerank import DataError, MemoryDocStore, Query
 from rerank.cli import main
-from rerank.errors import IndexStateError, ModelNotFound
+from rerank.errors import ModelNotFound
 from rerank.models.encoder import Encoder
 from rerank.retrieve.dense import Dense
 from rerank.specs import split_hybrid

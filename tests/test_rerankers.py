@@ -124,7 +124,7 @@ def test_long_documents_lose_their_end_never_the_query(ce32, caplog):
     query = "which enzyme breaks down lactose in the small intestine"
     long_doc = " ".join(["lactase"] + ["filler words about nothing"] * 800)
     with caplog.at_level(logging.INFO, logger="rerank"):
-        ce32._truncated_logged = False
+        ce32.truncation._logged = False  # other tests may have cut a passage already
         items = ce32.encode([(query, long_doc), (query, "short")])
         ce32.encode([(query, long_doc)])
     q_ids = ce32.tokenizer(query, add_special_tokens=False)["input_ids"]
@@ -137,10 +137,11 @@ def test_long_documents_lose_their_end_never_the_query(ce32, caplog):
     assert len(item["input_ids"]) == 512  # a query that alone overflows is shortened too, never an error
 
 
-def test_llm_pointwise_batches_and_truncates(dl19_pairs, caplog):
-    llm = LLMPointwise(offline_model("SmolLM2-135M-Instruct"), dtype="float32", max_length=256)
+def test_llm_pointwise_batches_and_truncates(dl19_pairs, tiny_smol, caplog):
+    # the causal-LM architecture, tiny: batching, truncation and score resolution do not depend on what it knows
+    llm = LLMPointwise(tiny_smol, dtype="float32", max_length=256)
     pairs = dl19_pairs[1][:24]
-    one_by_one = LLMPointwise(offline_model("SmolLM2-135M-Instruct"), dtype="float32", max_length=256, batch_tokens=1)
+    one_by_one = LLMPointwise(tiny_smol, dtype="float32", max_length=256, batch_tokens=1)
     a, b = np.array(llm.score(pairs)), np.array(one_by_one.score(pairs))
     assert np.abs(a - b).max() < 1e-3 and one_by_one.cost.batches == 24
     query = "what is the boiling point of water"
@@ -153,7 +154,7 @@ def test_llm_pointwise_batches_and_truncates(dl19_pairs, caplog):
     assert math.isfinite(llm.score([(query, "steam " * 2000)])[0])
     # in bf16 the yes/no projection stays fp32, so scores keep their resolution (a bf16 product
     # left 20 passages with 6-7 distinct values)
-    bf16 = LLMPointwise(offline_model("SmolLM2-135M-Instruct"), dtype="bfloat16", max_length=256)
+    bf16 = LLMPointwise(tiny_smol, dtype="bfloat16", max_length=256)
     assert len(set(bf16.score(pairs))) >= 22
 
 

@@ -74,6 +74,8 @@ def clicks_simulate(
         if logging_ranker:
             ranker = FeatureRanker.load(logging_ranker)
         else:
+            click.echo(f"training the logging ranker (a feature MLP on {logging_fraction:.0%} of the queries' labels; "
+                       f"--logging-ranker FOLDER uses a trained one):")
             with tempfile.TemporaryDirectory() as tmp:
                 ranker = train_logging_ranker(data, tmp, fraction=logging_fraction, seed=seed)
         lists = letor_lists(data, ranker.predict(data), top)

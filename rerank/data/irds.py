@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -121,7 +122,32 @@ def _install_patch() -> None:
 
         dl.Download.path = path
         dl.Download.stream = stream
+        _quiet_ir_datasets_logs()
         _patched = True
+
+
+class _QuietFilter(logging.Filter):
+    """ir_datasets' own lines about opening archives, and about failures that rerank reports in
+    its own words (a missing file offline), are noise on a successful run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "opening zip file" not in message and not message.startswith("[error]")
+
+
+def _quiet_ir_datasets_logs() -> None:
+    from ir_datasets import log as irds_log
+
+    orig = irds_log.Logger.logger
+    quiet = _QuietFilter()
+
+    def logger(self: Any) -> Any:
+        out = orig(self)
+        if quiet not in out.filters:
+            out.addFilter(quiet)
+        return out
+
+    irds_log.Logger.logger = logger
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelNotFound
-from .engine import Cost, Encoded, Engine
+from .engine import Cost, Encoded, Engine, Truncation
 from .loading import batch_budget, load_model
 
 log = logging.getLogger("rerank")
@@ -66,7 +66,7 @@ class Encoder:
             pad = self._tokenizer.pad_token_id
             self.engine.pad_id = pad if pad is not None else 0
             self.engine.padding_side = getattr(self._tokenizer, "padding_side", "right") or "right"
-        self._truncated_logged = False
+        self.truncation = Truncation(name, "texts", logging.WARNING)
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn() or self.encode_docs(["dimension probe"]).shape[1])
 
@@ -114,7 +114,7 @@ class Encoder:
                               return_attention_mask=False)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         items: list[Encoded] = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
-        self._note_truncation(sum(len(x["input_ids"]) >= self.max_length for x in items), len(items))
+        self.truncation.add(sum(len(x["input_ids"]) >= self.max_length for x in items), len(items), self.max_length)
         rows = self.engine.run(items, self._forward, progress)
         return np.stack(rows).astype(np.float32, copy=False)
 
@@ -134,9 +134,3 @@ class Encoder:
             if progress is not None:
                 progress(len(chunk))
         return np.concatenate(out).astype(np.float32, copy=False)
-
-    def _note_truncation(self, n: int, total: int) -> None:
-        if n and not self._truncated_logged:
-            log.warning("%s: %d of %d texts are longer than %d tokens and were truncated (logged once)",
-                        self.name, n, total, self.max_length)
-            self._truncated_logged = True

@@ -10,12 +10,13 @@ caller's order. Padding is masked, so outputs do not depend on the batch size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -156,6 +157,39 @@ def finite_scores(values: Iterable[Any], what: str) -> list[float]:
         raise ScoringError(f"{what} produced {len(bad)} non-finite scores (first at item {bad[0]}); "
                            f"half precision can overflow: try dtype='float32'")
     return out
+
+
+class Truncation:
+    """Texts cut to fit a model's window. Inside a ``job()`` (a whole run: a corpus encoding, a
+    reranking stage) they are counted and reported once, as the total; outside one (an app's
+    single calls) the first cut is reported once for the object's lifetime."""
+
+    def __init__(self, name: str, unit: str, level: int = logging.INFO) -> None:
+        self.name, self.unit, self.level = name, unit, level
+        self.cut = self.total = self.window = 0
+        self._depth = 0
+        self._logged = False
+
+    def add(self, cut: int, total: int, window: int) -> None:
+        if self._depth:
+            self.cut, self.total, self.window = self.cut + cut, self.total + total, window
+        elif cut and not self._logged:
+            log.log(self.level, "%s: %d of %d %s are longer than %d tokens and were truncated (reported once)", self.name,
+                    cut, total, self.unit, window)
+            self._logged = True
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                if self.cut:
+                    log.log(self.level, "%s: %d of %d %s are longer than %d tokens and were truncated", self.name, self.cut,
+                            self.total, self.unit, self.window)
+                self.cut = self.total = 0
 
 
 class ScoreCache:

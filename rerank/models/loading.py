@@ -82,12 +82,23 @@ def resolve_model(name: str) -> str:
     if cached is not None:
         return str(cached)
     searched = ", ".join(str(f) for f in folders) + ", the Hugging Face cache"
+    get = (f"get it where the hub is reachable (huggingface-cli download {name} --local-dir FOLDER/{candidates[0]}) into "
+           f"one of those folders or $RERANK_MODEL_PATH, or pass a local folder")
     if offline():
-        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); searched: {searched}. "
-                            f"Put it in one of those folders (e.g. ../shared/tools/offline-models) or pass a path")
+        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); searched: {searched}; {get}")
     if not reachable("huggingface.co"):
-        raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: {searched}")
+        raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: "
+                            f"{searched}; {get}")
     return name
+
+
+def local_models(kind: str) -> list[str]:
+    """Names of the models in the local model folders that hold ``kind``'s weights."""
+    found = []
+    for folder in model_folders():
+        if folder.is_dir():
+            found += [sub.name for sub in sorted(folder.iterdir()) if (sub / "config.json").is_file() and kind in model_heads(sub)]
+    return list(dict.fromkeys(found))
 
 
 def pick_device(device: str | None = "auto") -> str:
@@ -124,6 +135,28 @@ def pick_dtype(dtype: str | None, device: str) -> Any:
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     return names[dtype]
+
+
+_announced: set[tuple[str, str]] = set()
+
+
+def announce_choice(device: str, dtype: Any, asked: str | None) -> None:
+    """Say once per process which device and dtype models run with, and why."""
+    name = str(dtype).removeprefix("torch.")
+    if (device, name) in _announced:
+        return
+    _announced.add((device, name))
+    if asked not in (None, "auto"):
+        why = "as asked (--dtype)"
+    elif device.startswith("cuda"):
+        why = "auto: the GPU's native half precision"
+    elif os.environ.get("RERANK_NO_BF16", "").strip().lower() in ("1", "true", "yes", "on"):
+        why = "auto: RERANK_NO_BF16 is set"
+    elif name == "bfloat16":
+        why = "auto: this CPU has AVX512-BF16/AMX, where bf16 is ~3x faster than fp32; --dtype float32 for fp32"
+    else:
+        why = "auto: this CPU has no bf16 instructions (AVX2 only?), where bf16 is emulated and ~10x slower"
+    log.info("models run on %s in %s (%s)", device, name, why)
 
 
 def context_window(config: Any, tokenizer: Any, max_length: int | None = None, default: int = 512) -> int:
@@ -255,9 +288,18 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     what = {"sequence-classification": "cross-encoders", "causal-lm": "LLM rerankers", "masked-lm": "SPLADE",
             "sentence-transformer": "dense retrieval"}[kind]
     lib = import_transformers(what, sentence_transformers=st_model)  # first: without the extra, say how to get it
-    path = resolve_model(name)
+    try:
+        path = resolve_model(name)
+    except ModelNotFound as e:
+        if "not available" not in str(e):
+            raise
+        here = local_models(kind)
+        fits = f"local models that would work here: {', '.join(here)}" if here else f"no local model holds {KIND_WORDS[kind]}"
+        raise ModelNotFound(f"{e}. {fits}") from None
     where = pick_device(device)
     torch_dtype = pick_dtype("float32" if train else dtype, where)
+    if not train:
+        announce_choice(where, torch_dtype, dtype)
     if st_model:
         try:
             model = lib.SentenceTransformer(path, device=where)

@@ -13,6 +13,7 @@ A subclass implements ``_score(pairs) -> list[float]`` for (query, document) tex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -191,7 +192,9 @@ class Reranker(Stage):
                                         f"documents (a dataset with texts, or candidates with passages)")
         out: Ranking = {}
         blocks = query_blocks(queries, ranking, self.block)
-        with progress_bar(sum(map(len, blocks)), f"reranking with {self.name}", "query") as bar:
+        truncation = getattr(self, "truncation", None)  # the models that cut long passages report one total per run
+        with truncation.job() if truncation is not None else contextlib.nullcontext(), \
+                progress_bar(sum(map(len, blocks)), f"reranking with {self.name}", "query") as bar:
             for block in blocks:
                 out.update(self._rerank_block([text[qid] for qid in block], [ranking[qid] for qid in block], block))
                 bar.update(len(block))

@@ -19,13 +19,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ..errors import DataError
-from ..models.engine import Cost, Encoded, Engine, finite_scores
+from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores
 from ..models.loading import batch_budget, context_window, load_model
 from .base import Reranker
 
 log = logging.getLogger("rerank")
-
-
 
 
 def tokenize_pairs(tokenizer: Any, queries: list[str], docs: list[str], max_length: int, name: str, **options: Any) -> Any:
@@ -82,8 +80,9 @@ class _ModelReranker(Reranker):
         self.engine = Engine(device=device, batch_tokens=batch_budget(device, batch_tokens, self.cpu_batch_tokens,
                                                                       self.gpu_batch_tokens))
         self._max_length = max_length
-        self._truncated_logged = False
         self.name = f"{self.kind}:{name}"
+        unit = "texts" if self.kind == "splade" else "pairs (cut on the document side)"
+        self.truncation = Truncation(self.name, unit)
 
     def _attach(self, tokenizer: Any, model: Any) -> None:
         self.tokenizer, self.model = tokenizer, model
@@ -102,9 +101,7 @@ class _ModelReranker(Reranker):
         return context_window(config, tokenizer, self._max_length)
 
     def _note_truncation(self, n: int, total: int, window: int) -> None:
-        if n and not self._truncated_logged:
-            log.info("%s: %d of %d passages were truncated (document side) to fit %d tokens", self.name, n, total, window)
-            self._truncated_logged = True
+        self.truncation.add(n, total, window)
 
 
 class CrossEncoder(_ModelReranker):

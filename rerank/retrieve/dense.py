@@ -256,17 +256,18 @@ class Dense(Stage):
             log.info("resuming the encoding of %s at document %d of %d", self.docs.name, done, n)
         docids: list[str] = []
         bar = progress_bar(n, f"encoding {self.docs.name}", "doc", done, self.progress)
-        try:
-            for start, ids, texts in corpus_shards(self.docs):
-                docids.extend(ids)
-                if start + len(ids) <= done:
-                    continue
-                out[start : start + len(ids)] = self.half(self.encoder.encode_docs(texts, progress=bar.update))
-                out.flush()
-                with atomic_write(done_file) as f:
-                    json.dump({"done": start + len(ids)}, f)
-        finally:
-            bar.close()
+        with self.encoder.truncation.job():  # one total of truncated documents for the whole corpus
+            try:
+                for start, ids, texts in corpus_shards(self.docs):
+                    docids.extend(ids)
+                    if start + len(ids) <= done:
+                        continue
+                    out[start : start + len(ids)] = self.half(self.encoder.encode_docs(texts, progress=bar.update))
+                    out.flush()
+                    with atomic_write(done_file) as f:
+                        json.dump({"done": start + len(ids)}, f)
+            finally:
+                bar.close()
         del out
         done_file.unlink(missing_ok=True)
         self.finish_corpus(folder, docids)

@@ -5,7 +5,8 @@ mask, how to score them, how to evaluate on a dev split and how to save the resu
 :class:`Trainer` owns the rest: AdamW with linear warm-up and decay, gradient accumulation,
 gradient clipping, bf16 autocast (GPU, or CPU with native bf16), a checkpoint (model,
 optimiser, scheduler, RNG states, position in the epoch) written atomically every
-``checkpoint_every`` steps and at each epoch's end, and a dev evaluation per epoch.
+``checkpoint_every`` steps and at an epoch's end (when the last is a minute old), and a dev
+evaluation per epoch.
 
 Determinism: the list order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone,
 and tasks draw their own sampling (negatives) from ``(seed, epoch, index)``, so a run that is
@@ -79,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto | bf16 | fp32
     checkpoint_every: int = 100  # optimiser steps
+    checkpoint_seconds: float = 60.0  # at an epoch's end, a checkpoint only when the last is this old (short epochs: no GBs)
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total: for tests and budgets
     keep_best: bool = True  # save the epoch with the best dev metric (the first one the task reports), not the last
 
@@ -177,7 +179,8 @@ class Trainer:
         self.steps_log: list[dict[str, float]] = []
         self.step_stats: dict[str, float] = {}  # what the loss reports beside its value (PG-Rank: sampled utility)
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (dev metric, epoch, state)
-        self.identity = {"config": {k: v for k, v in asdict(config).items() if k not in ("max_steps", "checkpoint_every")},
+        when = ("max_steps", "checkpoint_every", "checkpoint_seconds")  # when to stop or save: not what is learnt
+        self.identity = {"config": {k: v for k, v in asdict(config).items() if k not in when},
                          "task": task.describe()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -192,6 +195,7 @@ class Trainer:
                  "steps_log": self.steps_log, "best": self.best}
         with atomic_write(self._checkpoint_path(), "wb", encoding=None) as f:
             torch.save(state, f)
+        self._saved_at = time.perf_counter()
 
     def resume(self) -> bool:
         """Load the checkpoint in ``output`` when there is one; False when starting afresh."""
@@ -276,7 +280,7 @@ class Trainer:
                 self.history.append({"epoch": 0, "step": 0, **before})
                 log.info("dev before training: %s", _fmt(before))
         self.model.train()
-        start = time.perf_counter()
+        start = self._saved_at = time.perf_counter()
         while self.epoch < self.config.epochs:
             for step, micro in self._groups(self.epoch):
                 if step < self.step_in_epoch:
@@ -306,7 +310,8 @@ class Trainer:
                     self.best = (value, self.epoch + 1, state)
             self.epoch += 1
             self.step_in_epoch = 0
-            self.save_checkpoint()
+            if self.epoch < self.config.epochs and time.perf_counter() - self._saved_at >= self.config.checkpoint_seconds:
+                self.save_checkpoint()  # the last epoch's end is the finished model, saved below
         self.output.mkdir(parents=True, exist_ok=True)
         best_epoch = self.config.epochs
         if self.best is not None and self.best[1] != self.config.epochs:
