@@ -34,6 +34,18 @@ def scifact_train_test() -> tuple[Any, Any, Any]:
     return load_dataset("scifact", split="train"), test, test.require_qrels()
 
 
+def cpu_facts() -> dict[str, Any]:
+    """The CPU model, its cores, the flags that decide model speed, and the memory (every benchmark prints them)."""
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").is_file() else []
+    mem = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
+    return {"cpu": model, "cores": os.cpu_count(),
+            "flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512",
+            "memory_gb": round(mem / 2**20, 1)}
+
+
 def machine() -> dict[str, Any]:
     import torch
 

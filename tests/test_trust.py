@@ -358,12 +358,36 @@ def _letor(path: Path) -> object:
     return read_letor(path)
 
 
-READERS |= {"clicks.jsonl": _click_log, "yandex.txt": _click_log, "rank.letor": _letor}
+def _collection(fmt: str):
+    from rerank.data.collections import iter_documents
+
+    return lambda path: list(iter_documents(path, fmt))
+
+
+def _topics(fmt: str):
+    from rerank.data.collections import read_topics_any
+
+    return lambda path: read_topics_any(path, fmt)
+
+
+def _smart_qrels(path: Path) -> object:
+    from rerank.data.collections import read_smart_qrels
+
+    return read_smart_qrels(path)
+
+
+READERS |= {"clicks.jsonl": _click_log, "yandex.txt": _click_log, "rank.letor": _letor,
+            "docs.tsv": _collection("tsv"), "docs.csv": _collection("csv"), "docs-h.tsv": _collection("tsv-header"),
+            "docs.jsonl": _collection("jsonl"), "docs.sgml": _collection("trec-sgml"), "docs.all": _collection("smart"),
+            "docs.tsv.gz": _collection("tsv"), "topics.sgml": _topics("trec-sgml"), "topics.qry": _topics("smart"),
+            "qrels.rel": _smart_qrels}
 
 # bytes that look like the formats often enough to get past their first checks
 _PIECES = st.sampled_from([b"q1", b"d1", b" ", b"\t", b"\n", b"Q0", b"1", b"-2.5", b"inf", b"nan", b"{", b"}", b"[", b"]",
                            b'"_id": ', b'"text": ', b'"query": ', b'"hits": ', b'"docid": ', b'"qid": ', b",", b":", b'"',
-                           b"\\ud800", b"\xff", b"\x00", b"qid:1", b"1:0.5", b"query-id", b'"clicks": ', b'"docs": '])
+                           b"\\ud800", b"\xff", b"\x00", b"qid:1", b"1:0.5", b"query-id", b'"clicks": ', b'"docs": ',
+                           b"<DOC>", b"</DOC>", b"<DOCNO>", b"</DOCNO>", b"<top>", b"</top>", b"<num>", b"<title>", b".I ",
+                           b".W", b".T", b"id,text", b"\x1f\x8b"])
 _CONTENT = st.one_of(st.binary(max_size=300), st.lists(_PIECES, max_size=60).map(b"".join))
 
 

@@ -17,6 +17,7 @@ from ..errors import RerankError
 
 if TYPE_CHECKING:
     from ..data import Dataset
+    from ..data.collections import ReadOptions
     from ..distributed import RayOptions
 
 log = logging.getLogger("rerank")
@@ -91,6 +92,39 @@ class DatasetArgs:
     metrics: str | None = None
     encoding_errors: str = "strict"
     quiet: bool = False
+    doc_format: str | None = None
+    topic_format: str | None = None
+    topic_field: str = "title"
+    id_field: str | None = None
+    text_fields: str | None = None
+    doc_store: str = "auto"
+
+    def read(self) -> ReadOptions:
+        """How to read a collection folder (formats and fields the files do not say themselves)."""
+        from ..data.collections import ReadOptions
+
+        fields = tuple(f.strip() for f in (self.text_fields or "").split(",") if f.strip())
+        return ReadOptions(self.doc_format, self.topic_format, self.topic_field, self.id_field, fields, self.doc_store)
+
+
+def read_options() -> Callable[[F], F]:
+    """--doc-format, --topic-format, --topic-field, --id-field, --text-fields."""
+    from ..data.collections import DOC_FORMATS, TOPIC_FIELDS, TOPIC_FORMATS
+
+    return options(
+        click.option("--doc-format", type=click.Choice(DOC_FORMATS), help="A collection folder's corpus format [default: from "
+                                                                          "the file]."),
+        click.option("--topic-format", type=click.Choice(TOPIC_FORMATS), help="Its topics' format [default: from the file]."),
+        click.option("--topic-field", type=click.Choice(TOPIC_FIELDS), default="title", show_default=True,
+                     help="TREC SGML topics: the field that is the query."),
+        click.option("--id-field", help="The documents' id field (JSONL, CSV, Parquet, datasets) [default: _id, id, docid, "
+                                        "doc_id, pid or docno]."),
+        click.option("--text-fields", help="Comma-separated fields joined as the text [default: title,text, else contents, "
+                                           "body, passage or content]; TREC SGML: tags; SMART: letters (T,W)."),
+        click.option("--doc-store", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
+                     help="Where a collection's documents are kept: disk (built once beside the indexes, memory-mapped) "
+                          "or memory; auto: disk from $RERANK_DOCSTORE_MIN_MB (256) of corpus files."),
+    )
 
 
 dataset_options = options(
@@ -103,14 +137,16 @@ dataset_options = options(
     click.option("--encoding-errors", type=ENCODING_ERRORS, default="strict", show_default=True,
                  help="What to do with bytes that are not UTF-8 in dataset files."),
     click.option("--quiet", "-q", is_flag=True, help="Only warnings and results."),
+    read_options(),
 )
 
 
-def load(dataset: str, split: str, qrels: str | None = None, encoding_errors: str = "strict") -> Dataset:
+def load(dataset: str, split: str, qrels: str | None = None, encoding_errors: str = "strict",
+         read: ReadOptions | None = None) -> Dataset:
     from ..data import load_dataset
     from ..data.formats import read_qrels
 
-    ds = load_dataset(dataset, split=split, encoding_errors=encoding_errors)
+    ds = load_dataset(dataset, split=split, encoding_errors=encoding_errors, read=read)
     if qrels:
         ds.set_qrels(read_qrels(qrels))
     return ds

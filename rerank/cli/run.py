@@ -29,6 +29,7 @@ from .common import (
     model_options,
     peak_rss_mb,
     ray_options,
+    read_options,
     setup_logging,
     take,
 )
@@ -192,7 +193,7 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
         else:
             reranking = stage(reranker, role=RERANKER, block=second.block_queries, **options)
     t0 = time.perf_counter()
-    ds = load(dataset, split, data.qrels, data.encoding_errors)
+    ds = load(dataset, split, data.qrels, data.encoding_errors, data.read())
     load_s = time.perf_counter() - t0
     builder = None
     if ray is not None:
@@ -274,7 +275,7 @@ def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw
         raise RerankError("rerank eval needs --dataset (whose qrels judge the runs)")
     names = metric_list(data.metrics)
     check_writable(metrics_json)
-    ds = load(data.dataset, data.split or "test", data.qrels, data.encoding_errors)
+    ds = load(data.dataset, data.split or "test", data.qrels, data.encoding_errors, data.read())
     judgments = ds.require_qrels()
     threshold = data.rel if data.rel is not None else ds.rel
     source = "--rel" if data.rel is not None else ds.rel_source
@@ -395,12 +396,33 @@ def kinds() -> None:
     click.echo(describe())
 
 
-@click.command()
-def datasets() -> None:
-    """List the dataset aliases (any ir_datasets id or local path works too)."""
+@click.group(invoke_without_command=True)
+@click.pass_context
+def datasets(ctx: click.Context) -> None:
+    """List the dataset aliases (any ir_datasets id or local path works too); `inspect PATH` shows
+    what a collection folder holds."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ..data import list_datasets
 
     for name, where, desc in list_datasets():
         click.echo(f"{name:<12} {desc}\n{'':<12} {where}")
     click.echo("\nAlso: any ir_datasets id, a BEIR folder, a folder of TREC topics/qrels/candidate files, "
                "or a candidate file.\nLocal data mirror: $RERANK_SHARED_DATA (default ../shared/data).")
+
+
+@datasets.command("inspect")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@read_options()
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@friendly
+def datasets_inspect(path: str, encoding_errors: str, **kw: Any) -> None:
+    """What a collection folder holds: its files, their formats, counts, fields and a sample."""
+    from ..data.collections import describe_layout, layout
+
+    read = DatasetArgs(**kw).read()
+    splits = sorted(p.stem for p in (Path(path) / "qrels").glob("*.tsv"))
+    if (Path(path) / "corpus.jsonl").is_file() and splits:
+        click.echo(f"a BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv for the splits {', '.join(splits)}")
+    click.echo(describe_layout(layout(path, read.doc_format, read.topic_format), read.fields, read.topic_field,
+                               encoding_errors))

@@ -2,9 +2,11 @@
 
 ``load_dataset`` accepts, in this order:
 
-1. a path: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), a folder
-   of TREC files (topics, qrels, candidate files with passage texts, TREC runs), or a single
-   candidate file (JSON/JSONL) or topics file;
+1. a path: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), a
+   collection folder in any of the formats of :mod:`rerank.data.collections` (a corpus as TSV,
+   JSONL, CSV, Parquet, a datasets folder, TREC SGML or SMART; topics as TSV, JSONL, TREC SGML
+   or SMART; qrels; candidate files with passage texts and TREC runs), or a single candidate
+   file (JSON/JSONL) or topics file;
 2. an alias (``trec-dl-19``, ``scifact``, ...; see :data:`ALIASES`): loaded through ir_datasets,
    falling back to the same data under the local mirror (``$RERANK_SHARED_DATA``, default
    ``../shared/data``) when ir_datasets cannot get it;
@@ -17,18 +19,22 @@ import difflib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..env import shared_data_dir
 from ..errors import DataError, DatasetNotFound, DatasetUnavailable
 from ..types import Query, Ranking
-from .formats import Qrels, read_beir_corpus, read_candidates, read_qrels, read_run, read_topics
-from .store import DocStore, IrdsDocStore, MemoryDocStore
+from .collections import ReadOptions, iter_documents, layout, read_qrels_any, read_topics_any
+from .formats import Qrels, iter_beir_corpus, read_candidates, read_qrels, read_run, read_topics
+from .store import DiskDocStore, DocStore, IrdsDocStore, MemoryDocStore
 
 log = logging.getLogger("rerank")
 
-__all__ = ["ALIASES", "Dataset", "DocStore", "MemoryDocStore", "Qrels", "list_datasets", "load_dataset"]
+__all__ = ["ALIASES", "Dataset", "DiskDocStore", "DocStore", "MemoryDocStore", "Qrels", "ReadOptions", "list_datasets",
+           "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -135,21 +141,7 @@ def _conventions(ds: Dataset, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------- paths
-_TOPIC_NAMES = ("topics*", "queries.tsv", "queries.txt", "queries.jsonl", "*.topics.*")
-_QREL_NAMES = ("qrels*", "*.qrels*")
-
-
-def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
-    for pat in patterns:
-        found = sorted(p for p in folder.glob(pat) if p.is_file())
-        if len(found) > 1:
-            raise DataError(f"{folder}: several files match {pat!r}: {[p.name for p in found]}; keep one")
-        if found:
-            return found[0]
-    return None
-
-
-def _load_beir(folder: Path, split: str, encoding_errors: str) -> Dataset:
+def _load_beir(folder: Path, split: str, encoding_errors: str, read: ReadOptions) -> Dataset:
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
@@ -163,36 +155,60 @@ def _load_beir(folder: Path, split: str, encoding_errors: str) -> Dataset:
     if not queries:
         raise DataError(f"{folder}: none of the queries in queries.jsonl is judged in qrels/{split}.tsv")
     corpus = folder / "corpus.jsonl"
-    docs = MemoryDocStore(lambda: read_beir_corpus(corpus, encoding_errors), name=f"{folder.name}")
+    docs = corpus_store(folder.name, corpus, lambda: iter_beir_corpus(corpus, encoding_errors), {"format": "beir"}, read)
     return Dataset(folder.name, queries, qrels, docs, source=str(folder))
+
+
+def corpus_store(name: str, source: Path, reader: Callable[[], Iterable[tuple[str, str]]], params: dict[str, object],
+                 read: ReadOptions) -> DocStore:
+    """The documents ``reader()`` yields from ``source``: a :class:`MemoryDocStore` for a small
+    corpus, a :class:`DiskDocStore` (built once, beside the indexes) for one of
+    ``$RERANK_DOCSTORE_MIN_MB`` MB (default 256) or more, or as ``read.doc_store`` says."""
+    if read.doc_store not in ("auto", "memory", "disk"):
+        raise DataError(f"doc_store must be auto, memory or disk, not {read.doc_store!r}")
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    size_mb = sum(f.stat().st_size for f in files) / 1e6
+    threshold = float(os.environ.get("RERANK_DOCSTORE_MIN_MB", "256"))
+    if read.doc_store == "memory" or (read.doc_store == "auto" and size_mb < threshold):
+        return MemoryDocStore(lambda: dict(reader()), name=name)
+    log.info("%s: %.0f MB of documents: reading them through a document store on disk", name, size_mb)
+    return DiskDocStore.for_source(name, files, reader, {**params, "source": source.name})
 
 
 def _candidate_name(p: Path) -> str:
     return p.name.split(".")[0]
 
 
-def _load_trec_folder(folder: Path, encoding_errors: str) -> Dataset:
-    topics = _first(folder, _TOPIC_NAMES)
-    qrels_path = _first(folder, _QREL_NAMES)
+def _load_folder(folder: Path, encoding_errors: str, read: ReadOptions) -> Dataset:
+    """A collection folder (not BEIR): its corpus, topics and qrels as :func:`collections.layout`
+    finds them, and candidate files (JSON/JSONL with passage texts, TREC runs)."""
+    lay = layout(folder, read.doc_format, read.topic_format)
+    taken = {lay.corpus, lay.topics, lay.qrels}
     candidates: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix in (".trec", ".run") and _candidate_name(p) not in candidates:
+        if p.suffix in (".trec", ".run") and p not in taken and _candidate_name(p) not in candidates:
             candidates[_candidate_name(p)] = p
     for p in sorted(folder.iterdir()):
-        if p.suffix in (".json", ".jsonl") and p != topics:
+        if p.suffix in (".json", ".jsonl") and p not in taken and p.name != METADATA:
             candidates[_candidate_name(p)] = p  # texts beat a bare TREC run of the same name
     texted_names = [n for n, p in candidates.items() if p.suffix in (".json", ".jsonl")]
-    if topics is None and not texted_names:
-        raise DataError(f"{folder}: no topics file (topics*.txt/tsv, queries.tsv/jsonl) and no candidate files with query texts")
-    if topics is not None:
-        queries = read_topics(topics, encoding_errors)
+    if lay.topics is None and not texted_names:
+        raise DataError(f"{folder}: no topics file (queries.*, topics.*, *.QRY) and no candidate files with query texts; "
+                        f"`rerank datasets inspect {folder}` shows what was recognised")
+    if lay.topics is not None:
+        queries = read_topics_any(lay.topics, lay.topics_format, read.topic_field, encoding_errors)
     else:
         seen: dict[str, str] = {}
         for name in texted_names:
             seen.update(read_candidates(candidates[name], encoding_errors)[1])
         queries = [Query(q, t) for q, t in seen.items()]
-    qrels = read_qrels(qrels_path) if qrels_path else None
+    qrels = read_qrels_any(lay.qrels) if lay.qrels else None
     ds = Dataset(folder.name, queries, qrels, None, candidates, source=str(folder), encoding_errors=encoding_errors)
+    if lay.corpus is not None:
+        corpus, fmt = lay.corpus, lay.corpus_format
+        ds.docs = corpus_store(folder.name, corpus, lambda: iter_documents(corpus, fmt, read.fields, encoding_errors),
+                               {"format": fmt, "id_field": read.id_field, "text_fields": list(read.text_fields)}, read)
+        return ds
 
     def union() -> dict[str, str]:  # parsed once: the runs stay cached for candidate_run
         docs: dict[str, str] = {}
@@ -222,12 +238,12 @@ def _load_file(path: Path, encoding_errors: str) -> Dataset:
     return Dataset(path.stem, read_topics(path, encoding_errors), source=str(path))
 
 
-def _load_path(path: Path, split: str, encoding_errors: str) -> Dataset:
+def _load_path(path: Path, split: str, encoding_errors: str, read: ReadOptions) -> Dataset:
     if path.is_dir():
-        if (path / "corpus.jsonl").is_file():
-            ds = _load_beir(path, split, encoding_errors)
+        if (path / "corpus.jsonl").is_file() and (path / "qrels").is_dir() and replace(read, doc_store="auto") == ReadOptions():
+            ds = _load_beir(path, split, encoding_errors, read)
         else:
-            ds = _load_trec_folder(path, encoding_errors)
+            ds = _load_folder(path, encoding_errors, read)
     else:
         ds = _load_file(path, encoding_errors)
     _conventions(ds, path if path.is_dir() else path.parent)
@@ -268,15 +284,18 @@ def _close_matches(name: str) -> list[str]:
     return close
 
 
-def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str = "strict") -> Dataset:
-    """Load a dataset by path, alias or ir_datasets id (see the module docstring)."""
+def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str = "strict",
+                 read: ReadOptions | None = None) -> Dataset:
+    """Load a dataset by path, alias or ir_datasets id (see the module docstring); ``read``: how to
+    read a collection folder whose files do not say it (formats, id and text fields, topic field)."""
+    read = read or ReadOptions()
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise DatasetNotFound(f"dataset name must be a non-empty string, got {name_or_path!r}")
     if encoding_errors not in ("strict", "replace", "ignore"):
         raise ValueError(f"encoding_errors must be strict, replace or ignore, not {encoding_errors!r}")
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return _load_path(path, split, encoding_errors)
+        return _load_path(path, split, encoding_errors, read)
     alias = ALIASES.get(name_or_path)
     if alias is not None:
         try:
@@ -286,7 +305,7 @@ def load_dataset(name_or_path: str, *, split: str = "test", encoding_errors: str
             local = shared / alias.shared if shared and alias.shared else None
             if local is not None and local.is_dir():
                 log.info("%s: using the local copy at %s (ir_datasets: %s)", name_or_path, local, e.cause)
-                ds = _load_path(local, split, encoding_errors)
+                ds = _load_path(local, split, encoding_errors, ReadOptions())
                 ds.source = f"{local} (local copy of ir_datasets:{alias.irds})"
                 ds.name, ds.rel, ds.rel_source = name_or_path, alias.rel, f"the {name_or_path} alias"
                 return ds

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..env import atomic_write
 from ..errors import DataError
@@ -38,26 +38,39 @@ def _decode(raw: bytes, path: Path, lineno: int, errors: str) -> str:
         raise _utf8_error(path, lineno, raw[e.start], e.start + 1) from None
 
 
-def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for each non-blank line (``.gz``: gzip-compressed)."""
+def open_binary(path: PathLike) -> IO[bytes]:
+    """A file's bytes, decompressed when its name ends in ``.gz``, ``.bz2`` or ``.xz``."""
+    import bz2
     import gzip
-    import zlib
+    import lzma
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix)
+    return opener(path, "rb") if opener is not None else open(path, "rb")  # type: ignore[no-any-return, operator]
+
+
+def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, text without the newline) for each non-blank line (compressed files: their content)."""
+    import lzma
+    import zlib
+
+    path = Path(path)
     lineno = 0
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        with open_binary(path) as f:
             for lineno, raw in enumerate(f, 1):
                 line = _decode(raw, path, lineno, encoding_errors).rstrip("\r\n")
                 if line.strip():
                     yield lineno, line
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path}:{lineno + 1}: not a readable gzip file ({e})") from None
+    except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:  # gzip's and bz2's bad data are OSErrors
+        if path.suffix not in (".gz", ".bz2", ".xz"):
+            raise
+        raise DataError(f"{path}:{lineno + 1}: not a readable {path.suffix} file ({e})") from None
 
 
-def _json_line(path: Path, lineno: int, line: str) -> Any:
+def json_line(path: Path, lineno: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
@@ -83,7 +96,7 @@ def check_id(value: Any, what: str, where: str) -> str:
     return text
 
 
-def _text(value: Any, what: str, where: str) -> str:
+def check_text(value: Any, what: str, where: str) -> str:
     """A text field: a string of valid Unicode (a JSON "\\ud800" escape decodes to a lone surrogate)."""
     if not isinstance(value, str):
         raise DataError(f"{where}: {what} must be a string, got {type(value).__name__} {value!r:.60}")
@@ -97,7 +110,7 @@ def _text(value: Any, what: str, where: str) -> str:
 
 def _query(qid: Any, text: Any, where: str) -> Query:
     qid = check_id(qid, "query id", where)
-    text = _text(text, f"query {qid!r}: text", where)
+    text = check_text(text, f"query {qid!r}: text", where)
     try:
         return Query(qid, text)
     except DataError as e:
@@ -113,7 +126,7 @@ def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
     for lineno, line in iter_lines(path, encoding_errors):
         where = f"{path}:{lineno}"
         if path.suffix == ".jsonl":
-            obj = _json_line(path, lineno, line)
+            obj = json_line(path, lineno, line)
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object with '_id' and 'text', got {type(obj).__name__}")
             qid = obj.get("_id", obj.get("qid", obj.get("query_id")))
@@ -245,7 +258,7 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
     path = Path(path)
     entries: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
-        entries = [(f"{path}:{n}", _json_line(path, n, line)) for n, line in iter_lines(path, encoding_errors)]
+        entries = [(f"{path}:{n}", json_line(path, n, line)) for n, line in iter_lines(path, encoding_errors)]
     else:
         raw = path.read_bytes()
         try:
@@ -295,7 +308,7 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
             if math.isnan(score):
                 raise DataError(f"{where}, hit {i + 1}: score is NaN")
             field = _hit_text(h)
-            passage = None if field is None else _text(field, "passage", f"{where}, hit {i + 1}")
+            passage = None if field is None else check_text(field, "passage", f"{where}, hit {i + 1}")
             out.append((score, i, Hit(docid, score, passage)))
         ranking[qid] = [h for _, _, h in sorted(out, key=lambda r: (-r[0], r[1]))]
         texts[qid] = q.text
@@ -315,10 +328,15 @@ def read_run(path: PathLike, encoding_errors: str = "strict") -> Ranking:
 # ---------------------------------------------------------------- BEIR corpus
 def read_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> dict[str, str]:
     """docid -> "title text" from a BEIR corpus.jsonl (title and text in one field, as Pyserini's flat index)."""
+    return dict(iter_beir_corpus(path, encoding_errors))
+
+
+def iter_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[str, str]]:
+    """(docid, "title text") of a BEIR corpus.jsonl, in file order; a repeated id is an error."""
     path = Path(path)
-    docs: dict[str, str] = {}
+    docs: set[str] = set()
     for lineno, line in iter_lines(path, encoding_errors):
-        obj = _json_line(path, lineno, line)
+        obj = json_line(path, lineno, line)
         where = f"{path}:{lineno}"
         if not isinstance(obj, dict) or "_id" not in obj:
             raise DataError(f"{where}: expected a JSON object with '_id'")
@@ -327,6 +345,6 @@ def read_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> dict[st
             raise DataError(f"{where}: document id {docid!r} appears twice")
         title, text = obj.get("title") or "", obj.get("text") or ""
         if _SURROGATE_ESCAPE.search(line) or not isinstance(title, str) or not isinstance(text, str):
-            title, text = _text(title, "title", where), _text(text, "text", where)
-        docs[docid] = f"{title} {text}".strip() if title else text
-    return docs
+            title, text = check_text(title, "title", where), check_text(text, "text", where)
+        docs.add(docid)
+        yield docid, f"{title} {text}".strip() if title else text

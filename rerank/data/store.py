@@ -1,10 +1,46 @@
-"""Document stores: docid -> text, with a fingerprint that tells when a corpus changed."""
+"""Document stores: docid -> text, with a fingerprint that tells when a corpus changed.
+
+:class:`MemoryDocStore` holds a dict (small corpora, candidate passages, the Python API);
+:class:`DiskDocStore` keeps a corpus in files built once per source (beside the indexes), read
+through memory maps: random access by docid without the corpus in RAM, shared read-only by
+processes and Ray workers, iteration in corpus order for indexing.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("rerank")
+
+#: documents per fingerprint chunk (and per resumable step of a disk store build)
+CHUNK = 10_000
+#: hashes per window of a disk store's lookup table (its fence, every FENCE-th hash, is kept in memory)
+FENCE = 512
+
+
+def _chunk_digest(items: Iterable[tuple[str, str]]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for docid, text in items:
+        h.update(docid.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\x01")
+    return h.digest()
+
+
+def _combine(n: int, digests: Iterable[bytes]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for d in digests:
+        h.update(d)
+    return f"{n}:{h.hexdigest()}"
 
 
 class DocStore:
@@ -34,19 +70,25 @@ class DocStore:
     def __contains__(self, docid: object) -> bool:
         return isinstance(docid, str) and self.get(docid) is not None
 
+    def get_many(self, docids: Sequence[str]) -> list[str | None]:
+        """The texts of ``docids`` (None for an unknown id), in order: a ranking's texts in one call."""
+        return [self.get(d) for d in docids]
+
     def fingerprint(self) -> str:
-        """A hash of every (docid, text) pair: equal fingerprints mean the same corpus."""
+        """A hash of every (docid, text) pair, in order (by chunks of :data:`CHUNK`, so that a
+        disk store computes the same one while it is built): equal fingerprints, same corpus."""
         cached = getattr(self, "_fingerprint", None)
         if cached is None:
-            h = hashlib.blake2b(digest_size=16)
-            n = 0
-            for docid, text in self.items():
-                h.update(docid.encode("utf-8", "surrogatepass"))
-                h.update(b"\x00")
-                h.update(text.encode("utf-8", "surrogatepass"))
-                h.update(b"\x01")
+            digests, chunk, n = [], [], 0
+            for item in self.items():
+                chunk.append(item)
                 n += 1
-            cached = f"{n}:{h.hexdigest()}"
+                if len(chunk) == CHUNK:
+                    digests.append(_chunk_digest(chunk))
+                    chunk = []
+            if chunk:
+                digests.append(_chunk_digest(chunk))
+            cached = _combine(n, digests)
             self._fingerprint = cached
         return cached
 
@@ -78,6 +120,10 @@ class MemoryDocStore(DocStore):
 
     def get(self, docid: str, default: str | None = None) -> str | None:
         return self.docs.get(docid, default)
+
+    def get_many(self, docids: Sequence[str]) -> list[str | None]:
+        docs = self.docs
+        return [docs.get(d) for d in docids]
 
     def items(self) -> Iterator[tuple[str, str]]:
         return iter(self.docs.items())
@@ -118,3 +164,234 @@ class IrdsDocStore(DocStore):
         import ir_datasets
 
         return f"irds:{self.name}:{len(self)}:{ir_datasets.__version__}"
+
+
+def source_fingerprint(files: Iterable[Path]) -> str:
+    """A cheap key of source files: names, sizes, modification times and the first and last MiB
+    of each (a changed file changes it; the store built from them keeps the full fingerprint)."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if st.st_size > 2 << 20:
+                fh.seek(st.st_size - (1 << 20))
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+class DiskDocStore(DocStore):
+    """A corpus in files: ``texts.bin``/``text_offsets.bin`` (UTF-8 texts and int64 offsets, in
+    corpus order), ``ids.bin``/``id_offsets.bin`` (the ids), and a lookup table ``keys.bin``/
+    ``rows.bin`` (64-bit hashes of the ids, sorted, with their rows): a document is found by a
+    binary search over memory-mapped hashes and two reads, with nothing of the corpus in RAM.
+    ``corpus.json`` holds the count and the corpus fingerprint. Build one with :meth:`build`
+    or :meth:`for_source`; open it with ``DiskDocStore(folder)``."""
+
+    complete = True
+
+    def __init__(self, folder: str | Path, name: str | None = None) -> None:
+        self.folder = Path(folder)
+        corpus = json.loads((self.folder / "corpus.json").read_text())
+        self.name = name or corpus.get("name", self.folder.name)
+        self._n = int(corpus["documents"])
+        self._fingerprint = corpus["fingerprint"]
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # memory maps are opened again where it is unpickled
+        return {k: v for k, v in self.__dict__.items() if k != "_maps"} | {"_maps": {}}
+
+    def _map(self, name: str, dtype: Any) -> np.ndarray:
+        if name not in self._maps:
+            path = self.folder / name
+            self._maps[name] = (np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size
+                                else np.zeros(0, dtype=dtype))
+        return self._maps[name]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _text(self, row: int) -> str:
+        offsets = self._map("text_offsets.bin", np.int64)
+        return bytes(self._map("texts.bin", np.uint8)[offsets[row] : offsets[row + 1]]).decode("utf-8", "surrogatepass")
+
+    def _id(self, row: int) -> str:
+        offsets = self._map("id_offsets.bin", np.int64)
+        return bytes(self._map("ids.bin", np.uint8)[offsets[row] : offsets[row + 1]]).decode("utf-8", "surrogatepass")
+
+    def _fence(self) -> np.ndarray:
+        """Every FENCE-th hash, in memory (8 bytes per FENCE documents): a lookup searches it, then
+        one window of FENCE hashes on disk (two pages), instead of ~log2(n) pages of the table."""
+        if "fence" not in self._maps:
+            self._maps["fence"] = np.array(self._map("keys.bin", np.uint64)[::FENCE])
+        return self._maps["fence"]
+
+    def _position(self, key: int) -> int:
+        """The first position in the sorted hash table whose hash is >= ``key``."""
+        keys, fence = self._map("keys.bin", np.uint64), self._fence()
+        b = int(np.searchsorted(fence, np.uint64(key), side="right"))
+        start, end = max(0, (b - 1) * FENCE), min(len(keys), b * FENCE + 1)
+        return start + int(np.searchsorted(keys[start:end], np.uint64(key)))
+
+    def row(self, docid: str) -> int | None:
+        keys, rows = self._map("keys.bin", np.uint64), self._map("rows.bin", np.int64)
+        key = _key(docid)
+        i = self._position(key)
+        while i < len(keys) and keys[i] == key:
+            if self._id(int(rows[i])) == docid:
+                return int(rows[i])
+            i += 1
+        return None
+
+    def __getitem__(self, docid: str) -> str:
+        row = self.row(docid) if isinstance(docid, str) else None
+        if row is None:
+            raise KeyError(docid)
+        return self._text(row)
+
+    def get(self, docid: str, default: str | None = None) -> str | None:
+        row = self.row(docid) if isinstance(docid, str) else None
+        return default if row is None else self._text(row)
+
+    def get_many(self, docids: Sequence[str]) -> list[str | None]:
+        """Many lookups at once: the hashes searched together, the offsets read together."""
+        if not docids:
+            return []
+        keys, rows = self._map("keys.bin", np.uint64), self._map("rows.bin", np.int64)
+        if not len(keys):
+            return [None] * len(docids)
+        want = np.fromiter((_key(d) for d in docids), dtype=np.uint64, count=len(docids))
+        # one vectorised search of the whole table: a ranking's lookups are many, and its pages soon warm
+        pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+        found = (np.asarray(keys[pos]) == want).tolist()
+        row = np.asarray(rows[pos])
+        id_off, t_off = self._map("id_offsets.bin", np.int64), self._map("text_offsets.bin", np.int64)
+        id_raw, t_raw = self._map("ids.bin", np.uint8), self._map("texts.bin", np.uint8)
+        ia, ib = np.asarray(id_off[row]).tolist(), np.asarray(id_off[row + 1]).tolist()
+        ta, tb = np.asarray(t_off[row]).tolist(), np.asarray(t_off[row + 1]).tolist()
+        out: list[str | None] = []
+        for j, docid in enumerate(docids):
+            if not found[j]:
+                out.append(None)
+            elif bytes(id_raw[ia[j] : ib[j]]).decode("utf-8", "surrogatepass") != docid:
+                out.append(self.get(docid))  # another id with the same hash sits first: the exact search
+            else:
+                out.append(bytes(t_raw[ta[j] : tb[j]]).decode("utf-8", "surrogatepass"))
+        return out
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        for row in range(self._n):
+            yield self._id(row), self._text(row)
+
+    def fingerprint(self) -> str:
+        return str(self._fingerprint)
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def build(docs: Iterable[tuple[str, str]], folder: Path, name: str = "docs") -> None:
+        """Write ``docs`` into ``folder`` (which may hold an interrupted build of the same source:
+        it resumes after the last finished chunk of :data:`CHUNK` documents)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        progress_file = folder / "progress.json"
+        done: dict[str, Any] = (json.loads(progress_file.read_text()) if progress_file.is_file()
+                                else {"documents": 0, "digests": [], "texts": 0, "ids": 0})
+        names = ("texts.bin", "text_offsets.bin", "ids.bin", "id_offsets.bin", "keys.bin")
+        sizes = {"texts.bin": done["texts"], "ids.bin": done["ids"], "text_offsets.bin": 8 * done["documents"],
+                 "id_offsets.bin": 8 * done["documents"], "keys.bin": 8 * done["documents"]}
+        files = {}
+        for n in names:
+            f = open(folder / n, "ab")  # noqa: SIM115 - closed below
+            f.truncate(sizes[n])  # drop what an interrupted chunk wrote
+            f.seek(sizes[n])
+            files[n] = f
+        if done["documents"]:
+            log.info("resuming the document store build in %s after %d documents", folder, done["documents"])
+        count, text_pos, id_pos = int(done["documents"]), int(done["texts"]), int(done["ids"])
+        digests = [bytes.fromhex(d) for d in done["digests"]]
+        chunk: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            nonlocal text_pos, id_pos
+            text_off, id_off, keys = [], [], []
+            texts, ids = [], []
+            for docid, text in chunk:
+                t, d = text.encode("utf-8", "surrogatepass"), docid.encode("utf-8", "surrogatepass")
+                text_off.append(text_pos)
+                id_off.append(id_pos)
+                text_pos += len(t)
+                id_pos += len(d)
+                texts.append(t)
+                ids.append(d)
+                keys.append(_key(docid))
+            files["texts.bin"].write(b"".join(texts))
+            files["ids.bin"].write(b"".join(ids))
+            files["text_offsets.bin"].write(np.asarray(text_off, dtype=np.int64).tobytes())
+            files["id_offsets.bin"].write(np.asarray(id_off, dtype=np.int64).tobytes())
+            files["keys.bin"].write(np.asarray(keys, dtype=np.uint64).tobytes())
+            for f in files.values():
+                f.flush()
+                os.fsync(f.fileno())
+            digests.append(_chunk_digest(chunk))
+            progress = {"documents": count, "digests": [d.hex() for d in digests], "texts": text_pos, "ids": id_pos}
+            tmp = progress_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(progress))
+            os.replace(tmp, progress_file)
+
+        try:
+            for i, (docid, text) in enumerate(docs):
+                if i < done["documents"]:
+                    continue  # written before the interruption
+                chunk.append((docid, text))
+                count += 1
+                if len(chunk) == CHUNK:
+                    flush()
+                    chunk = []
+            if chunk:
+                flush()
+            files["text_offsets.bin"].write(np.asarray([text_pos], dtype=np.int64).tobytes())
+            files["id_offsets.bin"].write(np.asarray([id_pos], dtype=np.int64).tobytes())
+        finally:
+            for f in files.values():
+                f.close()
+        # the lookup table: 16 bytes a document in memory while it is sorted (160 MB for 10M)
+        keys = np.fromfile(folder / "keys.bin", dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        keys.tofile(folder / "keys.bin")
+        order.astype(np.int64).tofile(folder / "rows.bin")
+        same = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(same):
+            id_offsets = np.memmap(folder / "id_offsets.bin", dtype=np.int64, mode="r")
+            raw = np.memmap(folder / "ids.bin", dtype=np.uint8, mode="r")
+            read = lambda r: bytes(raw[id_offsets[r] : id_offsets[r + 1]])  # noqa: E731
+            for j in same:
+                if read(order[j]) == read(order[j + 1]):
+                    from ..errors import DataError
+
+                    raise DataError(f"{name}: document id {read(order[j]).decode(errors='replace')!r} appears twice")
+        del keys, order
+        progress_file.unlink()
+        (folder / "corpus.json").write_text(json.dumps({"name": name, "documents": count,
+                                                         "fingerprint": _combine(count, digests)}))
+
+    @classmethod
+    def for_source(cls, name: str, files: list[Path], reader: Callable[[], Iterable[tuple[str, str]]],
+                   params: dict[str, Any], *, root: Path | None = None, rebuild: bool = False) -> DiskDocStore:
+        """The store of the corpus ``reader()`` yields from ``files``: built once (atomically,
+        resumably) under the indexes folder, rebuilt when a source file changed."""
+        from ..indexes import build_or_reuse, index_path
+
+        path = index_path("docstore", name, params, root)
+        expected = {"kind": "docstore", "backend": "rerank", "params": params, "name": name,
+                    "corpus": {"name": name, "fingerprint": f"source:{source_fingerprint(files)}"}}
+
+        def build(tmp: Path) -> None:
+            cls.build(reader(), tmp, name)
+
+        build_or_reuse(path, expected, build, rebuild=rebuild, resumable=True)
+        return cls(path, name)
+
+
+def _key(docid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(docid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")

@@ -52,6 +52,9 @@ def _use_numba(work: int, forced: bool | None = None) -> bool:
     return True
 
 
+TOKENIZE_CHUNK = 20_000  # documents tokenized at a time while a corpus streams into a bm25s index
+
+
 class _Bm25s:
     def __init__(self, k1: float, b: float, threads: int, numba: bool | None = None) -> None:
         self.k1, self.b, self.threads, self.numba = k1, b, threads, numba
@@ -71,14 +74,22 @@ class _Bm25s:
         return bm25s.tokenization.Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", lower=True)
 
     def build(self, folder: Path, docs: Iterator[tuple[str, str]]) -> None:
-        docids, texts = [], []
+        """Tokenize the corpus as it streams by, in chunks (the ids a single call would give: the
+        vocabulary grows in order of first appearance), so only the token ids stay in memory."""
+        docids: list[str] = []
+        tokens: list[list[int]] = []
+        tok = self._tokenizer()
+        chunk: list[str] = []
         for d, t in docs:
             docids.append(d)
-            texts.append(t)
+            chunk.append(t)
+            if len(chunk) == TOKENIZE_CHUNK:
+                tokens += tok.tokenize(chunk, update_vocab=True, return_as="ids", show_progress=False)
+                chunk = []
+        if chunk:
+            tokens += tok.tokenize(chunk, update_vocab=True, return_as="ids", show_progress=False)
         if not docids:
             raise DataError("cannot build a BM25 index over an empty corpus")
-        tok = self._tokenizer()
-        tokens = tok.tokenize(texts, update_vocab=True, return_as="ids", show_progress=len(texts) > 50_000)
         self.write(folder, docids, tokens, tok)
 
     def write(self, folder: Path, docids: list[str], tokens: list[list[int]], tok: Any) -> None:
@@ -301,7 +312,8 @@ class BM25(Stage):
             for q, hits in zip(chunk, self._impl.search([q.text for q in chunk], self.k), strict=True):
                 if not hits:
                     empty.append(q.qid)
-                out[q.qid] = [Hit(d, s, self.docs.get(d) if self.with_text else None) for d, s in hits]
+                texts = self.docs.get_many([d for d, _ in hits]) if self.with_text else [None] * len(hits)
+                out[q.qid] = [Hit(d, s, t) for (d, s), t in zip(hits, texts, strict=True)]
         if empty:
             log.warning("BM25 found nothing for %d queries (no indexed term): %s", len(empty), ", ".join(empty[:10]))
         return out

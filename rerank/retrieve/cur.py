@@ -245,37 +245,51 @@ class CUR(Stage):
         self._matrix, self._docids, self.path = matrix, docids, path
 
     def _build(self, folder: Path) -> None:
+        """R, anchor queries x items, a block of items at a time (every anchor against each block):
+        the corpus streams from its store, and an interrupted build resumes at the last block."""
         from ..progress import progress_bar
 
-        ids_texts = list(self.docs.items())
-        n, kq = len(ids_texts), len(self.anchors)
-        if len({d for d, _ in ids_texts}) != n:
-            raise DataError(f"{self.docs.name} repeats document ids; a CUR index needs unique ones")
-        texts = [t for _, t in ids_texts]
+        n, kq = len(self.docs), len(self.anchors)
+        queries = [q.text for q in self.anchors]
         out_file, done_file = folder / MATRIX, folder / "progress.json"
-        done = json.loads(done_file.read_text())["done"] if done_file.is_file() and out_file.is_file() else 0
+        done = json.loads(done_file.read_text()).get("items", 0) if done_file.is_file() and out_file.is_file() else 0
         out = np.lib.format.open_memmap(out_file, mode="r+" if done else "w+", dtype=np.float16, shape=(kq, n))
         if done:
-            log.info("resuming the CUR index of %s at anchor query %d of %d", self.docs.name, done, kq)
-        rows = max(1, _CHUNK_PAIRS // n)
-        bar = progress_bar(kq * n, f"CUR anchors x {self.docs.name}", "pair", done * n, self.progress)
+            log.info("resuming the CUR index of %s at item %d of %d", self.docs.name, done, n)
+        cols = max(1, _CHUNK_PAIRS // max(1, kq))
+        bar = progress_bar(kq * n, f"CUR anchors x {self.docs.name}", "pair", done * kq, self.progress)
+        docids: list[str] = []
+        block: list[str] = []
+
+        def flush() -> None:
+            start = len(docids) - len(block)
+            half = self.scorer.score_matrix(queries, block).astype(np.float16)
+            if not np.isfinite(half).all():
+                raise ScoringError(f"{self.scorer.name}: anchor scores overflow float16 (|s| > 65504)")
+            out[:, start : start + len(block)] = half
+            out.flush()
+            with atomic_write(done_file) as f:
+                json.dump({"items": start + len(block)}, f)
+            bar.update(len(block) * kq)
+            block.clear()
+
         try:
-            for start in range(done, kq, rows):
-                block = self.anchors[start : start + rows]
-                scores = self.scorer.score_matrix([q.text for q in block], texts)
-                half = scores.astype(np.float16)
-                if not np.isfinite(half).all():
-                    raise ScoringError(f"{self.scorer.name}: anchor scores overflow float16 (|s| > 65504)")
-                out[start : start + len(block)] = half
-                out.flush()
-                with atomic_write(done_file) as f:
-                    json.dump({"done": start + len(block)}, f)
-                bar.update(len(block) * n)
+            for docid, text in self.docs.items():
+                docids.append(docid)
+                if len(docids) <= done:
+                    continue  # scored before the interruption
+                block.append(text)
+                if len(block) == cols:
+                    flush()
+            if block:
+                flush()
         finally:
             bar.close()
-        del out
+        if len(docids) != n or len(set(docids)) != n:
+            raise DataError(f"{self.docs.name} repeats document ids; a CUR index needs unique ones")
+        out.flush()
         done_file.unlink()
-        (folder / "docids.json").write_text(json.dumps([d for d, _ in ids_texts]))
+        (folder / "docids.json").write_text(json.dumps(docids))
         (folder / "anchors.json").write_text(json.dumps([{"qid": q.qid, "text": q.text} for q in self.anchors]))
 
     @property

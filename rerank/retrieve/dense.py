@@ -338,11 +338,7 @@ class Dense(Stage):
         scores, ids = self.search(vectors, self.k)
         out: Ranking = {}
         for q, row_s, row_i in zip(queries, scores, ids, strict=True):
-            hits = []
-            for s, i in zip(row_s, row_i, strict=True):
-                if i < 0:
-                    continue
-                docid = self._docids[i]
-                hits.append(Hit(docid, float(s), self.docs.get(docid) if self.with_text else None))
-            out[q.qid] = hits
+            found = [(self._docids[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
+            texts = self.docs.get_many([d for d, _ in found]) if self.with_text else [None] * len(found)
+            out[q.qid] = [Hit(d, s, t) for (d, s), t in zip(found, texts, strict=True)]
         return out

@@ -71,8 +71,12 @@ class FromRun(Stage):
         out = restrict(self._run, queries, self.source)
         if self.docs is not None:
             docs = self.docs
-            out = {qid: [h if h.text is not None else Hit(h.docid, h.score, docs.get(h.docid)) for h in hits]
-                   for qid, hits in out.items()}
+            filled = {}
+            for qid, hits in out.items():
+                texts = docs.get_many([h.docid for h in hits if h.text is None])
+                it = iter(texts)
+                filled[qid] = [h if h.text is not None else Hit(h.docid, h.score, next(it)) for h in hits]
+            out = filled
         return out
 
 

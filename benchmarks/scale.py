@@ -1,0 +1,164 @@
+"""Corpora larger than memory: the document store on disk against today's in-memory dict.
+
+A corpus of N documents is made from real text: every sentence of the SciFact abstracts, the
+CISI abstracts and the TREC DL 2019 candidate passages in ../shared/data (about 60,000 distinct
+sentences), each document 3-8 sentences drawn with a seeded generator, written once as JSONL
+under benchmarks/work/. For N in --sizes, each job runs in its own process (so peak RSS is the
+job's own) with each store:
+
+  build    reading the corpus into the store (dict: into memory; disk: DiskDocStore.build)
+  bm25     a bm25s index over the store's documents (rerank's BM25, streaming tokenization)
+  random   100 random documents read by id right after opening the store (cold pages: a disk read
+           each), then the same 100 again (warm); per-read latency
+  rerank   the texts of 1,000 queries' top-100 hits fetched by id, a query's at a time (what a first
+           stage hands a reranker)
+
+Peak RSS counts the pages of memory-mapped files a job touched (shared with other processes and
+dropped by the kernel under pressure); "own" is the job's anonymous resident memory at its end.
+Prints a table with the CPU, memory and the ratios disk/dict, and writes benchmarks/results/scale.json.
+
+    python benchmarks/scale.py --sizes 100000,1000000,5000000 --bm25-max 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, WORK, cpu_facts, write_result  # noqa: E402
+
+JOBS = ("build", "bm25", "random", "rerank")
+
+
+def sentences(shared: Path) -> list[str]:
+    from rerank.data import load_dataset
+    from rerank.data.formats import iter_beir_corpus
+
+    texts = [t for _, t in iter_beir_corpus(shared / "beir" / "scifact" / "corpus.jsonl")]
+    dl19 = load_dataset(str(shared / "trec-dl" / "dl19"))
+    texts += list(dict(dl19.docs.items()).values()) if dl19.docs is not None else []
+    out = {s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t) if 20 <= len(s.strip()) <= 400}
+    return sorted(out)
+
+
+def make_corpus(n: int, shared: Path) -> Path:
+    path = WORK / f"scale-{n}.jsonl"
+    if path.is_file():
+        return path
+    pool = sentences(shared)
+    rng = random.Random(n)
+    WORK.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for i in range(n):
+            text = " ".join(rng.choice(pool) for _ in range(rng.randint(3, 8)))
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def job(kind: str, store: str, corpus: Path, root: Path) -> dict[str, float]:
+    """One measurement, in this process: seconds and peak RSS (MB)."""
+    from rerank.data.formats import iter_beir_corpus
+    from rerank.data.store import DiskDocStore, MemoryDocStore
+
+    t0 = time.perf_counter()
+
+    def open_store() -> object:
+        if store == "dict":
+            return MemoryDocStore(dict(iter_beir_corpus(corpus)), name=corpus.stem)
+        return DiskDocStore.for_source(corpus.stem, [corpus], lambda: iter_beir_corpus(corpus), {}, root=root,
+                                       rebuild=kind == "build")
+
+    out: dict[str, float] = {}
+    docs = open_store()
+    out["open_seconds"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    n = len(docs)  # type: ignore[arg-type]
+    rng = random.Random(0)
+    if kind == "bm25":
+        from rerank.retrieve.bm25 import BM25
+
+        BM25(docs, k=10, index_root=root / f"bm25-{store}", rebuild=True).index()  # type: ignore[arg-type]
+    elif kind == "random":
+        ids = [f"d{rng.randrange(n)}" for _ in range(100)]
+        t1 = time.perf_counter()
+        for d in ids:
+            docs[d]  # type: ignore[index]
+        out["ms_per_read"] = (time.perf_counter() - t1) * 1000 / len(ids)  # right after opening: the pages are cold
+        t2 = time.perf_counter()
+        for d in ids:
+            docs[d]  # type: ignore[index]
+        out["ms_per_read_warm"] = (time.perf_counter() - t2) * 1000 / len(ids)
+    elif kind == "rerank":
+        lists = [[f"d{rng.randrange(n)}" for _ in range(100)] for _ in range(1000)]
+        t1 = time.perf_counter()
+        total = sum(len(t or "") for ids in lists for t in docs.get_many(ids))  # type: ignore[attr-defined]
+        out["chars"] = total
+    out["seconds"] = time.perf_counter() - (t1 if kind != "build" else t0)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # resident memory that is the process's own (not pages of memory-mapped files, which the
+    # kernel shares between processes and drops under pressure), at the end of the job
+    status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").is_file() else []
+    out["anon_rss_mb"] = next((int(x.split()[1]) / 1024 for x in status if x.startswith("RssAnon:")), float("nan"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000,5000000")
+    ap.add_argument("--bm25-max", type=int, default=1_000_000, help="largest N to index with BM25 (memory: see JOBS)")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--corpus", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(RESULTS / "scale.json"))
+    args = ap.parse_args()
+    root = WORK / "scale-indexes"
+    if args.job:  # a child process: one job
+        print(json.dumps(job(args.job, args.store, Path(args.corpus), root)))
+        return
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        corpus = make_corpus(n, Path(args.shared))
+        mb = corpus.stat().st_size / 1e6
+        for store in ("dict", "disk"):
+            for kind in JOBS:
+                if kind == "bm25" and n > args.bm25_max:
+                    continue  # bm25s keeps every document's token ids as Python lists: ~4.4 GB a million documents
+                r = subprocess.run([sys.executable, __file__, "--job", kind, "--store", store, "--corpus", str(corpus)],
+                                   capture_output=True, text=True, check=True)
+                result = json.loads(r.stdout.strip().splitlines()[-1])
+                rows.append({"documents": n, "corpus_mb": round(mb, 1), "store": store, "job": kind,
+                             **{k: round(v, 4) for k, v in result.items()}})
+                print(f"{n:>9,} {store:<5} {kind:<7} {result['seconds']:9.3f} s  peak {result['peak_rss_mb']:8.0f} MB"
+                      f"  own {result['anon_rss_mb']:8.0f} MB"
+                      + (f"  {result['ms_per_read']:.4f} ms/read ({result['ms_per_read_warm']:.4f} warm)"
+                         if "ms_per_read" in result else ""), flush=True)
+    ratios = {}
+    for n in sorted({r["documents"] for r in rows}):
+        for kind in JOBS:
+            if not any(r["documents"] == n and r["job"] == kind for r in rows):
+                continue
+            a = next(r for r in rows if r["documents"] == n and r["store"] == "dict" and r["job"] == kind)
+            b = next(r for r in rows if r["documents"] == n and r["store"] == "disk" and r["job"] == kind)
+            ratios[f"{n}:{kind}"] = {"rss_disk_over_dict": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
+                                     "seconds_disk_over_dict": round(b["seconds"] / max(a["seconds"], 1e-9), 3)}
+    print("\ndisk / dict (peak RSS, seconds):")
+    for key, r in ratios.items():
+        print(f"  {key:<18} RSS x{r['rss_disk_over_dict']:<7} time x{r['seconds_disk_over_dict']}")
+    write_result({"machine": facts, "rows": rows, "ratios": ratios}, args.out)
+
+
+if __name__ == "__main__":
+    main()
