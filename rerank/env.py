@@ -14,9 +14,14 @@ from typing import IO
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to 1/true/yes/on."""
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
 def offline() -> bool:
     """True when the user asked for no network: RERANK_OFFLINE or HF_HUB_OFFLINE set to 1/true."""
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("RERANK_OFFLINE", "HF_HUB_OFFLINE"))
+    return flag("RERANK_OFFLINE") or flag("HF_HUB_OFFLINE")
 
 
 _reachable: dict[tuple[str, int], bool] = {}

@@ -20,7 +20,7 @@ import html
 import io
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -409,7 +409,6 @@ class Layout:
     topics: Path | None = None
     topics_format: str | None = None
     qrels: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _stem(path: Path) -> str:

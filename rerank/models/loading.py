@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..env import offline, reachable
+from ..env import flag, offline, reachable
 from ..errors import MissingDependency, ModelMismatch, ModelNotFound
 
 log = logging.getLogger("rerank")
@@ -114,7 +114,7 @@ def pick_device(device: str | None = "auto") -> str:
 def cpu_supports_bf16() -> bool:
     """bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is ~3x faster than fp32.
     ``RERANK_NO_BF16=1`` answers no, so ``auto`` runs fp32 as on a CPU without them (AVX2 only)."""
-    if os.environ.get("RERANK_NO_BF16", "").strip().lower() in ("1", "true", "yes", "on"):
+    if flag("RERANK_NO_BF16"):
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -150,7 +150,7 @@ def announce_choice(device: str, dtype: Any, asked: str | None) -> None:
         why = "as asked (--dtype)"
     elif device.startswith("cuda"):
         why = "auto: the GPU's native half precision"
-    elif os.environ.get("RERANK_NO_BF16", "").strip().lower() in ("1", "true", "yes", "on"):
+    elif flag("RERANK_NO_BF16"):
         why = "auto: RERANK_NO_BF16 is set"
     elif name == "bfloat16":
         why = "auto: this CPU has AVX512-BF16/AMX, where bf16 is ~3x faster than fp32; --dtype float32 for fp32"
@@ -196,7 +196,7 @@ def model_heads(path: str | Path) -> list[str]:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    archs = config.get("architectures") or [] if isinstance(config, dict) else []
+    archs = (config.get("architectures") or []) if isinstance(config, dict) else []
     heads = [kind for arch in archs if isinstance(arch, str) for suffix, kind in HEAD_SUFFIXES.items() if arch.endswith(suffix)]
     if (folder / "modules.json").is_file() or any(isinstance(a, str) and a.endswith("Model") for a in archs):
         heads.append("sentence-transformer")
@@ -251,9 +251,9 @@ def _check_head(name: str, path: str, kind: str, missing: list[str], allow_new_h
         log.info("%s: a new %s head is initialised (%s)", name, kind, listed)
         return
     holds = " and ".join(KIND_WORDS[h] for h in heads) or "no head rerank knows"
-    raise ModelMismatch(f"{name!r} ({path}) holds {holds}, not {KIND_WORDS[kind]}: its {listed} would be random "
-                        f"weights" + ("" if train else ", so its scores would mean nothing")
-                        + ("; to train a new head on it anyway, pass --allow-new-head (allow_new_head=True)" if train else ""),
+    why = ("; to train a new head on it anyway, pass --allow-new-head (allow_new_head=True)" if train
+           else ", so its scores would mean nothing")
+    raise ModelMismatch(f"{name!r} ({path}) holds {holds}, not {KIND_WORDS[kind]}: its {listed} would be random weights{why}",
                         fits=heads)
 
 

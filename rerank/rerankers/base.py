@@ -155,7 +155,10 @@ class Reranker(Stage):
     # ------------------------------------------------------------ scoring
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw scores of (query, document) pairs, in order (served from the cache when present)."""
-        pairs = _check_pairs(pairs)
+        return self._scored(_check_pairs(pairs))
+
+    def _scored(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """``score`` of pairs already checked."""
         if not pairs:
             return []
         with self._lock:
@@ -216,8 +219,8 @@ class Reranker(Stage):
     # ------------------------------------------------------------ the app API
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
         """``docs`` ranked for ``query``, best first (``top_k`` of them when given)."""
-        items = _rank_items(query, docs, top_k)
-        scores = self.score([(query, t) for t, _ in items])
+        items = _rank_items(query, docs, top_k)  # checked here: the texts are not checked again
+        scores = self._scored([(query, t) for t, _ in items])
         order = sorted(range(len(items)), key=lambda i: (-scores[i], i))
         ranked = [RankedDoc(i, scores[i], items[i][0], items[i][1], docs[i]) for i in order]
         return ranked[:top_k] if top_k is not None else ranked
