@@ -50,6 +50,16 @@ def scifact(scifact_dir: Path):
     return load_dataset(str(scifact_dir))
 
 
+@pytest.fixture(scope="session")
+def dl19_requests_30(dl19):
+    """Real rerank requests: each DL19 query's text with the texts of its BM25 top 30."""
+    from rerank import load_dataset
+
+    ds = load_dataset(str(dl19))
+    text = {q.qid: q.text for q in ds.queries}
+    return [(text[qid], [h.text for h in hits[:30]]) for qid, hits in ds.candidate_run("bm25").items()]
+
+
 def offline_model(name: str) -> str:
     """The folder of an installed offline model; a missing one fails the test (never skips it)."""
     from rerank.models import model_folders

@@ -97,7 +97,7 @@ LAYERS = [
     ("rerank.data", "rerank.models", "rerank.indexes", "rerank.evaluate"),
     ("rerank.retrieve", "rerank.rerankers"),
     ("rerank.specs",),
-    ("rerank.train", "rerank.ultr", "rerank.distributed"),
+    ("rerank.train", "rerank.ultr", "rerank.distributed", "rerank.serve", "rerank.client", "rerank.integrations"),
     ("rerank.cli",),
 ]
 

@@ -60,12 +60,13 @@ def test_a_readme_example_runs_and_prints_what_it_claims(lang, code, line, share
     else:
         commands = [c for c in re.sub(r"\\\n\s*", " ", code).splitlines() if c.strip() and not c.lstrip().startswith("#")]
         for c in commands:
-            assert c.startswith(("rerank ", "pip install ")), f"README.md:{line}: an unexpected command {c!r}"
+            assert c.startswith(("rerank ", "pip install ", "curl ", "kill ")), f"README.md:{line}: an unexpected command {c!r}"
             if c.startswith("pip install "):  # installed by .ci/run: check that the extra's package is there
                 extra = re.search(r"\[(\w+)\]", c)
                 assert extra, c
-                __import__({"distributed": "ray"}.get(extra.group(1), extra.group(1)))
-        script = "\n".join(c for c in commands if c.startswith("rerank "))
+                __import__({"distributed": "ray", "serve": "fastapi"}.get(extra.group(1), extra.group(1)))
+        # a server started in the background (`rerank serve ... &`) is stopped by the block's `kill $!`
+        script = "\n".join(c for c in commands if not c.startswith("pip install "))
         cmd = ["bash", "-euo", "pipefail", "-c", script]
     r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False)
     output = r.stdout + r.stderr

@@ -3,6 +3,7 @@
 * :mod:`.run`: run, eval, index, reproduce, kinds, datasets
 * :mod:`.train`: train, train-ltr
 * :mod:`.clicks`: clicks simulate | stats | propensity
+* :mod:`.serve`: serve (HTTP)
 * :mod:`.common`: logging, one-line errors, option groups
 """
 
@@ -12,6 +13,7 @@ import click
 
 from .clicks import clicks
 from .run import datasets, eval_, index, kinds, reproduce, run
+from .serve import serve
 from .train import train, train_ltr
 
 
@@ -21,7 +23,7 @@ def main() -> None:
     """Neural retrieval and reranking: first stages, rerankers, evaluation."""
 
 
-for command in (run, eval_, index, reproduce, train, train_ltr, clicks, kinds, datasets):
+for command in (run, eval_, index, reproduce, train, train_ltr, clicks, kinds, datasets, serve):
     main.add_command(command)
 
 __all__ = ["main"]

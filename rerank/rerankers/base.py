@@ -8,19 +8,23 @@ A subclass implements ``_score(pairs) -> list[float]`` for (query, document) tex
   returns :class:`RankedDoc` objects (original index, id, score), never touching ``docs``;
   ``await reranker.arank(...)`` does the same off the event loop; ``reranker.score(pairs)``
   returns raw scores.
+
+Concurrent calls on one reranker (threads, ``arank`` tasks, a server's requests) share its
+batches: their pairs go through one :class:`~rerank.models.batching.Combiner`, which runs what
+waits as one engine call and hands each caller its own scores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import DataError, RerankError
+from ..models.batching import Combiner
 from ..models.engine import Cost, ScoreCache
 from ..progress import progress_bar
 from ..types import Hit, Query, Ranking, Stage
@@ -113,6 +117,10 @@ class Reranker(Stage):
     block: int = 8
     model_key: str = ""
     cache_chunk: int = 2048  # pairs scored between cache writes: a killed run resumes from the last one
+    # cross-request batching: the items one combined round takes at most (pairs; prompts' lists for
+    # ListReranker), and how long a leader that just saw concurrent callers waits for more
+    combine_items: int = 512
+    combine_wait_ms: float = 2.0
 
     role = "reranker"
     spec_arg = "MODEL"
@@ -142,7 +150,12 @@ class Reranker(Stage):
             raise ValueError(f"depth must be positive, got {depth}")
         self.depth = depth
         self.cache = ScoreCache(cache) if isinstance(cache, (str, Path)) else cache
-        self._lock = threading.Lock()
+        self.combiner: Combiner[Any, Any] = Combiner(self._run_combined, max_items=self.combine_items,
+                                                     max_wait_ms=self.combine_wait_ms)
+
+    def _run_combined(self, items: list[Any]) -> list[Any]:
+        """One combined round: every waiting caller's pairs scored in one call."""
+        return self._score(items)
 
     # ------------------------------------------------------------ to implement
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -161,19 +174,18 @@ class Reranker(Stage):
         """``score`` of pairs already checked."""
         if not pairs:
             return []
-        with self._lock:
-            if self.cache is None:
-                return self._score(pairs)
-            keys = [ScoreCache.key(self.model_key, q, d) for q, d in pairs]
-            known = self.cache.get_many(keys)
-            todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
-            self.cost.cached += len(pairs) - len(todo)
-            for start in range(0, len(todo), self.cache_chunk):
-                chunk = todo[start : start + self.cache_chunk]
-                fresh = self._score([pairs[i] for i in chunk])
-                self.cache.put_many((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
-                known.update((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
-            return [known[k] for k in keys]
+        if self.cache is None:
+            return self.combiner.submit(pairs)
+        keys = [ScoreCache.key(self.model_key, q, d) for q, d in pairs]
+        known = self.cache.get_many(keys)
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+        self.cost.cached += len(pairs) - len(todo)
+        for start in range(0, len(todo), self.cache_chunk):
+            chunk = todo[start : start + self.cache_chunk]
+            fresh = self.combiner.submit([pairs[i] for i in chunk])
+            self.cache.put_many((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
+            known.update((keys[i], s) for i, s in zip(chunk, fresh, strict=True))
+        return [known[k] for k in keys]
 
     def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
         """Scores of every query against every document: a float32 array, queries x documents."""
@@ -255,6 +267,7 @@ class ListReranker(Reranker):
 
     kind = "list"
     block = 32  # prompts of a block's queries share batches at every step
+    combine_items = 32  # lists per combined round of concurrent callers
 
     @property
     def cost(self) -> Any:
@@ -266,9 +279,15 @@ class ListReranker(Reranker):
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         raise TypeError(f"{self.name} ranks lists, it does not score single pairs: use rank(query, docs) or it as a stage")
 
+    def _run_combined(self, items: list[Any]) -> list[Any]:
+        """One combined round: the waiting callers' (query, candidates) lists ordered in one ``_order``
+        call, so their same-step prompts share batches."""
+        return self._order([q for q, _ in items], [docs for _, docs in items])
+
     def _rerank_block(self, texts: list[str], lists: list[list[Hit]], qids: list[str]) -> Ranking:
         """One block of queries ordered in one ``_order`` call (their prompts share batches)."""
-        orders = self._order(texts, [[h.text or "" for h in hits[: self.depth]] for hits in lists])
+        requests = [(t, [h.text or "" for h in hits[: self.depth]]) for t, hits in zip(texts, lists, strict=True)]
+        orders = self.combiner.submit(requests)
         out: Ranking = {}
         for qid, hits, (perm, scores) in zip(qids, lists, orders, strict=True):
             top = hits[: self.depth]
@@ -280,7 +299,7 @@ class ListReranker(Reranker):
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
         items = _rank_items(query, docs, top_k)
         head = items[: self.depth]
-        perm, scores = self._order([query], [[t for t, _ in head]])[0] if head else ([], [])
+        perm, scores = self.combiner.submit([(query, [t for t, _ in head])])[0] if head else ([], [])
         order = list(perm) + list(range(len(head), len(items)))
         scores = list(scores) + tail_scores(scores[-1] if scores else 0.0, len(items) - len(head))
         ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores, strict=True)]
