@@ -183,6 +183,28 @@ def test_a_full_queue_answers_429_and_a_slow_request_504(ce, monkeypatch):
     assert r.status_code == 504 and "longer than 0.2 s" in r.json()["message"]
 
 
+def test_a_client_that_disconnects_has_its_pairs_dropped(ce, monkeypatch):
+    seen: list[str] = []
+    fast = ce._score
+
+    def slow(pairs):
+        seen.extend(d for _, d in pairs)
+        time.sleep(0.5)
+        return fast(pairs)
+    monkeypatch.setattr(ce, "_score", slow)
+    service = Service(ce)
+    with Running(create_app(service)) as running, ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(httpx.post, f"{running.url}/v2/rerank", json={"query": "q", "documents": ["first"]}, timeout=30)
+        while not seen:
+            time.sleep(0.005)  # the model is busy with the first request
+        _disconnecting_client(running.port, json.dumps({"query": "q", "documents": ["never scored"]}).encode())
+        assert busy.result().status_code == 200
+        time.sleep(0.3)
+        assert httpx.post(f"{running.url}/v2/rerank", json={"query": "q", "documents": ["last"]}).status_code == 200
+    assert "never scored" not in seen and seen[-1] == "last"
+    assert service.inflight == 0
+
+
 def _disconnecting_client(port: int, body: bytes) -> None:
     """Sends a whole request and hangs up without reading the answer."""
     with socket.create_connection(("127.0.0.1", port)) as s:

@@ -12,11 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..errors import DataError
 
 log = logging.getLogger("rerank")
 
@@ -181,6 +184,60 @@ def source_fingerprint(files: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+#: hashes sorted in memory at once while a disk store's lookup table is built (16 bytes each with their rows)
+SORT_BUCKET = 1 << 20
+
+
+def _sort_table(folder: Path, name: str) -> None:
+    """``hashes.bin`` (the ids' hashes in row order) sorted into ``keys.bin``, with ``rows.bin`` (their rows), in memory
+    flat in the corpus size: the hashes are uniform, so they are dealt into 2^b buckets by their top
+    b bits (about :data:`SORT_BUCKET` each, one streaming pass), and each bucket is sorted alone and
+    appended; buckets in order are the table in order. Equal ids share a hash, hence a bucket: a
+    repeated id is found there."""
+    path = folder / "hashes.bin"
+    n = path.stat().st_size // 8
+    bits = min(10, max(0, (max(1, -(-n // SORT_BUCKET)) - 1).bit_length()))
+    parts = folder / "sort-buckets"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir()
+    keys = np.memmap(path, dtype=np.uint64, mode="r") if n else np.zeros(0, dtype=np.uint64)
+    outs = [(open(parts / f"{b}.keys", "wb"), open(parts / f"{b}.rows", "wb")) for b in range(1 << bits)]  # noqa: SIM115
+    try:
+        for start in range(0, n, SORT_BUCKET):
+            block = np.asarray(keys[start : start + SORT_BUCKET])
+            rows = np.arange(start, start + len(block), dtype=np.int64)
+            bucket = (block >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(block), dtype=np.int64)
+            order = np.argsort(bucket, kind="stable")  # rows stay in order within a bucket
+            bounds = np.searchsorted(bucket[order], np.arange((1 << bits) + 1))
+            for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                if hi > lo:
+                    outs[b][0].write(block[order[lo:hi]].tobytes())
+                    outs[b][1].write(rows[order[lo:hi]].tobytes())
+    finally:
+        for fk, fr in outs:
+            fk.close()
+            fr.close()
+    del keys
+    id_offsets = np.memmap(folder / "id_offsets.bin", dtype=np.int64, mode="r")
+    raw = np.memmap(folder / "ids.bin", dtype=np.uint8, mode="r") if (folder / "ids.bin").stat().st_size else None
+    tmp_keys, tmp_rows = folder / "keys.sorted.tmp", folder / "rows.bin.tmp"
+    with open(tmp_keys, "wb") as out_keys, open(tmp_rows, "wb") as out_rows:
+        for b in range(1 << bits):
+            bk, br = np.fromfile(parts / f"{b}.keys", dtype=np.uint64), np.fromfile(parts / f"{b}.rows", dtype=np.int64)
+            order = np.argsort(bk, kind="stable")
+            bk, br = bk[order], br[order]
+            for j in np.flatnonzero(bk[1:] == bk[:-1]):
+                assert raw is not None
+                first, second = (bytes(raw[id_offsets[r] : id_offsets[r + 1]]) for r in (br[j], br[j + 1]))
+                if first == second:
+                    raise DataError(f"{name}: document id {first.decode(errors='replace')!r} appears twice")
+            out_keys.write(bk.tobytes())
+            out_rows.write(br.tobytes())
+    os.replace(tmp_rows, folder / "rows.bin")
+    os.replace(tmp_keys, folder / "keys.bin")  # hashes.bin stays until the build is marked done: a resumed build sorts again
+    shutil.rmtree(parts, ignore_errors=True)
+
+
 class DiskDocStore(DocStore):
     """A corpus in files: ``texts.bin``/``text_offsets.bin`` (UTF-8 texts and int64 offsets, in
     corpus order), ``ids.bin``/``id_offsets.bin`` (the ids), and a lookup table ``keys.bin``/
@@ -296,9 +353,9 @@ class DiskDocStore(DocStore):
         progress_file = folder / "progress.json"
         done: dict[str, Any] = (json.loads(progress_file.read_text()) if progress_file.is_file()
                                 else {"documents": 0, "digests": [], "texts": 0, "ids": 0})
-        names = ("texts.bin", "text_offsets.bin", "ids.bin", "id_offsets.bin", "keys.bin")
+        names = ("texts.bin", "text_offsets.bin", "ids.bin", "id_offsets.bin", "hashes.bin")
         sizes = {"texts.bin": done["texts"], "ids.bin": done["ids"], "text_offsets.bin": 8 * done["documents"],
-                 "id_offsets.bin": 8 * done["documents"], "keys.bin": 8 * done["documents"]}
+                 "id_offsets.bin": 8 * done["documents"], "hashes.bin": 8 * done["documents"]}
         files = {}
         for n in names:
             f = open(folder / n, "ab")  # noqa: SIM115 - closed below
@@ -328,7 +385,7 @@ class DiskDocStore(DocStore):
             files["ids.bin"].write(b"".join(ids))
             files["text_offsets.bin"].write(np.asarray(text_off, dtype=np.int64).tobytes())
             files["id_offsets.bin"].write(np.asarray(id_off, dtype=np.int64).tobytes())
-            files["keys.bin"].write(np.asarray(keys, dtype=np.uint64).tobytes())
+            files["hashes.bin"].write(np.asarray(keys, dtype=np.uint64).tobytes())
             for f in files.values():
                 f.flush()
                 os.fsync(f.fileno())
@@ -354,24 +411,9 @@ class DiskDocStore(DocStore):
         finally:
             for f in files.values():
                 f.close()
-        # the lookup table: 16 bytes a document in memory while it is sorted (160 MB for 10M)
-        keys = np.fromfile(folder / "keys.bin", dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        keys.tofile(folder / "keys.bin")
-        order.astype(np.int64).tofile(folder / "rows.bin")
-        same = np.flatnonzero(keys[1:] == keys[:-1])
-        if len(same):
-            id_offsets = np.memmap(folder / "id_offsets.bin", dtype=np.int64, mode="r")
-            raw = np.memmap(folder / "ids.bin", dtype=np.uint8, mode="r")
-            read = lambda r: bytes(raw[id_offsets[r] : id_offsets[r + 1]])  # noqa: E731
-            for j in same:
-                if read(order[j]) == read(order[j + 1]):
-                    from ..errors import DataError
-
-                    raise DataError(f"{name}: document id {read(order[j]).decode(errors='replace')!r} appears twice")
-        del keys, order
+        _sort_table(folder, name)
         progress_file.unlink()
+        (folder / "hashes.bin").unlink()
         (folder / "corpus.json").write_text(json.dumps({"name": name, "documents": count,
                                                          "fingerprint": _combine(count, digests)}))
 
@@ -382,6 +424,7 @@ class DiskDocStore(DocStore):
         resumably) under the indexes folder, rebuilt when a source file changed."""
         from ..indexes import build_or_reuse, index_path
 
+        params = {**params, "format": 2}  # 2: row-order hashes kept in hashes.bin until the table is sorted
         path = index_path("docstore", name, params, root)
         expected = {"kind": "docstore", "backend": "rerank", "params": params, "name": name,
                     "corpus": {"name": name, "fingerprint": f"source:{source_fingerprint(files)}"}}
