@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelNotFound
 from .engine import Cost, Encoded, Engine, Truncation
 from .loading import batch_budget, load_model
 
@@ -50,10 +49,12 @@ class Encoder:
         self.fingerprint = loaded.fingerprint
         self.similarity = str(getattr(self.model, "similarity_fn_name", None) or "cosine")
         if self.similarity not in SIMILARITIES:
-            raise ValueError(f"{name}: similarity {self.similarity!r} is not supported for search; supported: {', '.join(SIMILARITIES)}")
+            raise ValueError(f"{name}: similarity {self.similarity!r} is not supported for search; "
+                             f"supported: {', '.join(SIMILARITIES)}")
         prompts = dict(getattr(self.model, "prompts", None) or {})
         self.query_prefix: str = query_prefix if query_prefix is not None else str(prompts.get("query") or "")
-        self.doc_prefix: str = doc_prefix if doc_prefix is not None else str(prompts.get("document") or prompts.get("passage") or "")
+        default_doc = str(prompts.get("document") or prompts.get("passage") or "")
+        self.doc_prefix: str = doc_prefix if doc_prefix is not None else default_doc
         self.normalize = (self.similarity == "cosine") if normalize is None else bool(normalize)
         if self.normalize and self.similarity == "euclidean":
             self.similarity = "cosine"  # unit vectors: euclidean order equals cosine order

@@ -39,7 +39,8 @@ def import_transformers(what: str, sentence_transformers: bool = False) -> Any:
         if sentence_transformers:
             import sentence_transformers as st
     except ImportError:
-        raise MissingDependency(what, "models", "sentence-transformers" if sentence_transformers else "torch and transformers") from None
+        package = "sentence-transformers" if sentence_transformers else "torch and transformers"
+        raise MissingDependency(what, "models", package) from None
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     return st if sentence_transformers else transformers
@@ -48,7 +49,8 @@ def import_transformers(what: str, sentence_transformers: bool = False) -> Any:
 def model_folders() -> list[Path]:
     """Where local models are looked for, in order."""
     folders = [Path(p).expanduser() for p in os.environ.get("RERANK_MODEL_PATH", "").split(os.pathsep) if p]
-    folders.append(Path(os.environ.get("RERANK_OFFLINE_MODELS", Path.home() / ".cache" / "rerank" / "offline-models")).expanduser())
+    default = Path.home() / ".cache" / "rerank" / "offline-models"
+    folders.append(Path(os.environ.get("RERANK_OFFLINE_MODELS", default)).expanduser())
     return folders
 
 
@@ -85,7 +87,8 @@ def resolve_model(name: str) -> str:
     get = (f"get it where the hub is reachable (huggingface-cli download {name} --local-dir FOLDER/{candidates[0]}) into "
            f"one of those folders or $RERANK_MODEL_PATH, or pass a local folder")
     if offline():
-        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); searched: {searched}; {get}")
+        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); "
+                            f"searched: {searched}; {get}")
     if not reachable("huggingface.co"):
         raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: "
                             f"{searched}; {get}")
@@ -97,7 +100,8 @@ def local_models(kind: str) -> list[str]:
     found = []
     for folder in model_folders():
         if folder.is_dir():
-            found += [sub.name for sub in sorted(folder.iterdir()) if (sub / "config.json").is_file() and kind in model_heads(sub)]
+            found += [sub.name for sub in sorted(folder.iterdir())
+                      if (sub / "config.json").is_file() and kind in model_heads(sub)]
     return list(dict.fromkeys(found))
 
 
@@ -324,7 +328,8 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     model = model.to(where)
     if not train:
         model.eval()
-    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, context_window(config, tokenizer, max_length, default_window),
+    window = context_window(config, tokenizer, max_length, default_window)
+    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, window,
                        _fingerprint_of(name, path))
 
 
