@@ -75,7 +75,8 @@ def job(kind: str, store: str, corpus: Path, root: Path) -> dict[str, float]:
     def open_store() -> object:
         if store == "dict":
             return MemoryDocStore(dict(iter_beir_corpus(corpus)), name=corpus.stem)
-        return DiskDocStore.for_source(corpus.stem, [corpus], lambda: iter_beir_corpus(corpus), {}, root=root,
+        # as rerank.data.corpus_store reads it: the store, not the reader, finds a repeated id
+        return DiskDocStore.for_source(corpus.stem, [corpus], lambda: iter_beir_corpus(corpus, unique=False), {}, root=root,
                                        rebuild=kind == "build")
 
     out: dict[str, float] = {}

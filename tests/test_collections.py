@@ -311,3 +311,22 @@ def test_the_lookup_table_is_sorted_in_buckets_with_memory_flat_in_the_corpus(tm
     assert store.get_many(["doc-0", "doc-2999", "doc-x"]) == ["text 0", "text 2999", None]
     with pytest.raises(DataError, match="document id 'doc-1717' appears twice"):
         DiskDocStore.build(iter(docs + [("doc-1717", "again")]), tmp_path / "dup", "synthetic")
+
+
+def test_a_repeated_id_in_a_corpus_read_into_the_disk_store_is_refused(tmp_path):
+    """Through the disk store, the reader keeps no set of every id (memory flat in the corpus):
+    the repeat is found while the store sorts its table."""
+    from rerank.data import corpus_store
+    from rerank.data.collections import ReadOptions
+    from rerank.data.formats import iter_beir_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d, "text": f"text {i}"}) + "\n" for i, d in enumerate(["a", "b", "a"])))
+    def reader(unique):
+        return iter_beir_corpus(corpus, unique=unique)
+
+    memory = corpus_store("dup", corpus, reader, {}, ReadOptions(doc_store="memory"))
+    with pytest.raises(DataError, match="corpus.jsonl:3: document id 'a' appears twice"):
+        len(memory)
+    with pytest.raises(DataError, match="dup: document id 'a' appears twice"):
+        corpus_store("dup", corpus, reader, {}, ReadOptions(doc_store="disk"))

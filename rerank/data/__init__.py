@@ -155,24 +155,27 @@ def _load_beir(folder: Path, split: str, encoding_errors: str, read: ReadOptions
     if not queries:
         raise DataError(f"{folder}: none of the queries in queries.jsonl is judged in qrels/{split}.tsv")
     corpus = folder / "corpus.jsonl"
-    docs = corpus_store(folder.name, corpus, lambda: iter_beir_corpus(corpus, encoding_errors), {"format": "beir"}, read)
+    docs = corpus_store(folder.name, corpus, lambda unique: iter_beir_corpus(corpus, encoding_errors, unique=unique),
+                        {"format": "beir"}, read)
     return Dataset(folder.name, queries, qrels, docs, source=str(folder))
 
 
-def corpus_store(name: str, source: Path, reader: Callable[[], Iterable[tuple[str, str]]], params: dict[str, object],
+def corpus_store(name: str, source: Path, reader: Callable[[bool], Iterable[tuple[str, str]]], params: dict[str, object],
                  read: ReadOptions) -> DocStore:
-    """The documents ``reader()`` yields from ``source``: a :class:`MemoryDocStore` for a small
+    """The documents ``reader(unique)`` yields from ``source``: a :class:`MemoryDocStore` for a small
     corpus, a :class:`DiskDocStore` (built once, beside the indexes) for one of
-    ``$RERANK_DOCSTORE_MIN_MB`` MB (default 256) or more, or as ``read.doc_store`` says."""
+    ``$RERANK_DOCSTORE_MIN_MB`` MB (default 256) or more, or as ``read.doc_store`` says. ``unique``:
+    the reader refuses a repeated id itself (naming its line; memory per document); the disk store
+    finds one while it sorts its table instead, in memory flat in the corpus."""
     if read.doc_store not in ("auto", "memory", "disk"):
         raise DataError(f"doc_store must be auto, memory or disk, not {read.doc_store!r}")
     files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     size_mb = sum(f.stat().st_size for f in files) / 1e6
     threshold = float(os.environ.get("RERANK_DOCSTORE_MIN_MB", "256"))
     if read.doc_store == "memory" or (read.doc_store == "auto" and size_mb < threshold):
-        return MemoryDocStore(lambda: dict(reader()), name=name)
+        return MemoryDocStore(lambda: dict(reader(True)), name=name)
     log.info("%s: %.0f MB of documents: reading them through a document store on disk", name, size_mb)
-    return DiskDocStore.for_source(name, files, reader, {**params, "source": source.name})
+    return DiskDocStore.for_source(name, files, lambda: reader(False), {**params, "source": source.name})
 
 
 def _candidate_name(p: Path) -> str:
@@ -206,7 +209,8 @@ def _load_folder(folder: Path, encoding_errors: str, read: ReadOptions) -> Datas
     ds = Dataset(folder.name, queries, qrels, None, candidates, source=str(folder), encoding_errors=encoding_errors)
     if lay.corpus is not None:
         corpus, fmt = lay.corpus, lay.corpus_format
-        ds.docs = corpus_store(folder.name, corpus, lambda: iter_documents(corpus, fmt, read.fields, encoding_errors),
+        ds.docs = corpus_store(folder.name, corpus, lambda unique: iter_documents(corpus, fmt, read.fields, encoding_errors,
+                                                                                  unique=unique),
                                {"format": fmt, "id_field": read.id_field, "text_fields": list(read.text_fields)}, read)
         return ds
 

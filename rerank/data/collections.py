@@ -123,9 +123,9 @@ def detect_doc_format(path: Path) -> str:
 
 
 def iter_documents(path: str | Path, fmt: str | None = None, fields: Fields = Fields(),
-                   encoding_errors: str = "strict") -> Iterator[tuple[str, str]]:
+                   encoding_errors: str = "strict", *, unique: bool = True) -> Iterator[tuple[str, str]]:
     """(docid, text) of every document of ``path`` in file order; ``fmt``: one of :data:`DOC_FORMATS`
-    (None: detected)."""
+    (None: detected). A repeated id is an error (``unique=False``: left to the caller)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -134,9 +134,10 @@ def iter_documents(path: str | Path, fmt: str | None = None, fields: Fields = Fi
         raise DataError(f"unknown document format {fmt!r}; one of {', '.join(DOC_FORMATS)}")
     seen: set[str] = set()
     for where, docid, text in _READERS[fmt](path, fields, encoding_errors):
-        if docid in seen:
-            raise DataError(f"{where}: document id {docid!r} appears twice")
-        seen.add(docid)
+        if unique:
+            if docid in seen:
+                raise DataError(f"{where}: document id {docid!r} appears twice")
+            seen.add(docid)
         yield docid, text
 
 

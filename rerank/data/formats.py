@@ -331,8 +331,9 @@ def read_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> dict[st
     return dict(iter_beir_corpus(path, encoding_errors))
 
 
-def iter_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[str, str]]:
-    """(docid, "title text") of a BEIR corpus.jsonl, in file order; a repeated id is an error."""
+def iter_beir_corpus(path: PathLike, encoding_errors: str = "strict", *, unique: bool = True) -> Iterator[tuple[str, str]]:
+    """(docid, "title text") of a BEIR corpus.jsonl, in file order; a repeated id is an error
+    (``unique=False``: left to the caller, which then holds no set of every id)."""
     path = Path(path)
     docs: set[str] = set()
     for lineno, line in iter_lines(path, encoding_errors):
@@ -341,10 +342,11 @@ def iter_beir_corpus(path: PathLike, encoding_errors: str = "strict") -> Iterato
         if not isinstance(obj, dict) or "_id" not in obj:
             raise DataError(f"{where}: expected a JSON object with '_id'")
         docid = check_id(obj["_id"], "document id", where)
-        if docid in docs:
-            raise DataError(f"{where}: document id {docid!r} appears twice")
+        if unique:
+            if docid in docs:
+                raise DataError(f"{where}: document id {docid!r} appears twice")
+            docs.add(docid)
         title, text = obj.get("title") or "", obj.get("text") or ""
         if _SURROGATE_ESCAPE.search(line) or not isinstance(title, str) or not isinstance(text, str):
             title, text = check_text(title, "title", where), check_text(text, "text", where)
-        docs.add(docid)
         yield docid, f"{title} {text}".strip() if title else text

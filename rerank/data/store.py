@@ -200,11 +200,10 @@ def _sort_table(folder: Path, name: str) -> None:
     parts = folder / "sort-buckets"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir()
-    keys = np.memmap(path, dtype=np.uint64, mode="r") if n else np.zeros(0, dtype=np.uint64)
     outs = [(open(parts / f"{b}.keys", "wb"), open(parts / f"{b}.rows", "wb")) for b in range(1 << bits)]  # noqa: SIM115
     try:
         for start in range(0, n, SORT_BUCKET):
-            block = np.asarray(keys[start : start + SORT_BUCKET])
+            block = np.fromfile(path, dtype=np.uint64, count=SORT_BUCKET, offset=8 * start)  # read, not mapped: no pages kept
             rows = np.arange(start, start + len(block), dtype=np.int64)
             bucket = (block >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(block), dtype=np.int64)
             order = np.argsort(bucket, kind="stable")  # rows stay in order within a bucket
@@ -217,7 +216,6 @@ def _sort_table(folder: Path, name: str) -> None:
         for fk, fr in outs:
             fk.close()
             fr.close()
-    del keys
     id_offsets = np.memmap(folder / "id_offsets.bin", dtype=np.int64, mode="r")
     raw = np.memmap(folder / "ids.bin", dtype=np.uint8, mode="r") if (folder / "ids.bin").stat().st_size else None
     tmp_keys, tmp_rows = folder / "keys.sorted.tmp", folder / "rows.bin.tmp"
