@@ -150,12 +150,16 @@ def test_api_key_health_and_metrics(ce):
 
 
 def _slow(ce, monkeypatch, seconds):
+    """The model made slow; returns the documents it is asked to score, in order."""
     fast = ce._score
+    seen: list[str] = []
 
     def slow(pairs):
+        seen.extend(d for _, d in pairs)
         time.sleep(seconds)
         return fast(pairs)
     monkeypatch.setattr(ce, "_score", slow)
+    return seen
 
 
 def test_a_full_queue_answers_429_and_a_slow_request_504(ce, monkeypatch):
@@ -184,14 +188,7 @@ def test_a_full_queue_answers_429_and_a_slow_request_504(ce, monkeypatch):
 
 
 def test_a_client_that_disconnects_has_its_pairs_dropped(ce, monkeypatch):
-    seen: list[str] = []
-    fast = ce._score
-
-    def slow(pairs):
-        seen.extend(d for _, d in pairs)
-        time.sleep(0.5)
-        return fast(pairs)
-    monkeypatch.setattr(ce, "_score", slow)
+    seen = _slow(ce, monkeypatch, 0.5)
     service = Service(ce)
     with Running(create_app(service)) as running, ThreadPoolExecutor(1) as pool:
         busy = pool.submit(httpx.post, f"{running.url}/v2/rerank", json={"query": "q", "documents": ["first"]}, timeout=30)

@@ -36,9 +36,9 @@ def serve(reranker: str, pipeline: str | None, depth: int | None, host: str, por
           max_request_mb: float, max_queue: int, timeout: float, max_wait_ms: float, quiet: bool, **kw: Any) -> None:
     """Serve a reranker over HTTP: POST /v1/rerank, /v2/rerank (Cohere), /rerank (TEI), /v1/search;
     GET /health, /metrics, /docs. Stops on SIGTERM after answering what it accepted."""
+    from ..rerankers import make_reranker
     from ..serve import Limits, Service, require_serve
     from ..serve import serve as run_server
-    from ..specs import RERANKER, stage
     from ..specs import pipeline as build_pipeline
 
     setup_logging(quiet)
@@ -47,11 +47,8 @@ def serve(reranker: str, pipeline: str | None, depth: int | None, host: str, por
     data = take(DatasetArgs, kw)
     if bool(pipeline) != bool(data.dataset):
         raise RerankError("--pipeline and --dataset go together: /v1/search retrieves from the dataset with the pipeline")
-    options = {k: v for k, v in model.as_options().items() if v is not None}
-    if depth is not None:
-        options["depth"] = depth
-    ranker = stage(reranker, None, role=RERANKER, **options)
-    ranker.combiner.max_wait_ms = max_wait_ms  # type: ignore[attr-defined]
+    ranker = make_reranker(reranker, depth=depth, **model.as_options())
+    ranker.combiner.max_wait_ms = max_wait_ms
     first = None
     if pipeline and data.dataset:
         ds = load(data.dataset, data.split or "test", None, data.encoding_errors, data.read())
@@ -60,5 +57,5 @@ def serve(reranker: str, pipeline: str | None, depth: int | None, host: str, por
         first = build_pipeline(pipeline, ds, with_text=True)
     limits = Limits(max_documents=max_documents, max_request_bytes=int(max_request_mb * 1024 * 1024), max_queue=max_queue,
                     timeout_s=timeout)
-    service = Service(ranker, first_stage=first, limits=limits)  # type: ignore[arg-type]
+    service = Service(ranker, first_stage=first, limits=limits)
     run_server(service, host=host, port=port, api_key=api_key or None, log_level="warning" if quiet else "info")

@@ -100,7 +100,6 @@ class RoundStats:
     requests: int = 0
     items: int = 0
     largest: int = 0
-    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))  # items per round, the latest
 
 
 class Combiner(Generic[T, R]):
@@ -210,7 +209,6 @@ class Combiner(Generic[T, R]):
         stats.requests += len(batch)
         stats.items += size
         stats.largest = max(stats.largest, size)
-        stats.sizes.append(size)
         if self.on_round is not None:
             self.on_round(len(batch), size)
         try:

@@ -117,8 +117,8 @@ class Reranker(Stage):
     block: int = 8
     model_key: str = ""
     cache_chunk: int = 2048  # pairs scored between cache writes: a killed run resumes from the last one
-    # cross-request batching: the items one combined round takes at most (pairs; prompts' lists for
-    # ListReranker), and how long a leader that just saw concurrent callers waits for more
+    # cross-request batching: the items one combined round takes at most (pairs; (query, candidates)
+    # lists for ListReranker), and how long a round after one shared by several requests waits for more
     combine_items: int = 512
     combine_wait_ms: float = 2.0
 

@@ -212,40 +212,40 @@ class Service:
             raise HTTPProblem(499, "the client went away", "Cancelled")
         raise HTTPProblem(504, f"the request took longer than {self.limits.timeout_s:g} s and was dropped", "Timeout")
 
-    def _admit(self) -> None:
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """A request counted as in progress, or refused: 503 while loading, 429 at ``max_queue``."""
         if not self.ready:
             raise HTTPProblem(503, "the model is still loading", "Unavailable", {"Retry-After": "1"})
         if self.inflight >= self.limits.max_queue:
             raise HTTPProblem(429, f"the server is at its limit of {self.limits.max_queue} requests in progress; retry",
                               "Overloaded", {"Retry-After": "1"})
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     async def rank(self, query: str, texts: list[str], max_tokens: int | None = None,
                    disconnected: Callable[[], Awaitable[Any]] | None = None) -> tuple[list[RankedDoc], dict[str, int]]:
-        self._admit()
-        self.inflight += 1
-        try:
-            def fn() -> tuple[list[RankedDoc], dict[str, int]]:
-                cut, counts = self._measure(query, texts, max_tokens)
-                return self.reranker.rank(query, cut), counts
+        def fn() -> tuple[list[RankedDoc], dict[str, int]]:
+            cut, counts = self._measure(query, texts, max_tokens)
+            return self.reranker.rank(query, cut), counts
+
+        with self._admitted():
             return await self._call(fn, disconnected)  # type: ignore[no-any-return]
-        finally:
-            self.inflight -= 1
 
     async def search(self, query: str, top_n: int,
                      disconnected: Callable[[], Awaitable[Any]] | None = None) -> list[dict[str, Any]]:
         if self.first_stage is None:
             raise HTTPProblem(404, "no collection is loaded: start the server with --pipeline and --dataset", "NotFound")
-        self._admit()
-        self.inflight += 1
-        try:
+        with self._admitted():
             async with self._first_lock:  # first stages are fast and not all of them are thread-safe
                 ranking = await asyncio.get_running_loop().run_in_executor(self.pool, self.first_stage, [Query("q", query)])
             hits = ranking.get("q", [])[: self.reranker.depth]
             ranked = await self._call(lambda: self.reranker.rank(query, [h.text or "" for h in hits], top_n), disconnected)
             return [{"id": hits[r.index].docid, "text": r.text, "score": r.score, "rank": i + 1}
                     for i, r in enumerate(ranked)]
-        finally:
-            self.inflight -= 1
 
 
 # ---------------------------------------------------------------- metrics
@@ -312,12 +312,15 @@ def create_app(service: Service, *, api_key: str | None = None) -> Any:
         return JSONResponse({"message": p.message, "error": p.message, "error_type": p.kind}, status_code=p.status,
                             headers=p.headers)
 
+    def check_key(request: Request) -> None:
+        """Every endpoint but /health: the bearer key, compared in constant time."""
+        if api_key is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                           f"Bearer {api_key}".encode()):
+            raise HTTPProblem(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "Unauthorized",
+                              {"WWW-Authenticate": "Bearer"})
+
     async def read_json(request: Request) -> dict[str, Any]:
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                raise HTTPProblem(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "Unauthorized",
-                                  {"WWW-Authenticate": "Bearer"})
+        check_key(request)
         declared = request.headers.get("content-length")
         limit = service.limits.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -411,9 +414,8 @@ def create_app(service: Service, *, api_key: str | None = None) -> Any:
         assert top_n is not None
         return {"results": await service.search(query, top_n, request.receive)}
 
-    for path, name, handler in (("/v1/rerank", "/v1/rerank", v1), ("/v2/rerank", "/v2/rerank", v2), ("/rerank", "/rerank", tei),
-                                ("/v1/search", "/v1/search", search)):
-        app.add_api_route(path, endpoint(name, handler), methods=["POST"], summary=_SUMMARIES[path][0],
+    for path, handler in (("/v1/rerank", v1), ("/v2/rerank", v2), ("/rerank", tei), ("/v1/search", search)):
+        app.add_api_route(path, endpoint(path, handler), methods=["POST"], summary=_SUMMARIES[path][0],
                           openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                               "schema": _SUMMARIES[path][1]}}}})
 
@@ -424,9 +426,10 @@ def create_app(service: Service, *, api_key: str | None = None) -> Any:
         return {"status": "ok", "model": service.model_name}
 
     async def prometheus(request: Request) -> Any:
-        if api_key is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
-                                                           f"Bearer {api_key}".encode()):
-            return problem(HTTPProblem(401, "missing or wrong API key", "Unauthorized", {"WWW-Authenticate": "Bearer"}))
+        try:
+            check_key(request)
+        except HTTPProblem as p:
+            return problem(p)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     prometheus.__annotations__ = {"request": Request, "return": Any}
