@@ -23,6 +23,31 @@ def offline(name: str) -> str:
     raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
 
 
+def seeded_cross_encoder() -> str:
+    """The all-MiniLM-L6-v2 body with a fixed-seed one-logit head: the architecture and cost of
+    ms-marco-MiniLM-L-6-v2 (which does not install offline), for speed measurements."""
+    out = WORK / "minilm-l6-ce-seeded"
+    if not (out / "config.json").is_file():
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(0)
+        src = offline("all-MiniLM-L6-v2")
+        AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
+        AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+def dl19_pairs(n: int) -> list[tuple[str, str]]:
+    """The first ``n`` DL19 (query, BM25 candidate passage) pairs, query by query."""
+    from rerank import load_dataset
+
+    ds = load_dataset("trec-dl-19")
+    text = {q.qid: q.text for q in ds.queries}
+    pairs = [(text[q], h.text or "") for q, hits in ds.candidate_run("bm25").items() for h in hits]
+    return pairs[:n]
+
+
 def scifact_train_test() -> tuple[Any, Any, Any]:
     """(SciFact train, SciFact test, test qrels), with INFO logging on: the setup of the training benchmarks."""
     import logging

@@ -23,17 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, offline, versus_baseline, write_result
+from common import RESULTS, dl19_pairs, machine, offline, versus_baseline, write_result
 
 from rerank import evaluate, load_dataset
 from rerank.rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
-
-
-def dl19_pairs(n: int) -> list[tuple[str, str]]:
-    ds = load_dataset("trec-dl-19")
-    text = {q.qid: q.text for q in ds.queries}
-    pairs = [(text[q], h.text or "") for q, hits in ds.candidate_run("bm25").items() for h in hits]
-    return pairs[:n]
 
 
 def throughput(args: argparse.Namespace) -> dict:

@@ -31,20 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, WORK, cpu_facts, machine, offline, write_result
-
-
-def seeded_cross_encoder() -> str:
-    out = WORK / "minilm-l6-ce-seeded"
-    if not (out / "config.json").is_file():
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        torch.manual_seed(0)
-        src = offline("all-MiniLM-L6-v2")
-        AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
-        AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return str(out)
+from common import RESULTS, cpu_facts, machine, seeded_cross_encoder, write_result
 
 
 def dl19_requests(docs: int) -> list[tuple[str, list[str]]]:

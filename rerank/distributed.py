@@ -47,7 +47,8 @@ from .types import Composite, Hit, Query, Ranking, Stage
 log = logging.getLogger("rerank")
 # what workers must see as the driver does: offline switches and where models, data and indexes are
 _PROPAGATE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "RERANK_OFFLINE", "RERANK_OFFLINE_MODELS",
-              "RERANK_MODEL_PATH", "RERANK_SHARED_DATA", "RERANK_INDEXES", "RERANK_NO_BF16")
+              "RERANK_MODEL_PATH", "RERANK_SHARED_DATA", "RERANK_INDEXES", "RERANK_NO_BF16",
+              "RERANK_BACKEND")
 
 
 @dataclass(frozen=True)

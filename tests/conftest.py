@@ -21,6 +21,8 @@ os.environ["IR_DATASETS_HOME"] = str(_TMP / "ir_datasets")
 os.environ["RERANK_INDEXES"] = str(_TMP / "indexes")
 os.environ["RERANK_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# models run on PyTorch unless a test asks for another backend (auto would pick OpenVINO on CPUs without bf16)
+os.environ["RERANK_BACKEND"] = "torch"
 
 SHARED = Path(os.environ["RERANK_SHARED_DATA"])
 

@@ -155,17 +155,26 @@ def load(dataset: str, split: str, qrels: str | None = None, encoding_errors: st
 # ---------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelArgs:
-    """Where and how models run (--device, --dtype, --batch-tokens)."""
+    """Where and how models run (--device, --dtype, --batch-tokens, --backend, --quantize)."""
 
     device: str | None = None
     dtype: str | None = None
     batch_tokens: int | None = None
+    backend: str | None = None
+    quantize: str | None = None
 
     def as_options(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "batch_tokens": self.batch_tokens}
+        return {"device": self.device, "dtype": self.dtype, "batch_tokens": self.batch_tokens, "backend": self.backend,
+                "quantize": self.quantize}
 
 
 model_options = options(
+    click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+                 help="Where cross-encoders, SPLADE and dense encoders run: auto (the default: PyTorch on GPUs and "
+                      "bf16 CPUs, else OpenVINO or ONNX Runtime when installed), torch, onnx, openvino."),
+    click.option("--quantize", type=click.Choice(["none", "int8"]),
+                 help="int8: dynamic int8 quantization on onnx/openvino (faster, scores change a little) "
+                      "[default: none]."),
     click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on "
                                                                     "GPU]."),
     click.option("--device", help="auto, cpu, cuda, cuda:N [default: auto]."),

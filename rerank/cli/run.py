@@ -47,6 +47,8 @@ CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
     "top_k": int,
     "rerank_depth": int,
     "dtype": str,
+    "backend": str,
+    "quantize": str,
     "dense_index": str,
     "batch_tokens": int,
     "window": int,
@@ -173,7 +175,8 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     reranker = second.reranker or cfg.get("reranker", "none")
     split = data.split or cfg.get("split", "test")
     rel = data.rel if data.rel is not None else cfg.get("rel")
-    model = ModelArgs(model.device, model.dtype or cfg.get("dtype"), model.batch_tokens or cfg.get("batch_tokens"))
+    model = ModelArgs(model.device, model.dtype or cfg.get("dtype"), model.batch_tokens or cfg.get("batch_tokens"),
+                      model.backend or cfg.get("backend"), model.quantize or cfg.get("quantize"))
     if not retriever or not dataset:
         raise RerankError("rerank run needs --retriever and --dataset (or a --config that names them)")
     names = metric_list(data.metrics or cfg.get("metrics"))

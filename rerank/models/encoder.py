@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from .backends import Graph, runner
 from .engine import Cost, Encoded, Engine, Truncation
 from .loading import batch_budget, load_model
 
 log = logging.getLogger("rerank")
 SIMILARITIES = ("cosine", "dot", "euclidean")
-
-
+#: a sentence-transformers model's embedding of a padded batch (pooling and any dense layers included)
+EMBEDDING = Graph("st-embedding", lambda model, x: model(x)["sentence_embedding"].float(), ("dimension",))
 
 
 class Encoder:
@@ -38,12 +39,15 @@ class Encoder:
 
     def __init__(self, name: str, *, query_prefix: str | None = None, doc_prefix: str | None = None,
                  normalize: bool | None = None, max_length: int | None = None, batch_tokens: int | None = None,
-                 device: str = "auto", dtype: str = "auto") -> None:
+                 device: str = "auto", dtype: str = "auto", backend: str = "auto", quantize: str = "none") -> None:
         self._options = {"query_prefix": query_prefix, "doc_prefix": doc_prefix, "normalize": normalize,
-                         "max_length": max_length, "batch_tokens": batch_tokens, "dtype": dtype}
+                         "max_length": max_length, "batch_tokens": batch_tokens, "dtype": dtype, "backend": backend,
+                         "quantize": quantize}
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
-        loaded = load_model(name, "sentence-transformer", device=device, dtype=dtype, max_length=max_length)
+        loaded = load_model(name, "sentence-transformer", device=device, dtype=dtype, max_length=max_length,
+                            backend=backend, quantize=quantize)
+        self.backend, self.quantize = loaded.backend, loaded.quantize
         self.name, self.path, self.device, self.dtype, self.model = name, loaded.path, loaded.device, loaded.dtype, loaded.model
         self.max_length = loaded.window
         self.fingerprint = loaded.fingerprint
@@ -67,6 +71,10 @@ class Encoder:
             pad = self._tokenizer.pad_token_id
             self.engine.pad_id = pad if pad is not None else 0
             self.engine.padding_side = getattr(self._tokenizer, "padding_side", "right") or "right"
+            self._run = runner(loaded, EMBEDDING, self.backend, self.quantize)
+        elif self.backend != "torch":
+            raise ValueError(f"{name}: its first module is not a plain text transformer, so it runs on PyTorch only "
+                             f"(backend {self.backend!r} asked for)")
         self.truncation = Truncation(name, "texts", logging.WARNING)
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn() or self.encode_docs(["dimension probe"]).shape[1])
@@ -96,8 +104,11 @@ class Encoder:
 
     def params(self) -> dict[str, Any]:
         """What determines the document embeddings (an index built with other values is stale)."""
-        return {"model": self.name, "weights": self.fingerprint, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
-                "max_length": self.max_length, "similarity": self.similarity, "dtype": str(self.dtype).removeprefix("torch.")}
+        out = {"model": self.name, "weights": self.fingerprint, "doc_prefix": self.doc_prefix, "normalize": self.normalize,
+               "max_length": self.max_length, "similarity": self.similarity, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.backend != "torch":
+            out["backend"] = f"{self.backend}-{self.quantize}"
+        return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self.query_prefix)
@@ -122,8 +133,7 @@ class Encoder:
     def _forward(self, batch: dict[str, Any]) -> Any:
         import torch
 
-        features = {k: v for k, v in batch.items() if k != "lengths"}
-        out = self.model(features)["sentence_embedding"].float()
+        out = self._run(batch)
         return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
 
     def _encode_st(self, texts: Sequence[str], prefix: str, progress: Callable[[int], None] | None) -> np.ndarray:

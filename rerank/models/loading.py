@@ -177,6 +177,90 @@ def batch_budget(device: str, batch_tokens: int | None, cpu: int, gpu: int) -> i
     return batch_tokens or (gpu if device.startswith("cuda") else cpu)
 
 
+#: where a family's forward pass can run (rerank.models.backends) and how it may be quantized
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+QUANTIZATIONS = ("none", "int8")
+
+
+def check_choice(backend: str, quantize: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def pick_backend(backend: str, quantize: str, device: str, dtype: str | None) -> tuple[str, str]:
+    """The backend to run on and why. ``auto``, as measured by benchmarks/cpu_backends.py: PyTorch
+    on a GPU or when a half-precision dtype is asked for; on a CPU, OpenVINO when installed (the
+    fastest here in fp32 and in bf16), else ONNX Runtime on a CPU without bf16 instructions (its
+    fused fp32 graph beats PyTorch's), else PyTorch. ``$RERANK_BACKEND`` names the backend
+    ``auto`` takes (the test suite sets torch, to run alike on every CPU)."""
+    check_choice(backend, quantize)
+    if backend == "auto" and os.environ.get("RERANK_BACKEND", "auto") != "auto":
+        backend = os.environ["RERANK_BACKEND"]
+        check_choice(backend, quantize)
+        if backend == "torch" and quantize == "int8":
+            backend = "auto"  # int8 was asked for: pick a backend that runs it
+    if backend != "auto":
+        if backend != "torch" and device.startswith("cuda"):
+            raise ValueError(f"backend {backend!r} runs on the CPU; use device='cpu' or backend='torch' on a GPU")
+        if quantize == "int8" and backend == "torch":
+            raise ValueError("quantize='int8' needs backend 'onnx' or 'openvino'")
+        for module in ("onnx", "onnxruntime") if backend == "onnx" else ("onnx", "openvino", "nncf") \
+                if backend == "openvino" else ():
+            need(module, backend)  # before any weights load
+        return backend, "as asked (--backend)"
+    if device.startswith("cuda"):
+        if quantize == "int8":
+            raise ValueError("quantize='int8' runs on the CPU; use device='cpu'")
+        return "torch", "auto: a GPU"
+    if quantize == "int8":
+        if _installed("openvino") and _installed("nncf"):
+            return "openvino", "auto: int8 asked for; OpenVINO's int8 is the closer to fp32 measured"
+        if _installed("onnxruntime"):
+            return "onnx", "auto: int8 asked for"
+        raise MissingDependency("quantize='int8'", "onnx", "onnxruntime")
+    if dtype in ("float16", "fp16"):
+        return "torch", f"auto: dtype {dtype} asked for"
+    if _installed("openvino") and _installed("nncf"):
+        return "openvino", "auto: OpenVINO is the fastest CPU backend measured"
+    if _installed("onnxruntime") and not cpu_supports_bf16() and dtype not in ("bfloat16", "bf16"):
+        return "onnx", "auto: no bf16 instructions, where ONNX Runtime's fused fp32 beats PyTorch's"
+    hint = "" if _installed("openvino") else "; pip install 'rerank[openvino]' for a faster CPU backend"
+    return "torch", f"auto: PyTorch{hint}"
+
+
+def backend_precision(backend: str, quantize: str, picked: Any, asked: str | None) -> Any:
+    """What ``backend`` computes in, given the dtype picked for this machine (``picked``) and the
+    one asked for: ONNX Runtime fp32 (its int8 graph has fp32 activations); OpenVINO fp32 or,
+    on CPUs with bf16 instructions, bf16 (its own bf16 kernels)."""
+    import torch
+
+    if picked == torch.float16 or (backend == "onnx" and asked in ("bfloat16", "bf16")):
+        raise ValueError(f"backend {backend!r} does not run dtype {asked!r}; choose float32"
+                         + (" or bfloat16" if backend == "openvino" else ""))
+    if backend == "openvino" and quantize == "none" and picked == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def need(module: str, backend: str) -> Any:
+    """``module``, imported; missing, an error that names the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = "openvino" if backend == "openvino" else "onnx"
+        raise MissingDependency(f"backend {backend!r}", extra, module) from None
+
+
 #: what ``load_model``'s ``kind`` loads: a transformers Auto class, or sentence-transformers
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
                 "masked-lm": "AutoModelForMaskedLM", "sentence-transformer": ""}
@@ -273,11 +357,14 @@ class LoadedModel:
     tokenizer: Any
     window: int
     fingerprint: str  # of the weights' folder (model_fingerprint): what caches and indexes are keyed by
+    backend: str = "torch"  # where the forward pass runs (rerank.models.backends): torch, onnx, openvino
+    quantize: str = "none"
 
 
 def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str | None = "auto",
                max_length: int | None = None, default_window: int = 512, train: bool = False,
-               configure: Callable[[Any], None] | None = None, allow_new_head: bool | None = None) -> LoadedModel:
+               configure: Callable[[Any], None] | None = None, allow_new_head: bool | None = None,
+               backend: str = "torch", quantize: str = "none") -> LoadedModel:
     """The one way rerank loads a Hugging Face model, for every family.
 
     ``name`` resolves by :func:`resolve_model`; ``kind`` is one of :data:`AUTO_CLASSES`;
@@ -285,7 +372,9 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     fp32 weights in training mode, the trainer's autocast gives bf16); ``configure`` may change
     the model's config before the weights load (e.g. a one-logit head, no attention dropout).
     A folder without trained weights for ``kind``'s head is refused (:class:`ModelMismatch`):
-    see :func:`_check_head` for ``allow_new_head``."""
+    see :func:`_check_head` for ``allow_new_head``. ``backend``/``quantize``: where the family's
+    forward pass runs (:func:`rerank.models.backends.pick_backend`; ``auto`` picks by the machine);
+    ONNX Runtime and OpenVINO load the weights in fp32 to export them."""
     if kind not in AUTO_CLASSES:
         raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(AUTO_CLASSES)}")
     st_model = kind == "sentence-transformer"
@@ -301,9 +390,16 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
         fits = f"local models that would work here: {', '.join(here)}" if here else f"no local model holds {KIND_WORDS[kind]}"
         raise ModelNotFound(f"{e}. {fits}") from None
     where = pick_device(device)
-    torch_dtype = pick_dtype("float32" if train else dtype, where)
-    if not train:
-        announce_choice(where, torch_dtype, dtype)
+    backend, why_backend = pick_backend(backend, quantize, where, dtype) if not train else ("torch", "")
+    run_dtype = pick_dtype("float32" if train else dtype, where)  # what the forward pass computes in
+    if backend != "torch":
+        run_dtype = backend_precision(backend, quantize, run_dtype, dtype)
+        log.info("%s runs on %s in %s (%s)", name, backend, "int8" if quantize == "int8" else
+                 str(run_dtype).removeprefix("torch."), why_backend)
+    elif not train:
+        announce_choice(where, run_dtype, dtype)
+    # the weights as loaded: fp32 for training and for an export (its backend computes in run_dtype)
+    torch_dtype = run_dtype if backend == "torch" else pick_dtype("float32", where)
     if st_model:
         try:
             model = lib.SentenceTransformer(path, device=where)
@@ -313,8 +409,8 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
             model.to(torch_dtype).eval()
         if max_length is not None:
             model.max_seq_length = min(max_length, model.max_seq_length or max_length)
-        return LoadedModel(name, path, where, torch_dtype, model, model.tokenizer, int(model.max_seq_length or default_window),
-                           _fingerprint_of(name, path))
+        return LoadedModel(name, path, where, run_dtype, model, model.tokenizer, int(model.max_seq_length or default_window),
+                           _fingerprint_of(name, path), backend, quantize)
     tokenizer = lib.AutoTokenizer.from_pretrained(path)
     config = lib.AutoConfig.from_pretrained(path)
     if configure is not None:
@@ -329,8 +425,8 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     if not train:
         model.eval()
     window = context_window(config, tokenizer, max_length, default_window)
-    return LoadedModel(name, path, where, torch_dtype, model, tokenizer, window,
-                       _fingerprint_of(name, path))
+    return LoadedModel(name, path, where, run_dtype, model, tokenizer, window,
+                       _fingerprint_of(name, path), backend, quantize)
 
 
 def _fingerprint_of(name: str, path: str) -> str:

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ..errors import DataError
+from ..models.backends import Graph, runner
 from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores
-from ..models.loading import batch_budget, context_window, load_model
+from ..models.loading import LoadedModel, batch_budget, context_window, load_model
 from .base import Reranker
 
 log = logging.getLogger("rerank")
@@ -51,15 +52,21 @@ class _ModelReranker(Reranker):
     # 4,096 vs 14.2 s at 16,384); a GPU wants large ones
     cpu_batch_tokens = 4096
     gpu_batch_tokens = 32768
+    #: what the model computes, for the ONNX Runtime and OpenVINO backends (None: PyTorch only)
+    graph: ClassVar[Graph | None] = None
 
     def __init__(self, name: str, *, max_length: int | None = None, batch_tokens: int | None = None, device: str = "auto",
-                 dtype: str = "auto", depth: int = 100, cache: Any = None) -> None:
+                 dtype: str = "auto", depth: int = 100, cache: Any = None, backend: str = "auto",
+                 quantize: str = "none") -> None:
         super().__init__(depth=depth, cache=cache)
         _check_max_length(max_length)  # before any weights load
-        loaded = load_model(name, self.model_kind, device=device, dtype=dtype, max_length=max_length)
+        if self.graph is None and (backend not in ("auto", "torch") or quantize != "none"):
+            raise ValueError(f"{self.kind} runs on PyTorch only (backend {backend!r}, quantize {quantize!r} asked for)")
+        loaded = load_model(name, self.model_kind, device=device, dtype=dtype, max_length=max_length,
+                            backend=backend if self.graph is not None else "torch", quantize=quantize)
         self._setup(name, loaded.path, loaded.device, loaded.dtype, batch_tokens, max_length)
         self.fingerprint = loaded.fingerprint
-        self._attach(loaded.tokenizer, loaded.model)
+        self._attach(loaded.tokenizer, loaded.model, loaded)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str = "in-memory", *, max_length: int | None = None,
@@ -84,13 +91,20 @@ class _ModelReranker(Reranker):
         unit = "texts" if self.kind == "splade" else "pairs (cut on the document side)"
         self.truncation = Truncation(self.name, unit)
 
-    def _attach(self, tokenizer: Any, model: Any) -> None:
+    def _attach(self, tokenizer: Any, model: Any, loaded: LoadedModel | None = None) -> None:
         self.tokenizer, self.model = tokenizer, model
         self.window = self._window(self.tokenizer, self.model.config)
         pad = self.tokenizer.pad_token_id
         self.engine.pad_id = pad if pad is not None else 0
-        # what a cached score depends on: the weights' content (not their folder), dtype, window
+        # what a cached score depends on: the weights' content (not their folder), dtype, window, backend
         self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}"
+        self.backend, self.quantize = (loaded.backend, loaded.quantize) if loaded is not None else ("torch", "none")
+        if self.backend != "torch":
+            self.model_key += f"|{self.backend}-{self.quantize}"
+        if self.graph is not None:
+            # the forward pass of the family's graph on the chosen backend (PyTorch: the model itself)
+            self._run = runner(loaded, self.graph, self.backend, self.quantize) if loaded is not None and \
+                self.backend != "torch" else self.graph.bind(model)
 
     @property
     def cost(self) -> Cost:
@@ -110,8 +124,9 @@ class CrossEncoder(_ModelReranker):
 
     kind = "cross-encoder"
     spec_help = "any Hugging Face cross-encoder (sequence classification), sigmoid or raw logit"
-    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "activation")
+    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "activation", "backend", "quantize")
     model_kind = "sequence-classification"
+    graph = Graph("seq-cls-logits", lambda model, x: model(**x).logits.float(), ("labels",))
 
     def __init__(self, name: str, *, activation: str = "sigmoid", **kwargs: Any) -> None:
         if activation not in ("sigmoid", "none"):
@@ -130,8 +145,7 @@ class CrossEncoder(_ModelReranker):
     def _forward(self, batch: dict[str, Any]) -> Any:
         import torch
 
-        inputs = {k: v for k, v in batch.items() if k != "lengths"}
-        logits = self.model(**inputs).logits.float()
+        logits = self._run(batch)
         if logits.shape[-1] == 1:
             s = logits[:, 0]
             return torch.sigmoid(s) if self.activation == "sigmoid" else s
@@ -230,6 +244,16 @@ _SPLADE_VECTORS: dict[str, OrderedDict[str, tuple[Any, Any]]] = {}
 _SPLADE_LOCK = threading.Lock()
 
 
+def _splade_pool(model: Any, x: dict[str, Any]) -> Any:
+    """SPLADE's vector of a batch: log(1 + relu(MLM logits)), max-pooled over the real tokens."""
+    import torch
+
+    logits = model(**x).logits
+    # log1p and relu are monotone: max-pool the raw logits, transform only the pooled vector
+    logits = logits.masked_fill(x["attention_mask"].unsqueeze(-1) == 0, float("-inf"))
+    return torch.log1p(torch.relu(logits.amax(dim=1).float()))
+
+
 class Splade(_ModelReranker):
     """SPLADE: vectors log(1 + relu(MLM logits)) max-pooled over tokens; score = q · d.
     Unique queries and documents are encoded once each, and the vectors of the last
@@ -240,6 +264,8 @@ class Splade(_ModelReranker):
     kind = "splade"
     spec_help = "SPLADE query and document vectors, score = their dot product"
     model_kind = "masked-lm"
+    graph = Graph("splade-max", _splade_pool, ("vocabulary",))
+    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "backend", "quantize")
     gpu_batch_tokens = 8192  # the MLM output is batch x length x vocabulary
     vector_cache = 20_000  # texts whose sparse vectors are kept (~3 KB each)
 
@@ -268,13 +294,7 @@ class Splade(_ModelReranker):
         return out
 
     def _forward(self, batch: dict[str, Any]) -> Any:
-        import torch
-
-        inputs = {k: v for k, v in batch.items() if k != "lengths"}
-        logits = self.model(**inputs).logits
-        # log1p and relu are monotone: max-pool the raw logits, transform only the pooled vector
-        logits.masked_fill_(batch["attention_mask"].unsqueeze(-1) == 0, float("-inf"))
-        reps = torch.log1p(torch.relu(logits.amax(dim=1).float())).cpu()
+        reps = self._run(batch).cpu()
         out = []
         for r in reps:
             nz = r.nonzero().squeeze(1)

@@ -129,7 +129,7 @@ class CUR(Stage):
                  "budget: scorer calls per query, anchors_from: a split or queries file")
     spec_parts = "stage"
     spec_options: ClassVar[tuple[str, ...]] = ("budget", "rounds", "anchor_items", "init", "anchors_from", "device", "dtype",
-                                                "batch_tokens")
+                                                "batch_tokens", "backend", "quantize")
     BUDGET, ROUNDS, ANCHORS_FROM = 200, 9, "train"  # the defaults: scorer calls a query, rounds, anchor queries
 
     @classmethod
@@ -155,7 +155,10 @@ class CUR(Stage):
                               f"are queries of {ds.name} searched here (the dataset may have no such split); "
                               f"anchors must be other queries: give a queries file")
         extra = {"activation": "none"} if scorer.kind == "cross-encoder" else {}  # the factorisation approximates raw logits
-        model = {k: opts.get(k) for k in ("device", "dtype", "batch_tokens") if opts.get(k) is not None}
+        model = {k: opts.get(k) for k in ("device", "dtype", "batch_tokens", "backend", "quantize") if opts.get(k) is not None}
+        refused = [k for k in model if k not in scorer.cls.spec_options]
+        if refused:
+            raise RerankError(f"--retriever {spec}: {scorer.kind} does not take {', '.join(refused)}")
         stage = scorer.cls.from_spec(scorer, ctx.with_(options={**model, **extra}))
         assert isinstance(stage, Reranker)
         numbers = {k: opts[k] for k in ("budget", "rounds", "anchor_items") if opts.get(k) is not None}

@@ -112,7 +112,7 @@ class Dense(Stage):
     encodes the corpus on first use (or reuses the stored embeddings), builds or loads the FAISS
     index and returns the top ``k`` hits per query. ``model`` is an HF id, a local path, or an
     :class:`Encoder`; encoder options (prefixes, normalisation, max_length, device, dtype,
-    batch_tokens) go to the Encoder.
+    batch_tokens, backend, quantize) go to the Encoder.
     """
 
     kind, role = "dense", "retriever"
@@ -120,7 +120,7 @@ class Dense(Stage):
     spec_arg = "MODEL"
     spec_help = "any sentence-transformers model + FAISS (flat, ivf, hnsw: --dense-index)"
     spec_options: ClassVar[tuple[str, ...]] = ("dense_index", "device", "dtype", "batch_tokens", "query_prefix", "doc_prefix",
-                                                "max_length")
+                                                "max_length", "backend", "quantize")
 
     @classmethod
     def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
