@@ -73,12 +73,13 @@ def runner(loaded: LoadedModel, graph: Graph, backend: str, quantize: str = "non
     check_choice(backend, quantize)
     if backend == "torch":
         return graph.bind(loaded.model)
-    folder = export(loaded, graph, backend, quantize)
-    if backend == "onnx":
-        return _ort_runner(folder, threads)
     import torch
 
-    return _openvino_runner(folder, threads, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
+    folder = export(loaded, graph, backend, quantize)
+    run = _ort_runner(folder, threads) if backend == "onnx" else \
+        _openvino_runner(folder, threads, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
+    loaded.model.to("meta")  # the PyTorch weights are not needed any more: their memory is freed, the config kept
+    return run
 
 
 # ------------------------------------------------------------------ exports

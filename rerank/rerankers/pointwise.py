@@ -103,8 +103,8 @@ class _ModelReranker(Reranker):
             self.model_key += f"|{self.backend}-{self.quantize}"
         if self.graph is not None:
             # the forward pass of the family's graph on the chosen backend (PyTorch: the model itself)
-            self._run = runner(loaded, self.graph, self.backend, self.quantize) if loaded is not None and \
-                self.backend != "torch" else self.graph.bind(model)
+            self._run = runner(loaded, self.graph, self.backend, self.quantize) if loaded is not None \
+                else self.graph.bind(model)
 
     @property
     def cost(self) -> Cost:
