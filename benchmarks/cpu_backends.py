@@ -24,7 +24,7 @@ there as a worker (`--worker JOB.json`) that imports sentence-transformers only,
         sentence-transformers 'optimum-intel[openvino]' 'transformers<5.6'
     python benchmarks/cpu_backends.py speed --st-onnx-python /tmp/st-onnx/bin/python \\
         --st-openvino-python /tmp/st-ov/bin/python
-    python benchmarks/cpu_backends.py quality --ce benchmarks/work/minilm-scifact-ce
+    python benchmarks/cpu_backends.py quality --ce benchmarks/work/minilm-scifact-ce [--ce-depth 30]
 
 A baseline whose interpreter is not given is left out of the table (and says so). Each part
 writes benchmarks/results/cpu-backends-<part>.json.
@@ -263,7 +263,7 @@ def quality(args: argparse.Namespace) -> dict:
     metrics = ["nDCG@10"]
     configs = [("torch", "none", "float32"), ("onnx", "int8", "float32"), ("openvino", "int8", "float32")]
     rows: list[dict] = []
-    print(f"{'task':<44}{'backend':<10}{'precision':<10}{'nDCG@10':>8}{'Δ fp32':>8}{'seconds':>9}")
+    print(f"{'task':<50}{'backend':<10}{'precision':<10}{'nDCG@10':>8}{'Δ fp32':>8}{'seconds':>9}")
 
     def record(task: str, config: tuple[str, str, str], run: Any, ds: Any, seconds: float) -> None:
         m = evaluate(run, ds.qrels, metrics, rel=ds.rel).metrics["nDCG@10"]
@@ -271,7 +271,7 @@ def quality(args: argparse.Namespace) -> dict:
         row = {"task": task, "backend": config[0], "precision": "int8" if config[1] == "int8" else config[2],
                "nDCG@10": round(m, 4), "delta_vs_fp32": round(m - base, 4), "seconds": round(seconds, 1)}
         rows.append(row)
-        print(f"{task:<44}{row['backend']:<10}{row['precision']:<10}{m:>8.4f}{row['delta_vs_fp32']:>+8.4f}"
+        print(f"{task:<50}{row['backend']:<10}{row['precision']:<10}{m:>8.4f}{row['delta_vs_fp32']:>+8.4f}"
               f"{seconds:>9.1f}", flush=True)
 
     dl19 = load_dataset("trec-dl-19")
@@ -281,8 +281,9 @@ def quality(args: argparse.Namespace) -> dict:
                                                                            dtype=c[2], depth=100)),
     ]
     if args.ce:
-        tasks.append((f"{Path(args.ce).name} reranks SciFact BM25 top-100", scifact,
-                      lambda c: CrossEncoder(args.ce, backend=c[0], quantize=c[1], dtype=c[2], depth=100)))
+        tasks.append((f"{Path(args.ce).name} reranks SciFact BM25 top-{args.ce_depth}", scifact,
+                      lambda c: CrossEncoder(args.ce, backend=c[0], quantize=c[1], dtype=c[2], depth=args.ce_depth,
+                                             max_length=args.ce_max_length)))
     for task, ds, make in tasks:
         first = ds.candidate_run("bm25") if ds is dl19 else None
         if first is None:
@@ -301,7 +302,7 @@ def quality(args: argparse.Namespace) -> dict:
                           dtype=config[2])
             record("all-MiniLM-L6-v2 dense retrieval on SciFact", config, dense(scifact.queries), scifact,
                    time.perf_counter() - t0)
-    return {"rows": rows, "cross_encoder": args.ce}
+    return {"rows": rows, "cross_encoder": args.ce, "ce_depth": args.ce_depth, "ce_max_length": args.ce_max_length}
 
 
 def main() -> None:
@@ -318,6 +319,8 @@ def main() -> None:
     ap.add_argument("--st-onnx-python", help="an interpreter with sentence-transformers and optimum-onnx")
     ap.add_argument("--st-openvino-python", help="an interpreter with sentence-transformers and optimum-intel")
     ap.add_argument("--ce", help="a trained cross-encoder for the quality part (rerank train ... -o FOLDER)")
+    ap.add_argument("--ce-depth", type=int, default=100, help="quality: hits the cross-encoder reranks per query")
+    ap.add_argument("--ce-max-length", type=int, default=256, help="quality: the cross-encoder's window (as trained)")
     ap.add_argument("--output")
     args = ap.parse_args()
     facts = cpu_facts()
