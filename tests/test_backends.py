@@ -137,6 +137,23 @@ def test_a_missing_extra_and_a_failing_export_say_what_to_do(tiny_ce, tmp_path, 
     assert not list((tmp_path / "indexes" / "exports").glob("*openvino*"))  # nothing half-made left in place
 
 
+def test_a_model_auto_cannot_export_runs_on_pytorch(tiny_ce, tmp_path, monkeypatch, caplog):
+    import torch
+
+    monkeypatch.setenv("RERANK_INDEXES", str(tmp_path / "indexes"))
+    monkeypatch.delenv("RERANK_BACKEND")  # auto takes OpenVINO: it is installed here
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::something_new")
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    pairs = [("what is a river", "a river is a natural stream of water"), ("q", "tax law")]
+    caplog.set_level(logging.WARNING, logger="rerank")
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    assert ce.backend == "torch" and "|openvino" not in ce.model_key
+    assert "could not export to ONNX" in caplog.text and "running it on PyTorch instead" in caplog.text
+    assert ce._score(pairs) == pytest.approx(CrossEncoder(tiny_ce, **FP32["torch"])._score(pairs), abs=1e-6)
+
+
 def test_auto_picks_by_what_is_installed_and_the_cpu(monkeypatch):
     monkeypatch.delenv("RERANK_BACKEND")
     installed = {"onnxruntime", "onnx", "openvino", "nncf"}

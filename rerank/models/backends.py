@@ -71,15 +71,25 @@ class Graph:
 def runner(loaded: LoadedModel, graph: Graph, backend: str, quantize: str = "none", *,
            threads: int | None = None) -> Runner:
     """A callable that runs ``graph`` on ``loaded``'s model with ``backend``: it takes the engine's
-    padded batch (torch tensors) and returns a torch tensor."""
+    padded batch (torch tensors) and returns a torch tensor. A backend that ``auto`` picked and
+    that cannot export the model falls back to PyTorch (``loaded.backend`` then says torch)."""
     check_choice(backend, quantize)
     if backend == "torch":
         return graph.bind(loaded.model)
     import torch
 
-    folder = export(loaded, graph, backend, quantize)
-    run = _ort_runner(folder, threads) if backend == "onnx" else \
-        _openvino_runner(folder, threads, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
+    try:
+        folder = export(loaded, graph, backend, quantize)
+        run = _ort_runner(folder, threads) if backend == "onnx" else \
+            _openvino_runner(folder, threads, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
+    except ExportError as e:
+        if not loaded.auto_backend:
+            raise
+        # auto never makes a model fail that PyTorch runs: the loaded weights run as they are
+        log.warning("%s; running it on PyTorch instead (--backend torch skips the attempt)", e)
+        loaded.backend, loaded.quantize = "torch", "none"
+        loaded.model.to(loaded.dtype)
+        return graph.bind(loaded.model)
     loaded.model.to("meta")  # the PyTorch weights are not needed any more: their memory is freed, the config kept
     return run
 

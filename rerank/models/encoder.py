@@ -47,7 +47,6 @@ class Encoder:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         loaded = load_model(name, "sentence-transformer", device=device, dtype=dtype, max_length=max_length,
                             backend=backend, quantize=quantize)
-        self.backend, self.quantize = loaded.backend, loaded.quantize
         self.name, self.path, self.device, self.dtype, self.model = name, loaded.path, loaded.device, loaded.dtype, loaded.model
         self.max_length = loaded.window
         self.fingerprint = loaded.fingerprint
@@ -71,10 +70,14 @@ class Encoder:
             pad = self._tokenizer.pad_token_id
             self.engine.pad_id = pad if pad is not None else 0
             self.engine.padding_side = getattr(self._tokenizer, "padding_side", "right") or "right"
-            self._run = runner(loaded, EMBEDDING, self.backend, self.quantize)
-        elif self.backend != "torch":
+            self._run = runner(loaded, EMBEDDING, loaded.backend, loaded.quantize)
+        elif loaded.backend != "torch" and loaded.auto_backend:  # auto: such a model runs on PyTorch
+            loaded.backend, loaded.quantize = "torch", "none"
+            self.model.to(loaded.dtype)
+        elif loaded.backend != "torch":
             raise ValueError(f"{name}: its first module is not a plain text transformer, so it runs on PyTorch only "
-                             f"(backend {self.backend!r} asked for)")
+                             f"(backend {loaded.backend!r} asked for)")
+        self.backend, self.quantize = loaded.backend, loaded.quantize
         self.truncation = Truncation(name, "texts", logging.WARNING)
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn() or self.encode_docs(["dimension probe"]).shape[1])

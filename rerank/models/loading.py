@@ -359,6 +359,7 @@ class LoadedModel:
     fingerprint: str  # of the weights' folder (model_fingerprint): what caches and indexes are keyed by
     backend: str = "torch"  # where the forward pass runs (rerank.models.backends): torch, onnx, openvino
     quantize: str = "none"
+    auto_backend: bool = False  # the backend was picked by ``auto``: an export that fails falls back to PyTorch
 
 
 def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str | None = "auto",
@@ -410,7 +411,7 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
         if max_length is not None:
             model.max_seq_length = min(max_length, model.max_seq_length or max_length)
         return LoadedModel(name, path, where, run_dtype, model, model.tokenizer, int(model.max_seq_length or default_window),
-                           _fingerprint_of(name, path), backend, quantize)
+                           _fingerprint_of(name, path), backend, quantize, why_backend.startswith("auto"))
     tokenizer = lib.AutoTokenizer.from_pretrained(path)
     config = lib.AutoConfig.from_pretrained(path)
     if configure is not None:
@@ -426,7 +427,7 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
         model.eval()
     window = context_window(config, tokenizer, max_length, default_window)
     return LoadedModel(name, path, where, run_dtype, model, tokenizer, window,
-                       _fingerprint_of(name, path), backend, quantize)
+                       _fingerprint_of(name, path), backend, quantize, why_backend.startswith("auto"))
 
 
 def _fingerprint_of(name: str, path: str) -> str:

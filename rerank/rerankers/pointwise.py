@@ -96,15 +96,15 @@ class _ModelReranker(Reranker):
         self.window = self._window(self.tokenizer, self.model.config)
         pad = self.tokenizer.pad_token_id
         self.engine.pad_id = pad if pad is not None else 0
+        if self.graph is not None:
+            # the forward pass of the family's graph on the chosen backend (PyTorch: the model itself)
+            self._run = runner(loaded, self.graph, loaded.backend, loaded.quantize) if loaded is not None \
+                else self.graph.bind(model)
         # what a cached score depends on: the weights' content (not their folder), dtype, window, backend
         self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}"
         self.backend, self.quantize = (loaded.backend, loaded.quantize) if loaded is not None else ("torch", "none")
         if self.backend != "torch":
             self.model_key += f"|{self.backend}-{self.quantize}"
-        if self.graph is not None:
-            # the forward pass of the family's graph on the chosen backend (PyTorch: the model itself)
-            self._run = runner(loaded, self.graph, self.backend, self.quantize) if loaded is not None \
-                else self.graph.bind(model)
 
     @property
     def cost(self) -> Cost:
