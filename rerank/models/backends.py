@@ -36,7 +36,7 @@ from typing import Any
 
 from ..env import atomic_dir, atomic_write, indexes_dir
 from ..errors import MissingDependency, RerankError
-from .loading import LoadedModel, check_choice, need
+from .loading import REQUIRES, LoadedModel, need
 
 log = logging.getLogger("rerank")
 
@@ -68,30 +68,34 @@ class Graph:
         return lambda inputs: self.forward(model, {k: v for k, v in inputs.items() if k in INPUTS})
 
 
-def runner(loaded: LoadedModel, graph: Graph, backend: str, quantize: str = "none", *,
-           threads: int | None = None) -> Runner:
-    """A callable that runs ``graph`` on ``loaded``'s model with ``backend``: it takes the engine's
-    padded batch (torch tensors) and returns a torch tensor. A backend that ``auto`` picked and
-    that cannot export the model falls back to PyTorch (``loaded.backend`` then says torch)."""
-    check_choice(backend, quantize)
-    if backend == "torch":
+def runner(loaded: LoadedModel, graph: Graph) -> Runner:
+    """A callable that runs ``graph`` on ``loaded``'s model with its backend (``loaded.backend``,
+    ``loaded.quantize``): it takes the engine's padded batch (torch tensors) and returns a torch
+    tensor. A backend that ``auto`` picked and that cannot export the model falls back to PyTorch
+    (:func:`on_pytorch`)."""
+    if loaded.backend == "torch":
         return graph.bind(loaded.model)
     import torch
 
     try:
-        folder = export(loaded, graph, backend, quantize)
-        run = _ort_runner(folder, threads) if backend == "onnx" else \
-            _openvino_runner(folder, threads, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
+        folder = export(loaded, graph, loaded.backend, loaded.quantize)
+        run = _ort_runner(folder) if loaded.backend == "onnx" else \
+            _openvino_runner(folder, "bf16" if loaded.dtype == torch.bfloat16 else "f32")
     except ExportError as e:
         if not loaded.auto_backend:
             raise
-        # auto never makes a model fail that PyTorch runs: the loaded weights run as they are
         log.warning("%s; running it on PyTorch instead (--backend torch skips the attempt)", e)
-        loaded.backend, loaded.quantize = "torch", "none"
-        loaded.model.to(loaded.dtype)
+        on_pytorch(loaded)
         return graph.bind(loaded.model)
     loaded.model.to("meta")  # the PyTorch weights are not needed any more: their memory is freed, the config kept
     return run
+
+
+def on_pytorch(loaded: LoadedModel) -> None:
+    """``loaded`` run on PyTorch after all (``auto`` never makes a model fail that PyTorch runs):
+    its fp32 weights, loaded for an export, take the precision it was to run in."""
+    loaded.backend, loaded.quantize = "torch", "none"
+    loaded.model.to(loaded.dtype)
 
 
 # ------------------------------------------------------------------ exports
@@ -121,7 +125,7 @@ def export_key(loaded: LoadedModel, graph: Graph, backend: str, quantize: str) -
 def export(loaded: LoadedModel, graph: Graph, backend: str, quantize: str, root: Path | None = None) -> Path:
     """The folder of ``loaded``'s export for ``backend``/``quantize``: reused when its manifest
     and files check out, else (re)built."""
-    for module in ("onnx", "onnxruntime") if backend == "onnx" else ("onnx", "openvino", "nncf"):
+    for module in REQUIRES[backend]:
         need(module, backend)
     if loaded.fingerprint.startswith("in-memory"):
         raise ExportError(f"{loaded.name}: a model in memory (being trained) has no fingerprint to key an export by; "
@@ -151,12 +155,21 @@ def _quiet(record: logging.LogRecord) -> bool:
     return "pre-processing before quantization" not in record.getMessage()
 
 
+_hashes: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def _file_hash(path: Path) -> dict[str, Any]:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return {"size": path.stat().st_size, "blake2b": h.hexdigest()}
+    """Size and content hash of an export's file, memoised per process on (path, size, mtime): a
+    model loaded again in one process (a server's restarts of a stage, a sweep) hashes it once."""
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _hashes:
+        h = hashlib.blake2b(digest_size=16)
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _hashes[memo] = {"size": stat.st_size, "blake2b": h.hexdigest()}
+    return _hashes[memo]
 
 
 def _check(folder: Path, key: dict[str, Any]) -> str | None:
@@ -301,13 +314,13 @@ def _optimize(raw: Path, out: Path, loaded: LoadedModel) -> None:
 
 
 # ------------------------------------------------------------------ runners
-def _ort_runner(folder: Path, threads: int | None) -> Runner:
+def _ort_runner(folder: Path) -> Runner:
     import onnxruntime as ort
     import torch
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()  # as PyTorch is set to use
     options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
@@ -322,14 +335,14 @@ def _ort_runner(folder: Path, threads: int | None) -> Runner:
     return run
 
 
-def _openvino_runner(folder: Path, threads: int | None, precision: str) -> Runner:
+def _openvino_runner(folder: Path, precision: str) -> Runner:
     import openvino
     import torch
 
     core = openvino.Core()
     # the precision is always set: OpenVINO would otherwise compute in bf16 on CPUs that have it
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-                              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+                              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     try:
         compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU", config)
     except Exception as e:  # noqa: BLE001

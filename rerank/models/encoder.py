@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Graph, runner
+from .backends import Graph, on_pytorch, runner
 from .engine import Cost, Encoded, Engine, Truncation
 from .loading import batch_budget, load_model
 
@@ -70,10 +70,9 @@ class Encoder:
             pad = self._tokenizer.pad_token_id
             self.engine.pad_id = pad if pad is not None else 0
             self.engine.padding_side = getattr(self._tokenizer, "padding_side", "right") or "right"
-            self._run = runner(loaded, EMBEDDING, loaded.backend, loaded.quantize)
-        elif loaded.backend != "torch" and loaded.auto_backend:  # auto: such a model runs on PyTorch
-            loaded.backend, loaded.quantize = "torch", "none"
-            self.model.to(loaded.dtype)
+            self._run = runner(loaded, EMBEDDING)
+        elif loaded.backend != "torch" and loaded.auto_backend:
+            on_pytorch(loaded)
         elif loaded.backend != "torch":
             raise ValueError(f"{name}: its first module is not a plain text transformer, so it runs on PyTorch only "
                              f"(backend {loaded.backend!r} asked for)")

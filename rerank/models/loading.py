@@ -180,6 +180,8 @@ def batch_budget(device: str, batch_tokens: int | None, cpu: int, gpu: int) -> i
 #: where a family's forward pass can run (rerank.models.backends) and how it may be quantized
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 QUANTIZATIONS = ("none", "int8")
+#: the modules each backend needs (ONNX makes the export; the runtime runs it)
+REQUIRES = {"torch": (), "onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino", "nncf")}
 
 
 def check_choice(backend: str, quantize: str) -> None:
@@ -189,10 +191,11 @@ def check_choice(backend: str, quantize: str) -> None:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
 
 
-def _installed(module: str) -> bool:
+def _installed(backend: str) -> bool:
+    """Whether the modules ``backend`` needs are installed (none imported)."""
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    return all(importlib.util.find_spec(module) is not None for module in REQUIRES[backend])
 
 
 def pick_backend(backend: str, quantize: str, device: str, dtype: str | None) -> tuple[str, str]:
@@ -212,8 +215,7 @@ def pick_backend(backend: str, quantize: str, device: str, dtype: str | None) ->
             raise ValueError(f"backend {backend!r} runs on the CPU; use device='cpu' or backend='torch' on a GPU")
         if quantize == "int8" and backend == "torch":
             raise ValueError("quantize='int8' needs backend 'onnx' or 'openvino'")
-        for module in ("onnx", "onnxruntime") if backend == "onnx" else ("onnx", "openvino", "nncf") \
-                if backend == "openvino" else ():
+        for module in REQUIRES[backend]:
             need(module, backend)  # before any weights load
         return backend, "as asked (--backend)"
     if device.startswith("cuda"):
@@ -221,16 +223,16 @@ def pick_backend(backend: str, quantize: str, device: str, dtype: str | None) ->
             raise ValueError("quantize='int8' runs on the CPU; use device='cpu'")
         return "torch", "auto: a GPU"
     if quantize == "int8":
-        if _installed("openvino") and _installed("nncf"):
+        if _installed("openvino"):
             return "openvino", "auto: int8 asked for; OpenVINO's int8 is the closer to fp32 measured"
-        if _installed("onnxruntime"):
+        if _installed("onnx"):
             return "onnx", "auto: int8 asked for"
         raise MissingDependency("quantize='int8'", "onnx", "onnxruntime")
     if dtype in ("float16", "fp16"):
         return "torch", f"auto: dtype {dtype} asked for"
-    if _installed("openvino") and _installed("nncf"):
+    if _installed("openvino"):
         return "openvino", "auto: OpenVINO is the fastest CPU backend measured"
-    if _installed("onnxruntime") and not cpu_supports_bf16() and dtype not in ("bfloat16", "bf16"):
+    if _installed("onnx") and not cpu_supports_bf16() and dtype not in ("bfloat16", "bf16"):
         return "onnx", "auto: no bf16 instructions, where ONNX Runtime's fused fp32 beats PyTorch's"
     hint = "" if _installed("openvino") else "; pip install 'rerank[openvino]' for a faster CPU backend"
     return "torch", f"auto: PyTorch{hint}"

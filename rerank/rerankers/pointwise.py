@@ -98,8 +98,7 @@ class _ModelReranker(Reranker):
         self.engine.pad_id = pad if pad is not None else 0
         if self.graph is not None:
             # the forward pass of the family's graph on the chosen backend (PyTorch: the model itself)
-            self._run = runner(loaded, self.graph, loaded.backend, loaded.quantize) if loaded is not None \
-                else self.graph.bind(model)
+            self._run = runner(loaded, self.graph) if loaded is not None else self.graph.bind(model)
         # what a cached score depends on: the weights' content (not their folder), dtype, window, backend
         self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}"
         self.backend, self.quantize = (loaded.backend, loaded.quantize) if loaded is not None else ("torch", "none")
