@@ -59,6 +59,10 @@ def scifact_train_test() -> tuple[Any, Any, Any]:
     return load_dataset("scifact", split="train"), test, test.require_qrels()
 
 
+#: the CPU flags that decide model speed: vector width, int8 dot products (VNNI), bf16 instructions
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
 def cpu_facts() -> dict[str, Any]:
     """The CPU model, its cores, the flags that decide model speed, and the memory (every benchmark prints them)."""
     info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
@@ -67,7 +71,7 @@ def cpu_facts() -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").is_file() else []
     mem = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
     return {"cpu": model, "cores": os.cpu_count(),
-            "flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512",
+            "flags": " ".join(f for f in SPEED_FLAGS if f in flags) or "none of avx2/avx512",
             "memory_gb": round(mem / 2**20, 1)}
 
 
