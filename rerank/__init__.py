@@ -19,7 +19,7 @@ from .errors import DataError, DatasetNotFound, DatasetUnavailable, MissingDepen
 from .evaluate import Evaluation, compare, evaluate
 from .models.encoder import Encoder
 from .models.engine import ScoreCache
-from .rerankers import RankedDoc, Reranker, make_reranker
+from .rerankers import RankedDoc, Reranker, make_reranker, reranker
 from .rerankers.pointwise import CrossEncoder, LLMPointwise, Splade
 from .retrieve.bm25 import BM25
 from .retrieve.cur import CUR
@@ -70,6 +70,7 @@ __all__ = [
     "read_qrels",
     "read_run",
     "read_topics",
+    "reranker",
     "stage",
     "write_trec_run",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import MissingDependency, RerankError
+from .rerankers.api import retry_after
 from .rerankers.base import RankedDoc, _rank_items
 
 RETRY_STATUSES = (429, 502, 503)
@@ -53,8 +54,7 @@ class Client:
 
     @staticmethod
     def _wait(response: Any, attempt: int) -> float:
-        after = response.headers.get("retry-after", "")
-        return float(after) if after.replace(".", "", 1).isdigit() else min(8.0, 0.25 * 2**attempt)
+        return retry_after(response.headers, attempt, base=0.25, cap=8.0)
 
     def _ranked(self, response: Any, docs: Sequence[Any], items: list[tuple[str, str | None]]) -> list[RankedDoc]:
         if response.status_code != 200:

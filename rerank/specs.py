@@ -51,6 +51,12 @@ STAGES: tuple[str, ...] = (
     "rerank.rerankers.pairwise:PRP",
     "rerank.rerankers.listwise:First",
     "rerank.rerankers.listwise:ListwiseGenerate",
+    "rerank.rerankers.t5:MonoT5",
+    "rerank.rerankers.t5:DuoT5",
+    "rerank.rerankers.t5:LiT5",
+    "rerank.rerankers.colbert:ColBERT",
+    "rerank.rerankers.api:API",
+    "rerank.rerankers.auto:Auto",
 )
 ENTRY_POINTS = "rerank.stages"
 RETRIEVER, RERANKER = "retriever", "reranker"
@@ -79,6 +85,10 @@ def registry() -> dict[str, type[Stage]]:
         for ep in entry_points(group=ENTRY_POINTS):
             cls = _load(ep.value)
             found.setdefault(cls.kind, cls)
+        for cls in found.values():
+            if getattr(cls, "takes_every_option", False):  # auto: the options of the kind it picks
+                cls.spec_options = tuple(dict.fromkeys(o for c in found.values() if c is not cls and c.role == cls.role
+                                                       for o in c.spec_options))
         _registry = found
     return _registry
 

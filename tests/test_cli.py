@@ -74,8 +74,8 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, dl19):
     assert r.exit_code == 2 and f"{bad}:2: expected 6 columns" in r.stderr
     r = invoke("run", "--retriever", "splade", "--dataset", dl19)
     assert r.exit_code == 2 and "unknown --retriever 'splade'" in r.stderr
-    r = invoke("run", "--retriever", "bm25", "--reranker", "monot5", "--dataset", dl19)
-    assert r.exit_code == 2 and "unknown reranker 'monot5'" in r.stderr
+    r = invoke("run", "--retriever", "bm25", "--reranker", "rankt5", "--dataset", dl19)
+    assert r.exit_code == 2 and "unknown reranker 'rankt5'" in r.stderr
 
 
 def test_non_utf8_corpus_is_refused_then_loaded_on_request(tmp_path, scifact_dir):

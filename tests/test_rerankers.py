@@ -239,8 +239,8 @@ def test_unknown_model_fails_fast_and_names_the_folders():
     with pytest.raises(ModelNotFound, match="has no config.json"):
         resolve_model(str(Path(__file__).parent))
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2").endswith("all-MiniLM-L6-v2")
-    with pytest.raises(Exception, match="unknown reranker 'monot5:x'"):
-        make_reranker("monot5:x")
+    with pytest.raises(Exception, match="unknown reranker 'rankt5:x'"):
+        make_reranker("rankt5:x")
 
 
 def test_cli_reranks_and_reports_cost(minilm_ce, dl19, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from rerank import CrossEncoder
+from rerank.rerankers.api import API
 from rerank.serve import Limits, Service, create_app
 
 
@@ -337,6 +338,8 @@ def test_client_langchain_llamaindex_and_cohere_sdk_rank_like_the_model(server, 
 
     client = Client(server.url)
     assert [r.index for r in client.rank(query, docs, top_k=4)] == top
+    for target in (server.url, f"{server.url}/v2/rerank"):  # api:URL finds the TEI shape of /rerank, or takes Cohere's
+        assert API(target).score([(query, d) for d in docs]) == pytest.approx(expect, abs=1e-6)
     assert [r.index for r in asyncio.run(client.arank(query, docs, top_k=4))] == top
 
     lc_docs = [Document(page_content=d, metadata={"n": i}) for i, d in enumerate(docs)]

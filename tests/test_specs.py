@@ -38,7 +38,8 @@ def same_run(a, b):
 def test_every_registered_kind_has_help_and_a_role():
     reg = specs.registry()
     assert set(specs.kinds("retriever")) == {"bm25", "dense", "hybrid", "run", "candidates", "cur"}
-    assert set(specs.kinds("reranker")) == {"cross-encoder", "llm-pointwise", "splade", "prp", "first", "listwise-gen"}
+    assert set(specs.kinds("reranker")) == {"cross-encoder", "llm-pointwise", "splade", "prp", "first", "listwise-gen",
+                                               "monot5", "duot5", "lit5", "colbert", "api", "auto"}
     for kind, cls in reg.items():
         assert cls.kind == kind and cls.spec_help
     r = CliRunner().invoke(main, ["run", "--help"])

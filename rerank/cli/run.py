@@ -53,6 +53,8 @@ CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
     "batch_tokens": int,
     "window": int,
     "stride": int,
+    "template": str,
+    "instruction": str,
     "metrics": (str, list),
     "rel": int,
     "expected": dict,
@@ -115,6 +117,8 @@ class RerankArgs:
     stride: int | None = None
     block_queries: int | None = None
     score_cache: str | None = None
+    template: str | None = None
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ class OutputArgs:
 @click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
 @click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window (first, listwise-gen) [default: 20].")
 @click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
+@click.option("--template", help="llm-pointwise: prompt template, a built-in name (yes-no, qwen3-reranker, bge-reranker-gemma, "
+                                 "mxbai-rerank-v2) or a JSON file [default: the model's own, else yes-no].")
+@click.option("--instruction", help="llm-pointwise: the task instruction of templates that take one (qwen3-reranker, "
+                                    "mxbai-rerank-v2) [default: the template's].")
 @click.option("--block-queries", type=click.IntRange(min=1),
               help="Queries the reranker scores together (its batches; with --ray, a worker's unit) [default: 8 pointwise, 32 "
                    "PRP/listwise].")
@@ -187,7 +195,8 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     if reranker != "none":
         options: dict[str, Any] = {"depth": second.rerank_depth or cfg.get("rerank_depth"), **model.as_options(),
                                    "window": second.window or cfg.get("window"), "stride": second.stride or cfg.get("stride"),
-                                   "cache": second.score_cache}
+                                   "cache": second.score_cache, "template": second.template or cfg.get("template"),
+                                   "instruction": second.instruction or cfg.get("instruction")}
         if ray is not None:
             from ..distributed import RayReranker
 
@@ -371,6 +380,11 @@ def reproduce(configs: tuple[str, ...], metrics_json: str | None) -> None:
     for path in paths:
         cfg = read_config(path)
         click.echo(f"== {path}")
+        missing = _missing_model(cfg) if cfg.get("reproduce") == "hub" else None
+        if missing:
+            click.echo(f"skipped: needs {missing} from the Hugging Face hub (not here, and the hub is not reachable)")
+            results[path] = {"reproduced": None, "skipped": f"needs {missing}"}
+            continue
         t0 = time.perf_counter()
         res = run_pipeline(cfg, path, retriever=cfg.get("retriever"), data=DatasetArgs(quiet=True), model=ModelArgs(),
                            cur=CurArgs(), second=RerankArgs(), out=OutputArgs(), ray_args=RayArgs(),
@@ -379,9 +393,10 @@ def reproduce(configs: tuple[str, ...], metrics_json: str | None) -> None:
         if not ok:
             failed.append(path)
         results[path] = {"reproduced": ok, "metrics": res.get("metrics"), "seconds": round(time.perf_counter() - t0, 1)}
-    click.echo(
-        f"{len(paths) - len(failed)} of {len(paths)} configs reproduced" + (f"; not: {', '.join(failed)}" if failed else "")
-    )
+    skipped = sum(1 for r in results.values() if r.get("skipped"))
+    ran = len(paths) - skipped
+    click.echo(f"{ran - len(failed)} of {ran} configs reproduced" + (f"; not: {', '.join(failed)}" if failed else "")
+               + (f"; {skipped} skipped (they need the hub)" if skipped else ""))
     if metrics_json:
         from ..env import atomic_write
 
@@ -389,6 +404,20 @@ def reproduce(configs: tuple[str, ...], metrics_json: str | None) -> None:
             json.dump(results, f, indent=2)
     if failed:
         sys.exit(1)
+
+
+def _missing_model(cfg: dict[str, Any]) -> str | None:
+    """The model a hub config's reranker names, when it cannot be had here (else None)."""
+    from ..errors import ModelNotFound
+    from ..models.loading import resolve_model
+
+    spec = parse(cfg.get("reranker", ""), RERANKER, "reranker")
+    model = spec.cls.spec_model(spec.arg, {}) if hasattr(spec.cls, "spec_model") else spec.arg
+    try:
+        resolve_model(model)
+    except ModelNotFound:
+        return model
+    return None
 
 
 @click.command()

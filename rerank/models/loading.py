@@ -265,11 +265,12 @@ def need(module: str, backend: str) -> Any:
 
 #: what ``load_model``'s ``kind`` loads: a transformers Auto class, or sentence-transformers
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
-                "masked-lm": "AutoModelForMaskedLM", "sentence-transformer": ""}
+                "masked-lm": "AutoModelForMaskedLM", "seq2seq-lm": "AutoModelForSeq2SeqLM", "encoder": "AutoModel",
+                "sentence-transformer": ""}
 
 #: the architecture name's ending that says a folder holds the weights of a kind's head
 HEAD_SUFFIXES = {"ForSequenceClassification": "sequence-classification", "ForCausalLM": "causal-lm",
-                 "ForMaskedLM": "masked-lm"}
+                 "ForMaskedLM": "masked-lm", "ForConditionalGeneration": "seq2seq-lm"}
 
 # files whose whole content is hashed into a model's fingerprint; larger ones are sampled
 _FULL_HASH_BYTES = 1 << 30
@@ -324,6 +325,7 @@ def model_fingerprint(path: str | Path) -> str:
 #: what each kind is, in a user's words (errors name what a folder holds and what would fit)
 KIND_WORDS = {"sequence-classification": "a cross-encoder (sequence-classification head)",
               "causal-lm": "a causal language model (LLM rerankers)", "masked-lm": "a masked language model (SPLADE)",
+              "seq2seq-lm": "an encoder-decoder model (T5 rerankers)", "encoder": "a transformer encoder (ColBERT's body)",
               "sentence-transformer": "an encoder body (dense retrieval; a base to train rerankers from)"}
 
 
@@ -382,7 +384,7 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
         raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(AUTO_CLASSES)}")
     st_model = kind == "sentence-transformer"
     what = {"sequence-classification": "cross-encoders", "causal-lm": "LLM rerankers", "masked-lm": "SPLADE",
-            "sentence-transformer": "dense retrieval"}[kind]
+            "seq2seq-lm": "T5 rerankers", "encoder": "ColBERT", "sentence-transformer": "dense retrieval"}[kind]
     lib = import_transformers(what, sentence_transformers=st_model)  # first: without the extra, say how to get it
     try:
         path = resolve_model(name)
@@ -423,7 +425,10 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
                                                                         output_loading_info=True)
     except (OSError, ValueError) as e:  # e.g. config.json without weights, or a truncated file
         raise ModelNotFound(f"{name!r} ({path}) does not load as {KIND_WORDS[kind]}: {str(e).splitlines()[0]}") from e
-    _check_head(name, path, kind, sorted(info.get("missing_keys") or ()), allow_new_head, train)
+    missing = sorted(info.get("missing_keys") or ())
+    if kind == "encoder":  # a bare encoder's output is its hidden states: a pooler it lacks is never used
+        missing = [k for k in missing if not k.startswith("pooler.")]
+    _check_head(name, path, kind, missing, allow_new_head, train)
     model = model.to(where)
     if not train:
         model.eval()

@@ -8,7 +8,7 @@ from typing import Any
 
 from .base import ListReranker, RankedDoc, Reranker
 
-__all__ = ["ListReranker", "RankedDoc", "Reranker", "make_reranker", "reranker_class"]
+__all__ = ["ListReranker", "RankedDoc", "Reranker", "make_reranker", "reranker", "reranker_class"]
 
 
 def reranker_class(spec: str, **options: Any) -> type[Reranker]:
@@ -16,6 +16,10 @@ def reranker_class(spec: str, **options: Any) -> type[Reranker]:
     from ..specs import RERANKER, check_options, parse
 
     s = parse(spec, RERANKER, "reranker")
+    if getattr(s.cls, "takes_every_option", False):  # auto:MODEL: the kind it picks
+        from .auto import family
+
+        s = parse(f"{family(s.arg)[0]}:{s.arg}", RERANKER, "reranker")
     check_options([s], options)
     cls = s.cls
     assert issubclass(cls, Reranker)
@@ -32,3 +36,9 @@ def make_reranker(spec: str, **options: Any) -> Reranker:
     r = stage(spec, None, role=RERANKER, **options)
     assert isinstance(r, Reranker)
     return r
+
+
+def reranker(model: str, **options: Any) -> Reranker:
+    """The reranker for ``model``, its family picked from the model's name and config
+    (:mod:`rerank.rerankers.auto`): ``rerank.reranker("Qwen/Qwen3-Reranker-0.6B")``."""
+    return make_reranker(f"auto:{model}", **options)

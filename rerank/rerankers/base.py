@@ -253,17 +253,21 @@ class ListReranker(Reranker):
 
     def __init__(self, name: str, *, depth: int = 100, max_passage_tokens: int | None = None, device: str = "auto",
                  dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None) -> None:
-        from ..models.llm import LLM
-
         super().__init__(depth=depth)
         if cache is not None:
             raise ValueError(f"{type(self).__name__} orders lists jointly: a per-pair score cache does not apply")
         if max_passage_tokens is not None and max_passage_tokens < 1:
             raise ValueError(f"max_passage_tokens must be positive, got {max_passage_tokens}")
         self.max_passage_tokens = max_passage_tokens
-        self.llm = LLM(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+        self.llm = self._load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
         self.model_name = name
         self.name = f"{self.kind}:{name}"
+
+    def _load(self, name: str, **options: Any) -> Any:
+        """The model the lists are ordered with (a causal LLM; a subclass may load another kind)."""
+        from ..models.llm import LLM
+
+        return LLM(name, **options)
 
     kind = "list"
     block = 32  # prompts of a block's queries share batches at every step

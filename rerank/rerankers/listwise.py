@@ -143,7 +143,11 @@ class _Listwise(ListReranker):
             self._wrapped = self.llm.wrap(SYSTEM, assistant=self._prime)
         return self._wrapped
 
-    def _rank_windows(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
+    def _window_input(self, query: list[int], passages: Sequence[list[int]]) -> Any:
+        """What the model reads for one window (a prompt; LiT5: one input per passage)."""
+        return self._prompt(query, passages)
+
+    def _rank_windows(self, prompts: list[Any], sizes: list[int]) -> list[list[int]]:
         raise NotImplementedError
 
     def _order(self, queries: Sequence[str], lists: Sequence[Sequence[str]]) -> list[tuple[list[int], list[float]]]:
@@ -153,7 +157,7 @@ class _Listwise(ListReranker):
         plans = [windows(len(d), self.window, self.stride) for d in dtok]
         for step in range(max((len(p) for p in plans), default=0)):
             jobs = [(qi, plan[step]) for qi, plan in enumerate(plans) if step < len(plan) and plan[step][1] - plan[step][0] > 1]
-            prompts = [self._prompt(qtok[qi], [dtok[qi][i] for i in orders[qi][s:e]]) for qi, (s, e) in jobs]
+            prompts = [self._window_input(qtok[qi], [dtok[qi][i] for i in orders[qi][s:e]]) for qi, (s, e) in jobs]
             perms = self._rank_windows(prompts, [e - s for _, (s, e) in jobs])
             for (qi, (s, e)), perm in zip(jobs, perms, strict=True):
                 current = orders[qi][s:e]
@@ -218,12 +222,14 @@ class ListwiseGenerate(_Listwise):
 
 
 def parse_permutation(text: str, n: int, labels: str = LABELS) -> tuple[list[int], bool]:
-    """``"[B] > [A] > [C]"`` -> ([1, 0, 2], False). Unknown and repeated identifiers are dropped,
+    """``"[B] > [A] > [C]"`` -> ([1, 0, 2], False); with ``labels="1"``, numbers from 1:
+    ``"[2] > [1] > [3]"`` -> ([1, 0, 2], False). Unknown and repeated identifiers are dropped,
     missing ones appended in their incoming order; the flag says whether anything was repaired."""
     seen: list[int] = []
     bad = False
-    for label in re.findall(r"\[\s*([A-Za-z])\s*\]", text):
-        i = labels.find(label.upper())
+    numbered = labels == "1"
+    for label in re.findall(r"\[\s*(\d+)\s*\]" if numbered else r"\[\s*([A-Za-z])\s*\]", text):
+        i = int(label) - 1 if numbered else labels.find(label.upper())
         if i < 0 or i >= n or i in seen:
             bad = True
             continue

@@ -87,11 +87,7 @@ class PRP(ListReranker):
         for q, a, b in jobs:
             fa, fb = self._fit(q, a, b)
             prompts += [self._prompt(q, fa, fb), self._prompt(q, fb, fa)]
-        if self.mode == "score":
-            logits = self.llm.next_token_logits(prompts, self._choices)
-            first = [_softmax_first(x) for x in logits]  # P(answer "A")
-        else:
-            first = [self._parse(t) for t in self.llm.generate(prompts, max_new_tokens=4)]
+        first = self._first_wins(prompts)
         out = []
         for i in range(len(jobs)):
             p_ab, p_ba = first[2 * i], first[2 * i + 1]  # a first / b first: P(the first passage wins)
@@ -104,6 +100,12 @@ class PRP(ListReranker):
             out.append((win, 0.5 * (p_ab + 1.0 - p_ba)))
         return out
 
+    def _first_wins(self, prompts: list[list[int]]) -> list[float]:
+        """For each prompt, the probability (or the parsed answer, 0/0.5/1) that its first passage wins."""
+        if self.mode == "score":
+            return [_softmax_first(x) for x in self.llm.next_token_logits(prompts, self._choices)]  # P(answer "A")
+        return [self._parse(t) for t in self.llm.generate(prompts, max_new_tokens=4)]
+
     def _parse(self, text: str) -> float:
         m = re.search(r"\b(?:Passage\s*)?([AB])\b", text.strip())
         if m is None:
@@ -112,6 +114,10 @@ class PRP(ListReranker):
         return 1.0 if m.group(1) == "A" else 0.0
 
     # ------------------------------------------------------------ methods
+    #: how allpair orders a list: by wins (PRP's paper; the summed preference probabilities break ties),
+    #: or by the summed probabilities alone ("sym-sum", duoT5's paper)
+    allpair_by: ClassVar[str] = "wins"
+
     def _order(self, queries: Sequence[str], lists: Sequence[Sequence[str]]) -> list[tuple[list[int], list[float]]]:
         qtok = self.llm.tokens(list(queries))
         dtok = [self.llm.tokens(list(docs)) for docs in lists]
@@ -140,6 +146,10 @@ class PRP(ListReranker):
             soft[qi][j] += 1.0 - p
         out = []
         for qi, docs in enumerate(dtok):
+            if self.allpair_by == "sym-sum":  # s_i = sum over j of p(i beats j) + 1 - p(j beats i)
+                order = sorted(range(len(docs)), key=lambda i: (-soft[qi][i], i))
+                out.append((order, [2.0 * soft[qi][i] for i in order]))
+                continue
             n = max(1, len(docs))
             order = sorted(range(len(docs)), key=lambda i: (-wins[qi][i], -soft[qi][i], i))
             # wins move in steps of 0.5; the soft part (< 0.1) only breaks their ties

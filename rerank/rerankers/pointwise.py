@@ -23,6 +23,8 @@ from ..models.backends import Graph, runner
 from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores
 from ..models.loading import LoadedModel, batch_budget, context_window, load_model
 from .base import Reranker
+from .templates import Template, compile_parts, for_model
+from .templates import load as load_template
 
 log = logging.getLogger("rerank")
 
@@ -154,32 +156,41 @@ class CrossEncoder(_ModelReranker):
         return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
 
 
-_PROMPT = ('Passage: "{passage}"\nQuery: "{query}"\n'
-           'Does the passage answer the query? Answer "Yes" or "No".')
-_P, _Q = "\x00PASSAGE\x00", "\x00QUERY\x00"
-
-
 class LLMPointwise(_ModelReranker):
-    """A causal LLM as a yes/no relevance judge. Only the hidden state at the answer position
-    goes through the output layer, and only for the two answer tokens."""
+    """A causal LLM as a relevance judge, by a prompt template (:mod:`rerank.rerankers.templates`):
+    rerank's own yes/no prompt (``yes-no``, the default), a model's published format
+    (``qwen3-reranker``, ``bge-reranker-gemma``, ``mxbai-rerank-v2``), a user's JSON file, or a
+    ``prompt`` string with ``{query}`` and ``{passage}`` in the model's chat template. Only the
+    hidden state at the answer position goes through the output layer, and only for the two
+    answer tokens."""
 
     kind = "llm-pointwise"
-    spec_help = "a causal LLM as yes/no judge, score = logit(Yes) - logit(No)"
-    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "prompt", "max_query_tokens")
+    spec_help = "a causal LLM as relevance judge by a prompt template (yes-no, qwen3-reranker, bge-reranker-gemma, ...)"
+    spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "prompt", "template", "instruction",
+                                                "max_query_tokens")
     model_kind = "causal-lm"
     gpu_batch_tokens = 16384
 
-    def __init__(self, name: str, *, prompt: str = _PROMPT, max_query_tokens: int = 64, **kwargs: Any) -> None:
-        if "{passage}" not in prompt or "{query}" not in prompt:
-            raise ValueError("the prompt needs {passage} and {query} placeholders")
-        if prompt.index("{passage}") > prompt.index("{query}"):
-            raise ValueError("the prompt must put {passage} before {query}")
-        kwargs.setdefault("max_length", 512)
+    def __init__(self, name: str, *, template: str | Template | None = None, prompt: str | None = None,
+                 instruction: str | None = None, max_query_tokens: int = 64, **kwargs: Any) -> None:
+        if prompt is not None and template is not None:
+            raise ValueError("give a prompt or a template, not both")
+        if prompt is not None:
+            tpl = Template.from_prompt(prompt)
+        else:
+            chosen = template or for_model(name)
+            tpl = chosen if isinstance(chosen, Template) else load_template(chosen or "yes-no")
+            if template is None and chosen:
+                log.info("%s: the %s prompt template (written for this model; --template to change it)", name, chosen)
+        kwargs.setdefault("max_length", tpl.max_length or 512)
         super().__init__(name, **kwargs)
-        self.max_query_tokens = max_query_tokens
-        self.yes, self.no = self._answer_token("Yes"), self._answer_token("No")
-        self.prefix, self.middle, self.suffix = self._template(prompt)
-        fixed = len(self.prefix) + len(self.middle) + len(self.suffix)
+        self.template, self.max_query_tokens = tpl, max_query_tokens
+        self.instruction = tpl.instruction_text(instruction)
+        self.yes, self.no = self._answer_token(tpl.yes), self._answer_token(tpl.no)
+        self.parts = compile_parts(tpl, self.tokenizer)
+        dynamic = [i for i, p in enumerate(self.parts) if p.text is not None]
+        self.suffix = [t for p in self.parts[dynamic[-1] + 1 :] for t in p.ids]  # the fixed tokens after the last text
+        fixed = sum(len(p.ids) for p in self.parts)
         if fixed + max_query_tokens + 16 > self.window:
             raise ValueError(f"max_length {self.window} leaves no room for a passage after the prompt ({fixed} tokens)")
         # the two answer rows of the output layer, kept in fp32: a bf16 product rounds the logits to
@@ -188,39 +199,38 @@ class LLMPointwise(_ModelReranker):
         self._head_w = head.weight[[self.yes, self.no]].detach().float()
         bias = getattr(head, "bias", None)
         self._head_b = bias[[self.yes, self.no]].detach().float() if bias is not None else None
-        self.model_key += f"|{prompt}"
+        self.model_key += f"|{tpl.to_json()}|{self.instruction}"
 
     def _answer_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
         if len(ids) != 1:
             raise DataError(f"{self.model_name}: the answer {word!r} is {len(ids)} tokens in this tokenizer; "
                             f"the yes/no scorer needs single-token answers")
-        return ids[0]
-
-    def _template(self, prompt: str) -> tuple[list[int], list[int], list[int]]:
-        user = prompt.replace("{passage}", _P).replace("{query}", _Q)
-        chat = bool(getattr(self.tokenizer, "chat_template", None))
-        if chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                      add_generation_prompt=True)
-        else:
-            text = user + "\nAnswer:"
-        before, rest = text.split(_P)
-        middle, after = rest.split(_Q)
-        prefix = self.tokenizer(before, add_special_tokens=not chat)["input_ids"]  # BOS where a plain LM wants one
-        mid, suf = self.tokenizer([middle, after], add_special_tokens=False)["input_ids"]
-        return prefix, mid, suf
+        return int(ids[0])
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
-        qs = self.tokenizer([q for q, _ in pairs], add_special_tokens=False)["input_ids"]
-        ds = self.tokenizer([d for _, d in pairs], add_special_tokens=False)["input_ids"]
-        fixed = len(self.prefix) + len(self.middle) + len(self.suffix)
+        """The prompt of each pair: the template's pieces, filled and tokenized as the model's reference
+        code does; a passage that does not fit is cut from its end (a query that alone leaves no room
+        is cut to ``max_query_tokens`` first)."""
+        texts: dict[int, list[list[int]]] = {}
+        for i, part in enumerate(self.parts):
+            if part.text is not None:
+                filled = [part.text.replace("{instruction}", self.instruction).replace("{query}", q).replace("{passage}", d)
+                          for q, d in pairs]
+                texts[i] = self.tokenizer(filled, add_special_tokens=False)["input_ids"]
+        fixed = sum(len(p.ids) for p in self.parts)
         items, cut = [], 0
-        for q, d in zip(qs, ds, strict=True):
-            q = q[: self.max_query_tokens] if len(q) + fixed + 16 > self.window else q
-            room = self.window - fixed - len(q)
-            cut += len(d) > room
-            items.append({"input_ids": self.prefix + d[:room] + self.middle + q + self.suffix})
+        for n in range(len(pairs)):
+            seqs = [list(texts[i][n]) if i in texts else list(p.ids) for i, p in enumerate(self.parts)]
+            for i, p in enumerate(self.parts):
+                if p.query_only and len(seqs[i]) + fixed + 16 > self.window:
+                    seqs[i] = seqs[i][: self.max_query_tokens]
+            over = sum(map(len, seqs)) - self.window
+            if over > 0:
+                cut += 1
+                i = next(i for i, p in enumerate(self.parts) if p.has_passage)
+                seqs[i] = seqs[i][: max(1, len(seqs[i]) - over)]
+            items.append({"input_ids": [t for s in seqs for t in s][: self.window]})
         self._note_truncation(cut, len(pairs), self.window)
         return items
 
@@ -232,7 +242,10 @@ class LLMPointwise(_ModelReranker):
         logits = last.float() @ self._head_w.T
         if self._head_b is not None:
             logits = logits + self._head_b
-        return logits[:, 0] - logits[:, 1]
+        diff = logits[:, 0] - logits[:, 1]
+        if self.template.score == "p-yes":
+            return torch.sigmoid(diff)  # = softmax over (yes, no), p(yes)
+        return logits[:, 0] if self.template.score == "logit-yes" else diff
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
