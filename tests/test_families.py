@@ -143,6 +143,8 @@ def test_a_users_template_file_and_bad_templates(tiny_qwen3, tmp_path):
     tok = llm.tokenizer
     [item] = llm.encode([("a query", "a passage")])
     assert tok.decode(item["input_ids"]) == "Q: a query\nP: a passage\nRelevant (yes/no):"
+    [item] = llm.encode([("what is {passage}?", "p {query}")])  # texts are filled in as written, never as placeholders
+    assert tok.decode(item["input_ids"]) == "Q: what is {passage}?\nP: p {query}\nRelevant (yes/no):"
     for bad, says in ((["{query} {passage} tail"], "must end with it"), (["{query}"], "once each"),
                       (["{query} {passage}", "{colour}"], "unknown placeholder")):
         mine.write_text(json.dumps({"pieces": bad}))

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -190,6 +191,30 @@ class Truncation:
                     log.log(self.level, "%s: %d of %d %s are longer than %d tokens and were truncated", self.name, self.cut,
                             self.total, self.unit, self.window)
                 self.cut = self.total = 0
+
+
+_KEPT: dict[str, OrderedDict[str, Any]] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def kept_encodings(model_key: str, texts: Sequence[str], encode: Callable[[list[str]], list[Any]], limit: int) -> dict[str, Any]:
+    """The encodings of ``texts`` by the model ``model_key`` names (SPLADE vectors, ColBERT token
+    embeddings), encoding only the distinct texts not kept from earlier calls: the last ``limit``
+    texts' encodings are kept per model in a process, shared by its instances and threads (a
+    search or a run scores the same documents for many queries and rounds)."""
+    with _KEPT_LOCK:
+        kept = _KEPT.setdefault(model_key, OrderedDict())
+        todo = [t for t in dict.fromkeys(texts) if t not in kept]
+    fresh = encode(todo) if todo else []
+    with _KEPT_LOCK:
+        kept.update(zip(todo, fresh, strict=True))
+        out = {}
+        for t in texts:
+            kept.move_to_end(t)
+            out[t] = kept[t]
+        while len(kept) > limit:
+            kept.popitem(last=False)
+    return out
 
 
 class ScoreCache:

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import json
 import string
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ModelNotFound
-from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores
+from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores, kept_encodings
 from ..models.loading import batch_budget, load_model
 from .base import Reranker
 
@@ -91,10 +89,6 @@ def projection(folder: Path, layout: str) -> Any:
     if key is None:
         raise ModelNotFound(f"{folder}: no ColBERT projection (linear.weight) in its weights")
     return weights[key].float()
-
-
-_DOC_VECTORS: dict[str, OrderedDict[str, Any]] = {}
-_DOC_LOCK = threading.Lock()
 
 
 class ColBERT(Reranker):
@@ -167,23 +161,9 @@ class ColBERT(Reranker):
         """Token embeddings (tokens x dim, normalised) of ``texts`` as queries or documents."""
         return self.engine.run(self._items(texts, query), self._forward)
 
-    def _doc_vectors(self, docs: Sequence[str]) -> dict[str, Any]:
-        with _DOC_LOCK:
-            kept = _DOC_VECTORS.setdefault(self.model_key, OrderedDict())
-            todo = [d for d in dict.fromkeys(docs) if d not in kept]
-        fresh = self.embed(todo, query=False) if todo else []
-        with _DOC_LOCK:
-            kept.update(zip(todo, fresh, strict=True))
-            out = {}
-            for d in docs:
-                kept.move_to_end(d)
-                out[d] = kept[d]
-            while len(kept) > self.vector_cache:
-                kept.popitem(last=False)
-        return out
-
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         qv = dict(zip(queries, self.embed(queries, query=True), strict=True))
-        dv = self._doc_vectors([d for _, d in pairs])
+        dv = kept_encodings(self.model_key, [d for _, d in pairs], lambda docs: self.embed(docs, query=False),
+                            self.vector_cache)
         return finite_scores([float((qv[q] @ dv[d].T).max(dim=1).values.sum()) for q, d in pairs], self.name)

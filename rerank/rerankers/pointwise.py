@@ -13,17 +13,15 @@ has it). Long documents are truncated from the document side; the query is kept 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.backends import Graph, runner
-from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores
+from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores, kept_encodings
 from ..models.loading import LoadedModel, batch_budget, context_window, load_model
 from .base import Reranker
-from .templates import Template, compile_parts, for_model
+from .templates import Template, compile_parts, fill, for_model
 from .templates import load as load_template
 
 log = logging.getLogger("rerank")
@@ -215,8 +213,7 @@ class LLMPointwise(_ModelReranker):
         texts: dict[int, list[list[int]]] = {}
         for i, part in enumerate(self.parts):
             if part.text is not None:
-                filled = [part.text.replace("{instruction}", self.instruction).replace("{query}", q).replace("{passage}", d)
-                          for q, d in pairs]
+                filled = [fill(part.text, query=q, passage=d, instruction=self.instruction) for q, d in pairs]
                 texts[i] = self.tokenizer(filled, add_special_tokens=False)["input_ids"]
         fixed = sum(len(p.ids) for p in self.parts)
         items, cut = [], 0
@@ -251,9 +248,6 @@ class LLMPointwise(_ModelReranker):
         return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
 
 
-# model key -> text -> SPLADE vector (kept across instances of one model; bounded by Splade.vector_cache)
-_SPLADE_VECTORS: dict[str, OrderedDict[str, tuple[Any, Any]]] = {}
-_SPLADE_LOCK = threading.Lock()
 
 
 def _splade_pool(model: Any, x: dict[str, Any]) -> Any:
@@ -291,19 +285,7 @@ class Splade(_ModelReranker):
         if self.fingerprint.startswith("in-memory"):
             distinct = list(dict.fromkeys(texts))
             return dict(zip(distinct, self.encode_texts(distinct) if distinct else [], strict=True))
-        with _SPLADE_LOCK:
-            cache = _SPLADE_VECTORS.setdefault(self.model_key, OrderedDict())
-            todo = [t for t in dict.fromkeys(texts) if t not in cache]
-        fresh = self.encode_texts(todo) if todo else []
-        with _SPLADE_LOCK:
-            cache.update(zip(todo, fresh, strict=True))
-            out = {}
-            for t in texts:
-                cache.move_to_end(t)
-                out[t] = cache[t]
-            while len(cache) > self.vector_cache:
-                cache.popitem(last=False)
-        return out
+        return kept_encodings(self.model_key, texts, self.encode_texts, self.vector_cache)
 
     def _forward(self, batch: dict[str, Any]) -> Any:
         reps = self._run(batch).cpu()

@@ -84,12 +84,17 @@ class Template:
     def instruction_text(self, instruction: str | None) -> str:
         """What ``{instruction}`` becomes: the given or default instruction, formatted; nothing without one."""
         text = instruction if instruction is not None else self.instruction
-        return self.instruction_format.replace("{instruction}", text) if text else ""
+        return fill(self.instruction_format, instruction=text) if text else ""
 
     def to_json(self) -> str:
         return json.dumps({"pieces": list(self.pieces), "yes": self.yes, "no": self.no, "score": self.score,
                            "chat": self.chat, "bos": self.bos, "instruction": self.instruction,
                            "instruction_format": self.instruction_format, "max_length": self.max_length}, sort_keys=True)
+
+
+def fill(text: str, **values: str) -> str:
+    """``text`` with its placeholders replaced in one pass (a query that holds "{passage}" stays as written)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def builtin() -> list[str]:
