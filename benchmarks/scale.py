@@ -7,7 +7,10 @@ under benchmarks/work/. For N in --sizes, each job runs in its own process (so p
 job's own) with each store:
 
   build    reading the corpus into the store (dict: into memory; disk: DiskDocStore.build)
-  bm25     a bm25s index over the store's documents (rerank's BM25, streaming tokenization)
+  bm25     a bm25s index over the store's documents (rerank's BM25: streaming tokenization, token ids
+           kept as int32 arrays)
+  bm25s    the baseline: bm25s as its README uses it (the texts in a list, bm25s.tokenize, then
+           BM25.index; token ids as Python lists), same stemmer, stopwords, k1 and b; store "dict" only
   random   100 random documents read by id right after opening the store (cold pages: a disk read
            each), then the same 100 again (warm); per-read latency
   rerank   the texts of 1,000 queries' top-100 hits fetched by id, a query's at a time (what a first
@@ -18,6 +21,8 @@ dropped by the kernel under pressure); "own" is the job's anonymous resident mem
 Prints a table with the CPU, memory and the ratios disk/dict, and writes benchmarks/results/scale.json.
 
     python benchmarks/scale.py --sizes 100000,1000000,5000000 --bm25-max 1000000
+    python benchmarks/scale.py --sizes 1000000,5000000 --jobs bm25,bm25s --bm25-max 5000000 --baseline-max 1000000 \
+        --stores-at-max disk --out benchmarks/results/scale-bm25.json
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, WORK, cpu_facts, write_result  # noqa: E402
 
-JOBS = ("build", "bm25", "random", "rerank")
+JOBS = ("build", "bm25", "bm25s", "random", "rerank")
 
 
 def sentences(shared: Path) -> list[str]:
@@ -89,6 +94,15 @@ def job(kind: str, store: str, corpus: Path, root: Path) -> dict[str, float]:
         from rerank.retrieve.bm25 import BM25
 
         BM25(docs, k=10, index_root=root / f"bm25-{store}", rebuild=True).index()  # type: ignore[arg-type]
+    elif kind == "bm25s":
+        import bm25s
+        import Stemmer
+
+        texts = [t for _, t in docs.items()]  # type: ignore[attr-defined]
+        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+        model = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+        model.index(tokens, show_progress=False)
+        model.save(root / "bm25s-baseline")
     elif kind == "random":
         ids = [f"d{rng.randrange(n)}" for _ in range(100)]
         t1 = time.perf_counter()
@@ -122,6 +136,9 @@ def main() -> None:
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS / "scale.json"))
+    ap.add_argument("--jobs", default=",".join(j for j in JOBS if j != "bm25s"), help="which jobs to run")
+    ap.add_argument("--baseline-max", type=int, default=1_000_000, help="largest N for the bm25s baseline")
+    ap.add_argument("--stores-at-max", default="dict,disk", help="stores measured at the largest size")
     args = ap.parse_args()
     root = WORK / "scale-indexes"
     if args.job:  # a child process: one job
@@ -130,13 +147,16 @@ def main() -> None:
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
+    sizes = [int(x) for x in args.sizes.split(",")]
+    jobs = [j for j in args.jobs.split(",") if j]
+    for n in sizes:
         corpus = make_corpus(n, Path(args.shared))
         mb = corpus.stat().st_size / 1e6
-        for store in ("dict", "disk"):
-            for kind in JOBS:
-                if kind == "bm25" and n > args.bm25_max:
-                    continue  # bm25s keeps every document's token ids as Python lists: ~4.4 GB a million documents
+        stores = args.stores_at_max.split(",") if n == max(sizes) else ["dict", "disk"]
+        for store in stores:
+            for kind in jobs:
+                if (kind == "bm25" and n > args.bm25_max) or (kind == "bm25s" and (n > args.baseline_max or store != "dict")):
+                    continue
                 r = subprocess.run([sys.executable, __file__, "--job", kind, "--store", store, "--corpus", str(corpus)],
                                    capture_output=True, text=True, check=True)
                 result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -151,14 +171,27 @@ def main() -> None:
         for kind in JOBS:
             if not any(r["documents"] == n and r["job"] == kind for r in rows):
                 continue
-            a = next(r for r in rows if r["documents"] == n and r["store"] == "dict" and r["job"] == kind)
-            b = next(r for r in rows if r["documents"] == n and r["store"] == "disk" and r["job"] == kind)
+            a = next((r for r in rows if r["documents"] == n and r["store"] == "dict" and r["job"] == kind), None)
+            b = next((r for r in rows if r["documents"] == n and r["store"] == "disk" and r["job"] == kind), None)
+            if a is None or b is None:
+                continue
             ratios[f"{n}:{kind}"] = {"rss_disk_over_dict": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
                                      "seconds_disk_over_dict": round(b["seconds"] / max(a["seconds"], 1e-9), 3)}
     print("\ndisk / dict (peak RSS, seconds):")
     for key, r in ratios.items():
         print(f"  {key:<18} RSS x{r['rss_disk_over_dict']:<7} time x{r['seconds_disk_over_dict']}")
-    write_result({"machine": facts, "rows": rows, "ratios": ratios}, args.out)
+    baseline = {}
+    for n in sorted({r["documents"] for r in rows}):
+        ours = next((r for r in rows if r["documents"] == n and r["store"] == "dict" and r["job"] == "bm25"), None)
+        theirs = next((r for r in rows if r["documents"] == n and r["job"] == "bm25s"), None)
+        if ours and theirs:
+            baseline[str(n)] = {"rss_rerank_over_bm25s": round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3),
+                                "seconds_rerank_over_bm25s": round(ours["seconds"] / max(theirs["seconds"], 1e-9), 3)}
+    if baseline:
+        print("\nrerank's BM25 build / bm25s's own (peak RSS, seconds; both hold the texts in a dict or list):")
+        for key, r in baseline.items():
+            print(f"  {key:<18} RSS x{r['rss_rerank_over_bm25s']:<7} time x{r['seconds_rerank_over_bm25s']}")
+    write_result({"machine": facts, "rows": rows, "ratios": ratios, "vs_bm25s": baseline}, args.out)
 
 
 if __name__ == "__main__":

@@ -309,11 +309,11 @@ def merge_vocabularies(parts: Iterable[tuple[list[list[int]], dict[str, str], di
     """Shards tokenized separately (in corpus order), as one tokenizer would have tokenized the
     whole corpus: stems get ids in order of first appearance, so the ids, the vocabulary and the
     index bm25s builds from them are the single-process ones. Returns (token ids, tokenizer)."""
-    from .retrieve.bm25 import bm25s_tokenizer
+    from .retrieve.bm25 import TokenIds, bm25s_tokenizer
 
     tok = bm25s_tokenizer()
     tok.reset_vocab()
-    tokens: list[list[int]] = []
+    tokens = TokenIds()
     for ids, word_to_stem, stem_to_sid, word_to_id in parts:
         local = np.empty(len(stem_to_sid), dtype=np.int64)
         for stem, sid in stem_to_sid.items():
@@ -322,7 +322,7 @@ def merge_vocabularies(parts: Iterable[tuple[list[list[int]], dict[str, str], di
             tok.word_to_stem.setdefault(word, stem)
         for word, sid in word_to_id.items():
             tok.word_to_id.setdefault(word, int(local[sid]))
-        tokens.extend(local[np.asarray(doc, dtype=np.int64)].tolist() for doc in ids)
+        tokens.add([local[np.asarray(doc, dtype=np.int64)].tolist() for doc in ids])
     return tokens, tok
 
 

@@ -27,7 +27,15 @@ from rerank.ultr.learn import (
     randomization_propensities,
     train_from_clicks,
 )
-from rerank.ultr.log import ClickSession, aggregate, iter_sessions, read_click_log, read_yandex, write_click_log
+from rerank.ultr.log import (
+    ClickSession,
+    aggregate,
+    fold_ranks,
+    iter_sessions,
+    read_click_log,
+    read_yandex,
+    write_click_log,
+)
 from rerank.ultr.simulate import ShownList, load_click_model, position_propensities, simulate
 
 ULTRA = "clicks/ultra/example/ClickModel"
@@ -225,6 +233,28 @@ def test_randomization_and_table_dla_recover_propensities(tmp_path):
     assert err["max_relative_error"] < 0.15 and err["pearson"] > 0.998, err
     em = propensity_error(pbm_em_propensities(stats), theta)  # the classic estimator agrees
     assert em["max_relative_error"] < 0.1 and em["pearson"] > 0.999, em
+
+
+def test_rank_statistics_stream_in_memory_flat_in_the_sessions():
+    """Randomization and EM from counts folded as the log streams by: the same estimates as from
+    the per-list groups, in memory bounded by the (query, document, rank) triples, while the groups
+    grow with the distinct lists (a randomized log shows a new list almost every session)."""
+    rng = np.random.default_rng(3)
+    lists = [ShownList(f"q{i}", tuple(str(j) for j in range(10)), tuple(rng.integers(0, 5, 10).tolist())) for i in range(20)]
+    pbm = load_click_model("pbm")
+    theta = np.asarray(position_propensities(pbm))
+    grouped = aggregate(simulate(lists, pbm, 30_000, seed=4, randomize=True), 10)
+    streamed = fold_ranks(simulate(lists, pbm, 30_000, seed=4, randomize=True), 10)
+    assert streamed.sessions == grouped.sessions == 30_000 and len(grouped.groups) > 29_000
+    assert len(streamed.counts) == 20 * 10 * 10  # every (query, document, rank): all that is kept
+    for a, b in zip(randomization_propensities(grouped), randomization_propensities(streamed), strict=True):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert np.allclose(pbm_em_propensities(grouped), pbm_em_propensities(streamed), rtol=1e-9)
+    big = fold_ranks(simulate(lists, pbm, 300_000, seed=5, randomize=True), 10)
+    assert len(big.counts) == len(streamed.counts)  # ten times the sessions, the same memory
+    est, se = randomization_propensities(big)
+    assert np.all(np.abs(est - theta / theta[0]) <= 4.5 * se + 1e-12)
+    assert propensity_error(pbm_em_propensities(big), theta)["max_relative_error"] < 0.05
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -140,18 +140,21 @@ def clicks_propensity(
     import tempfile
 
     from ..ultr.learn import pbm_em_propensities, propensity_error, randomization_propensities
-    from ..ultr.log import aggregate, iter_sessions
+    from ..ultr.log import aggregate, fold_ranks, iter_sessions
 
     setup_logging(False)
     check_writable(output, plot)
-    stats = aggregate(iter_sessions(log), list_size, source=log)
     se: list[float] | None = None
-    if method == "randomization":
-        est, err = randomization_propensities(stats)
-        estimate, se = est.tolist(), err.tolist()
-    elif method == "em":
-        estimate = pbm_em_propensities(stats).tolist()
+    stats: Any
+    if method in ("randomization", "em"):  # counts per rank and per (query, document, rank), folded as the log streams
+        stats = fold_ranks(iter_sessions(log), list_size, source=log)
+        if method == "randomization":
+            est, err = randomization_propensities(stats)
+            estimate, se = est.tolist(), err.tolist()
+        else:
+            estimate = pbm_em_propensities(stats).tolist()
     else:
+        stats = aggregate(iter_sessions(log), list_size, source=log)
         import torch
 
         from ..train.trainer import TrainConfig

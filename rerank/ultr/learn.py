@@ -38,7 +38,7 @@ from ..env import atomic_write
 from ..errors import DataError
 from ..train.features import FeatureMLP, FeatureRanker, LetorData, dev_ndcg
 from ..train.losses import softmax
-from .log import ClickGroup, ClickStats
+from .log import ClickGroup, ClickStats, RankStats
 
 log = logging.getLogger("rerank")
 
@@ -391,15 +391,11 @@ def load_propensity(folder: str | Path) -> list[float]:
     return [float(v) for v in info["propensity"]]
 
 
-def randomization_propensities(stats: ClickStats) -> tuple[np.ndarray, np.ndarray]:
+def randomization_propensities(stats: ClickStats | RankStats) -> tuple[np.ndarray, np.ndarray]:
     """(``θ̂_i / θ̂_1``, standard errors) from a log whose lists were shown in uniformly random
     order: the click rate of rank ``i`` is ``θ_i`` times the mean attractiveness of the list,
     the same at every rank (delta-method errors from binomial rates)."""
-    clicks = np.zeros(stats.list_size)
-    shown = np.zeros(stats.list_size)
-    for g in stats.groups:
-        clicks[: len(g.clicks)] += g.clicks
-        shown[: len(g.clicks)] += g.sessions
+    clicks, shown = stats.by_rank()
     if shown[0] == 0 or clicks[0] == 0:
         raise DataError("no click at rank 1: cannot estimate propensities relative to it")
     ctr = np.divide(clicks, shown, out=np.zeros_like(clicks), where=shown > 0)
@@ -411,32 +407,25 @@ def randomization_propensities(stats: ClickStats) -> tuple[np.ndarray, np.ndarra
     return rel, se
 
 
-def pbm_em_propensities(stats: ClickStats, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
+def pbm_em_propensities(stats: ClickStats | RankStats, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
     """``θ̂_i / θ̂_1`` of a position-based click model fitted by expectation-maximisation (the
     classic click-model estimator, as in PyClick): ``P(click) = α_qd θ_r`` with one α per
     query-document pair; like DLA's table ranker it identifies θ only through documents shown
     at several ranks. Stops when no θ moves by more than ``tol``."""
-    keys: dict[tuple[str, str], int] = {}
-    key, rank, clicks, shown = [], [], [], []
-    for g in stats.groups:
-        for r, d in enumerate(g.docs):
-            key.append(keys.setdefault((g.qid, d), len(keys)))
-            rank.append(r)
-            clicks.append(g.clicks[r])
-            shown.append(g.sessions)
-    k, r_, c, n = np.asarray(key), np.asarray(rank), np.asarray(clicks, dtype=np.float64), np.asarray(shown, dtype=np.float64)
+    k, r_, c, n = stats.cells()  # the same (query, document, rank) shown in several lists: summed, as EM would
     if c.sum() == 0:
         raise DataError("the click log has no click: nothing to estimate from")
-    alpha = np.full(len(keys), 0.5)
+    pairs = int(k.max()) + 1
+    alpha = np.full(pairs, 0.5)
     theta = np.full(stats.list_size, 0.5)
-    denom_a = np.bincount(k, weights=n, minlength=len(keys))
+    denom_a = np.bincount(k, weights=n, minlength=pairs)
     denom_t = np.bincount(r_, weights=n, minlength=stats.list_size)
     for _ in range(iterations):
         a, t = alpha[k], theta[r_]
         miss = 1 - a * t
         p_attr = np.divide(a * (1 - t), miss, out=np.zeros_like(a), where=miss > 0)  # P(attractive | no click)
         p_exam = np.divide(t * (1 - a), miss, out=np.zeros_like(a), where=miss > 0)  # P(examined | no click)
-        alpha = np.bincount(k, weights=c + (n - c) * p_attr, minlength=len(keys)) / denom_a
+        alpha = np.bincount(k, weights=c + (n - c) * p_attr, minlength=pairs) / denom_a
         new = np.divide(np.bincount(r_, weights=c + (n - c) * p_exam, minlength=stats.list_size), denom_t,
                         out=np.zeros(stats.list_size), where=denom_t > 0)
         moved = float(np.max(np.abs(new - theta)))

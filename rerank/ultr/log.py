@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -204,12 +204,79 @@ class ClickStats:
                 "ctr_by_rank": [round(float(v), 5) for v in self.ctr_by_rank()]}
 
     def ctr_by_rank(self) -> np.ndarray:
+        clicks, shown = self.by_rank()
+        return np.divide(clicks, shown, out=np.zeros_like(clicks), where=shown > 0)
+
+    def by_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """Clicks and sessions that showed a result, per rank."""
         clicks = np.zeros(self.list_size)
         shown = np.zeros(self.list_size)
         for g in self.groups:
             clicks[: len(g.clicks)] += g.clicks
             shown[: len(g.clicks)] += g.sessions
-        return np.divide(clicks, shown, out=np.zeros_like(clicks), where=shown > 0)
+        return clicks, shown
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per (query, document, rank) shown: the pair's index, the rank, its clicks and its sessions."""
+        keys: dict[tuple[str, str], int] = {}
+        key, rank, clicks, shown = [], [], [], []
+        for g in self.groups:
+            for r, d in enumerate(g.docs):
+                key.append(keys.setdefault((g.qid, d), len(keys)))
+                rank.append(r)
+                clicks.append(g.clicks[r])
+                shown.append(g.sessions)
+        return (np.asarray(key, dtype=np.int64), np.asarray(rank, dtype=np.int64), np.asarray(clicks, dtype=np.float64),
+                np.asarray(shown, dtype=np.float64))
+
+
+@dataclass
+class RankStats:
+    """A click log folded as it streams by into what the propensity estimators need: clicks and
+    sessions per rank (result randomization) and per (query, document, rank) (EM). Its memory
+    grows with the distinct (query, document, rank) triples, never with the sessions or the
+    distinct shown lists (a randomized log shows a new list almost every session)."""
+
+    list_size: int
+    sessions: int = 0
+    source: str = ""
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)
+    counts: dict[int, list[int]] = field(default_factory=dict)  # pair * list_size + rank -> [sessions, clicks]
+
+    def add(self, qid: str, docs: Sequence[str], clicks: Sequence[int]) -> None:
+        pairs, counts, width = self.pairs, self.counts, self.list_size
+        for r, (d, c) in enumerate(zip(docs[:width], clicks[:width], strict=True)):
+            k = pairs.setdefault((qid, d), len(pairs)) * width + r
+            cell = counts.get(k)
+            if cell is None:
+                counts[k] = [1, c]
+            else:
+                cell[0] += 1
+                cell[1] += c
+        self.sessions += 1
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`ClickStats.cells`."""
+        keys = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
+        values = np.array(list(self.counts.values()), dtype=np.float64).reshape(-1, 2)
+        return keys // self.list_size, keys % self.list_size, values[:, 1], values[:, 0]
+
+    def by_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        _, rank, clicks, shown = self.cells()
+        return (np.bincount(rank, weights=clicks, minlength=self.list_size)[: self.list_size],
+                np.bincount(rank, weights=shown, minlength=self.list_size)[: self.list_size])
+
+
+def fold_ranks(sessions: Iterable[ClickSession], list_size: int = 10, source: str = "") -> RankStats:
+    """:class:`RankStats` of a stream of sessions (each cut to ``list_size`` results)."""
+    if list_size < 1:
+        raise ValueError(f"list_size must be >= 1, got {list_size}")
+    stats = RankStats(list_size, source=source)
+    for s in sessions:
+        stats.add(s.qid, s.docs, s.clicks)
+    if stats.sessions == 0:
+        raise DataError(f"{source or 'the click log'} holds no sessions")
+    return stats
 
 
 def aggregate(sessions: Iterable[ClickSession], list_size: int = 10, source: str = "") -> ClickStats:
