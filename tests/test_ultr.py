@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -283,7 +284,16 @@ def test_clicks_cli_simulate_stats_train_propensity(shared, tmp_path):
     assert res.exit_code == 0, res.output
     assert "shown lists of dev queries left out of training" in res.output
     assert "estimated propensity (rank: θ/θ1): 1:1.000 2:0." in res.output and "test nDCG@10 0." in res.output
+    # the guard: every query was always shown the same list, so no click-model-free estimate; the naive baseline's dev
+    assert "the log shows no documents at more than one rank" in res.output
+    assert re.search(r"dev nDCG@10: dla 0\.\d{4}, naive baseline 0\.\d{4}", res.output), res.output
     assert FeatureRanker.load(tmp_path / "dla").num_features == 300  # the LightGBM example set's width
+    # IPW with propensities that weight every click below rank 1 a thousand times less: worse than naive, and said so
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", ",".join(["1"] + ["1000"] * 9),
+                     "--features", str(lgb / "rank.train"), "--epochs", "15", "-o", str(tmp_path / "bad")])
+    assert res.exit_code == 0, res.output
+    mine, naive = map(float, re.search(r"dev nDCG@10: ipw (0\.\d+), naive baseline (0\.\d+)", res.output).groups())
+    assert mine < naive and "is below the naive baseline's" in res.output
     res = run(main, ["clicks", "simulate", "--features", str(lgb / "rank.train"), "--randomize", "--sessions", "30000",
                      "-o", str(tmp_path / "rand.jsonl")])
     assert res.exit_code == 0, res.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,8 @@ import click
 from ..errors import RerankError
 from ..specs import RETRIEVER, stage
 from .common import check_writable, friendly, load, options, setup_logging, take
+
+log = logging.getLogger("rerank")
 
 if TYPE_CHECKING:
     from ..train.features import LetorData
@@ -157,6 +161,7 @@ class ClickArgs:
     list_size: int = 10
     max_weight: float | None = None
     propensity_lr: float = 0.05
+    baseline: bool = True
 
 
 def report(result: dict[str, Any], output: str) -> None:
@@ -222,6 +227,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--max-weight", type=click.FloatRange(min=1), help="Clip propensity (and DLA relevance) weights at this value.")
 @click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True,
               help="DLA: learning rate of the propensity model.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="dla/ipw: also train the naive learner on the same clicks and warn when the result's dev metric is "
+                   "below it (twice the training time).")
 @feature_options
 @train_options
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
@@ -318,7 +326,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     theta = propensity_spec(clicks.propensities) if clicks.propensities else None
     stats = aggregate(iter_sessions(log), clicks.list_size, source=log)
     click.echo(json.dumps(stats.summary()))
-    scorer: Any
+    make_scorer: Callable[[], Any]
     if clicks.features_path:
         from ..train.features import read_letor
 
@@ -327,7 +335,10 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
         _, dev = features.split(data, schedule.seed)
         if dev is not None and not features.valid:
             _hold_out(stats, set(dev.qids))
-        scorer = FeatureScorer(data, stats.groups, dev, hidden=features.widths(), dropout=features.dropout)
+
+        def make_scorer() -> Any:
+            return FeatureScorer(data, stats.groups, dev, hidden=features.widths(), dropout=features.dropout)
+
         cfg = schedule.config("fp32", defaults=("softmax", 100, 16, 1e-3))
     elif text.model and text.dataset:
         from ..train.crossencoder import split_dev
@@ -339,24 +350,83 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
         )
         _hold_out(stats, {q.qid for q in dev_q})
         dev_run = stage("bm25", ds, role=RETRIEVER, k=30)(dev_q) if dev_q else None  # dev evaluation: their BM25 top 30
-        scorer = TextScorer(text.model, stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs, max_length=text.max_length,
-                            device=device, allow_new_head=text.new_head,
-                            dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
+
+        def make_scorer() -> Any:
+            return TextScorer(text.model or "", stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs,
+                              max_length=text.max_length, device=device, allow_new_head=text.new_head,
+                              dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
+
         cfg = schedule.config(text.precision, defaults=("softmax", 1, 4, 5e-5))
     else:
         raise click.UsageError("--clicks needs --features FILE (LETOR rows) or --model and --dataset (texts)")
+    scorer = make_scorer()
+    where = device if not clicks.features_path else "cpu"
     result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
-                               max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
-                               device=device if not clicks.features_path else "cpu", overwrite=schedule.overwrite)
+                               max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr, device=where,
+                               overwrite=schedule.overwrite)
     report(result, schedule.output)
     if "propensity" in result:
-        click.echo(
-            "estimated propensity (rank: θ/θ1): " + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(result["propensity"]))
-        )
+        _report_propensity(stats, result["propensity"])
+    if clicks.baseline and clicks.algorithm != "naive":
+        _guard(stats, make_scorer, cfg, clicks.algorithm, result, where)
     if clicks.features_path:
         features.report_test(schedule.output, scorer.data.num_features)
     else:
         click.echo(f"use it: rerank run --reranker cross-encoder:{schedule.output} ...")
+
+
+def _report_propensity(stats: Any, estimate: list[float]) -> None:
+    """DLA's propensities beside the click-model-free estimate the log allows (EM on documents it
+    shows at several ranks), or a line saying it allows none."""
+    from ..ultr.learn import moved_pairs, pbm_em_propensities
+
+    moved = moved_pairs(stats)
+    line = "estimated propensity (rank: θ/θ1): " + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(estimate))
+    click.echo(line)
+    if moved >= 10:
+        em = pbm_em_propensities(stats).tolist()
+        click.echo(f"click-model-free (EM over {moved} documents shown at several ranks): "
+                   + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(em)))
+    else:
+        click.echo(f"the log shows {moved or 'no'} document{'' if moved == 1 else 's'} at more than one rank: no click-model-"
+                   f"free estimate to check these against (only the ranker separates position from relevance here)")
+
+
+def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str, result: dict[str, Any], device: str) -> None:
+    """Train the naive learner on the same clicks and warn when ``result`` is below it on dev."""
+    import tempfile
+
+    from ..ultr.learn import train_from_clicks
+
+    mine = _saved_dev(result)
+    if mine is None:
+        click.echo("no dev queries: the naive baseline is not trained (nothing to compare on)")
+        return
+    click.echo("training the naive baseline on the same clicks (--no-baseline skips it) ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        naive = train_from_clicks(stats, make_scorer(), tmp, cfg, algorithm="naive", device=device, overwrite=True)
+    theirs = _saved_dev(naive)
+    assert theirs is not None
+    name = _dev_name(result)
+    click.echo(f"{name}: {algorithm} {mine:.4f}, naive baseline {theirs:.4f}")
+    if mine < theirs:
+        why = ("its propensity estimate has probably absorbed relevance" if algorithm == "dla"
+               else "the propensities given are probably wrong for this log")
+        log.warning("the %s ranker's %s (%.4f) is below the naive baseline's (%.4f): %s; use --algorithm naive, or ipw "
+                    "with propensities from a randomized log (rerank clicks propensity)", algorithm, name, mine, theirs, why)
+
+
+def _dev_name(result: dict[str, Any]) -> str:
+    return next(k for k in result["history"][0] if k not in ("epoch", "step"))
+
+
+def _saved_dev(result: dict[str, Any]) -> float | None:
+    """The first dev metric of the epoch a run saved (None without dev metrics)."""
+    for h in result.get("history", []):
+        if h["epoch"] == result.get("saved_epoch"):
+            values = [v for k, v in h.items() if k not in ("epoch", "step")]
+            return float(values[0]) if values else None
+    return None
 
 
 @click.command("train-ltr")

@@ -99,6 +99,14 @@ class TokenIds(Sequence[list[int]]):
             for j in range(len(starts) - 1):
                 yield flat[starts[j] : starts[j + 1]].tolist()
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same documents' ids (a list of lists, another TokenIds)."""
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == list(b) for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
     @property
     def nbytes(self) -> int:
         return sum(f.nbytes + s.nbytes for f, s in zip(self._flat, self._starts, strict=True))

@@ -437,6 +437,17 @@ def pbm_em_propensities(stats: ClickStats | RankStats, iterations: int = 500, to
     return theta / theta[0]
 
 
+def moved_pairs(stats: ClickStats | RankStats) -> int:
+    """(query, document) pairs the log shows at two ranks or more: what a click-model-free estimate
+    of the propensities (EM, intervention harvesting) rests on; with none, only a ranker's
+    generalisation separates position from relevance."""
+    k, r, _, _ = stats.cells()
+    if len(k) == 0:
+        return 0
+    distinct = np.unique(k * stats.list_size + r) // stats.list_size
+    return int((np.bincount(distinct) > 1).sum())
+
+
 def propensity_error(estimate: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
     """Max relative error and Pearson correlation of ``θ̂_i / θ̂_1`` against ``θ_i / θ_1``."""
     est = np.asarray(estimate, dtype=np.float64)
