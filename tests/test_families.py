@@ -490,6 +490,8 @@ def test_lit5_reads_each_passage_apart_and_writes_the_permutation(tiny_t5, dl19_
     six = LiT5(tiny_t5, window=4, stride=2, dtype="float32")
     order = [r.index for r in six.rank(q, docs[:6])]
     assert sorted(order) == list(range(6)) and six.cost.calls == 2  # windows (2, 6) and (0, 4)
+    with pytest.raises(RerankError, match="max_passage_tokens applies to"):  # LiT5 cuts by passage_tokens
+        rerank.stage(f"lit5:{tiny_t5}", max_passage_tokens=5)
 
 
 def test_hub_configs_are_skipped_where_their_model_is_not_reachable():

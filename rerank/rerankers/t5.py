@@ -221,7 +221,8 @@ class LiT5(_Listwise):
     kind = "lit5"
     model_kind = "seq2seq-lm"
     spec_help = "LiT5-Distill: fusion-in-decoder T5 that writes the window's permutation, over sliding windows"
-    spec_options: ClassVar[tuple[str, ...]] = (*_Listwise.spec_options, "passage_tokens")
+    spec_options: ClassVar[tuple[str, ...]] = (*(o for o in _Listwise.spec_options if o != "max_passage_tokens"),
+                                                "passage_tokens")
 
     def __init__(self, name: str, *, passage_tokens: int = 150, **options: Any) -> None:
         if passage_tokens < 16:
