@@ -369,6 +369,7 @@ def test_api_retries_429_and_5xx_honouring_retry_after_then_fails_clearly(monkey
     with pytest.raises(RerankError, match="needs an API key: set VOYAGE_API_KEY"):
         API("voyage:rerank-2")
     assert retry_after({"retry-after": "7"}, 0) == 7.0 and 0.25 <= retry_after({}, 1, base=0.25) <= 0.5
+    assert 0.125 <= retry_after({"retry-after": "soon"}, 0, base=0.25) <= 0.25  # neither seconds nor a date: backoff
 
 
 def test_api_url_finds_out_a_tei_server_and_uses_its_batch_size():

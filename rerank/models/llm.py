@@ -39,7 +39,27 @@ class LLMCost(Cost):
         return {**super().as_dict(), "generated_tokens": self.generated, "repaired_outputs": self.repaired}
 
 
-class LLM:
+class PromptModel:
+    """What the list rerankers need of the model they prompt (the causal :class:`LLM`, a T5 judge):
+    text pieces as token ids, a context window and an :class:`LLMCost`."""
+
+    tokenizer: Any
+    window: int
+    cost: LLMCost
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of text pieces, no special tokens added."""
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def _account(self, calls: int, tokens: int, seconds: float) -> None:
+        self.cost.calls += calls
+        self.cost.tokens += tokens
+        self.cost.seconds += seconds
+
+
+class LLM(PromptModel):
     """A Hugging Face causal LM by id or path, with batched scoring and generation."""
 
     cpu_batch_tokens = 8192
@@ -76,12 +96,6 @@ class LLM:
         pre = self.tokenizer(before, add_special_tokens=not self.chat)["input_ids"]  # BOS where a plain LM wants one
         return list(pre), self.tokens([after])[0] if after else []
 
-    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of text pieces, no special tokens added."""
-        if not texts:
-            return []
-        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
     def single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
@@ -111,7 +125,7 @@ class LLM:
         before, batches = self.engine.cost.seconds, self.engine.cost.batches
         out = self.engine.run([{"input_ids": list(p)} for p in prompts], forward)
         self.cost.batches += self.engine.cost.batches - batches
-        self._account(prompts, self.engine.cost.seconds - before)
+        self._account(len(prompts), sum(map(len, prompts)), self.engine.cost.seconds - before)
         return [list(map(float, row)) for row in out]
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
@@ -143,13 +157,9 @@ class LLM:
                     self.cost.generated += n
                     outputs[i] = self.tokenizer.decode(new[:n], skip_special_tokens=True)
                 self.cost.batches += 1
-        self._account(prompts, time.perf_counter() - t0)
+        self._account(len(prompts), sum(map(len, prompts)), time.perf_counter() - t0)
         return outputs
 
-    def _account(self, prompts: Sequence[list[int]], seconds: float) -> None:
-        self.cost.calls += len(prompts)
-        self.cost.tokens += sum(len(p) for p in prompts)
-        self.cost.seconds += seconds
 
 
 def fit_passages(passages: Sequence[list[int]], budget: int, cap: int | None = None) -> list[list[int]]:

@@ -25,15 +25,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..errors import MissingDependency, RerankError
 from ..models.engine import Cost, finite_scores
 from .base import Reranker
-
-if TYPE_CHECKING:
-    from ..specs import Context, Spec
-    from ..types import Stage
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -77,9 +73,11 @@ def retry_after(headers: Any, attempt: int, base: float = 0.5, cap: float = 30.0
         try:
             return min(cap, max(0.0, float(value)))
         except ValueError:
-            when = email.utils.parsedate_to_datetime(value) if value else None
-            if when is not None:
-                return min(cap, max(0.0, when.timestamp() - time.time()))
+            pass
+        try:
+            return min(cap, max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()))
+        except (TypeError, ValueError):
+            pass  # neither seconds nor a date: back off as without one
     return min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
 
 
@@ -136,17 +134,6 @@ class API(Reranker):
         self._cost = APICost()
         self._lock = threading.Lock()
         self._client: Any = None
-
-    @classmethod
-    def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
-        options = ctx.take(cls)
-        block = options.pop("block", None)
-        if not spec.arg:
-            raise RerankError(f"api needs a target: api:{cls.spec_arg}")
-        stage = cls(spec.arg, **options)
-        if block:
-            stage.block = block
-        return stage
 
     @property
     def cost(self) -> APICost:

@@ -69,26 +69,28 @@ def read_settings(folder: Path) -> tuple[Settings, str]:
                         f"config_sentence_transformers.json with a 1_Dense module (PyLate)")
 
 
-def _tensors(folder: Path) -> dict[str, Any]:
-    """The tensors of a folder's weights file (safetensors, else a PyTorch file loaded weights-only)."""
+def projection(folder: Path, layout: str) -> Any:
+    """The linear projection from the encoder's hidden size to ColBERT's dimension (no bias), read
+    alone from the weights file (safetensors; else a PyTorch file, loaded weights-only)."""
     import torch
 
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    where = folder / "1_Dense" if layout == "pylate" else folder
+    keys = ("linear.weight", "0.linear.weight")
+    if (where / "model.safetensors").is_file():
+        from safetensors import safe_open
 
-        return dict(load_file(str(folder / "model.safetensors")))
-    if (folder / "pytorch_model.bin").is_file():
-        return dict(torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True))
-    raise ModelNotFound(f"{folder} has no model.safetensors or pytorch_model.bin")
-
-
-def projection(folder: Path, layout: str) -> Any:
-    """The linear projection from the encoder's hidden size to ColBERT's dimension (no bias)."""
-    weights = _tensors(folder / "1_Dense" if layout == "pylate" else folder)
-    key = next((k for k in ("linear.weight", "0.linear.weight") if k in weights), None)
-    if key is None:
-        raise ModelNotFound(f"{folder}: no ColBERT projection (linear.weight) in its weights")
-    return weights[key].float()
+        with safe_open(str(where / "model.safetensors"), framework="pt") as f:
+            key = next((k for k in keys if k in f.keys()), None)
+            if key is not None:
+                return f.get_tensor(key).float()
+    elif (where / "pytorch_model.bin").is_file():
+        weights = torch.load(where / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        key = next((k for k in keys if k in weights), None)
+        if key is not None:
+            return weights[key].float()
+    else:
+        raise ModelNotFound(f"{where} has no model.safetensors or pytorch_model.bin")
+    raise ModelNotFound(f"{folder}: no ColBERT projection (linear.weight) in its weights")
 
 
 class ColBERT(Reranker):

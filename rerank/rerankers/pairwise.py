@@ -62,7 +62,12 @@ class PRP(ListReranker):
             raise ValueError(f"k must be positive, got {k}")
         super().__init__(name, depth=depth, max_passage_tokens=max_passage_tokens, **options)
         self.method, self.k, self.mode = method, k, mode
-        self.name = f"prp-{method}:{name}"
+        self.name = f"{self.kind}-{method}:{name}"
+        self._setup_prompt()
+
+    def _setup_prompt(self) -> None:
+        """The token pieces ``_prompt`` joins, and (scoring mode) the two answer tokens read."""
+        mode = self.mode
         user = PROMPT.replace("{query}", "\x00").replace("{a}", "\x00").replace("{b}", "\x00").split("\x00")
         self._pieces = self.llm.tokens(user)  # literal text around query, passage A, passage B
         prime = "Passage" if mode == "score" else ""

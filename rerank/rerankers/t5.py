@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.engine import Encoded, Engine, finite_scores
-from ..models.llm import LLMCost
+from ..models.llm import LLMCost, PromptModel
 from ..models.loading import batch_budget, load_model
 from .base import ListReranker
 from .listwise import _Listwise, parse_permutation
-from .pairwise import METHODS, PRP
+from .pairwise import PRP
 from .pointwise import _ModelReranker
 
 
@@ -98,9 +98,9 @@ class MonoT5(_ModelReranker):
         return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
 
 
-class T5Judge:
-    """A T5 model that answers "true"/"false" for prompts given as token ids (duoT5's comparisons),
-    on the batched engine. ``tokens``, ``window`` and ``cost`` as :class:`rerank.models.llm.LLM` has them."""
+class T5Judge(PromptModel):
+    """A T5 model prompted with token ids on the batched engine: "true"/"false" answers (duoT5's
+    comparisons) and fusion-in-decoder generation (LiT5)."""
 
     cpu_batch_tokens = 8192
     gpu_batch_tokens = 65536
@@ -118,23 +118,15 @@ class T5Judge:
         self.eos = _eos(self.tokenizer)
         self.cost = LLMCost()
 
-    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
     def p_true(self, prompts: Sequence[list[int]]) -> list[float]:
         import math
 
-        before = self.engine.cost.seconds
+        before, batches = self.engine.cost.seconds, self.engine.cost.batches
         out = self.engine.run([{"input_ids": list(p)} for p in prompts],
                               lambda batch: true_logprob(self.model, batch, self.false_true))
-        self.cost.calls += len(prompts)
-        self.cost.tokens += sum(map(len, prompts))
-        self.cost.batches = self.engine.cost.batches
-        self.cost.seconds += self.engine.cost.seconds - before
+        self.cost.batches += self.engine.cost.batches - batches
+        self._account(len(prompts), sum(map(len, prompts)), self.engine.cost.seconds - before)
         return [math.exp(x) for x in out]
-
 
     def generate_fid(self, windows: Sequence[Sequence[list[int]]], max_new_tokens: int) -> list[str]:
         """Fusion-in-decoder generation: each window's inputs (one per passage) are encoded on their
@@ -173,9 +165,7 @@ class T5Judge:
                     self.cost.generated += n_new
                     out[i] = self.tokenizer.decode(ids[:n_new], skip_special_tokens=True)
                 self.cost.batches += 1
-        self.cost.calls += len(windows)
-        self.cost.tokens += sum(sizes)
-        self.cost.seconds += time.perf_counter() - t0
+        self._account(len(windows), sum(sizes), time.perf_counter() - t0)
         return out
 
 
@@ -189,15 +179,10 @@ class DuoT5(PRP):
     spec_options: ClassVar[tuple[str, ...]] = (*ListReranker.spec_options, "method", "k")
     allpair_by = "sym-sum"
 
-    def __init__(self, name: str, *, method: str = "allpair", k: int = 10, max_passage_tokens: int | None = None,
-                 depth: int = 50, **options: Any) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown duoT5 method {method!r}; choose one of {', '.join(METHODS)}")
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
-        ListReranker.__init__(self, name, depth=depth, max_passage_tokens=max_passage_tokens, **options)
-        self.method, self.k, self.mode = method, k, "score"
-        self.name = f"duot5-{method}:{name}"
+    def __init__(self, name: str, *, max_passage_tokens: int | None = None, depth: int = 50, **options: Any) -> None:
+        super().__init__(name, mode="score", max_passage_tokens=max_passage_tokens, depth=depth, **options)
+
+    def _setup_prompt(self) -> None:
         self._pieces = self.llm.tokens(["Query:", "Document0:", "Document1:", "Relevant:"])
 
     def _load(self, name: str, **options: Any) -> Any:
