@@ -102,6 +102,7 @@ def run_set(name: str, shared: Path, args: argparse.Namespace, work: Path) -> di
                 t = time.perf_counter()
                 r = train_from_clicks(stats, FeatureScorer(fit, stats.groups, dev), folder, config(args, seed), algorithm=alg,
                                       propensities=truth if alg == "ipw" else None, propensity_lr=args.propensity_lr,
+                                      ranker_first=args.ranker_first,
                                       overwrite=True)
                 seconds[alg].append(time.perf_counter() - t)
                 values.append(letor_ndcg(test, FeatureRanker.load(folder).predict(test))["nDCG@10"])
@@ -143,7 +144,8 @@ def yandex(shared: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
     cfg = TrainConfig(loss="softmax", epochs=100, batch_size=16, lr=0.05, warmup=0.0, weight_decay=0.0, seed=0,
                       precision="fp32", checkpoint_every=10**9)
     r = train_from_clicks(
-        stats, TableScorer(stats.groups), work / "yandex", cfg, algorithm="dla", propensity_lr=args.propensity_lr
+        stats, TableScorer(stats.groups), work / "yandex", cfg, algorithm="dla", propensity_lr=args.propensity_lr,
+        ranker_first=args.ranker_first
     )
     ctr = stats.ctr_by_rank()
     return {"log": YANDEX, **{k: v for k, v in stats.summary().items() if k != "source"},
@@ -234,6 +236,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--propensity-lr", type=float, default=0.05)
+    ap.add_argument("--ranker-first", type=float, default=0.5, help="DLA: epochs of the ranker alone before θ̂ learns")
     ap.add_argument("--io-sessions", type=int, default=1_000_000)
     ap.add_argument("--out", default=str(RESULTS / "ultr.json"))
     args = ap.parse_args()

@@ -161,6 +161,7 @@ class ClickArgs:
     list_size: int = 10
     max_weight: float | None = None
     propensity_lr: float = 0.05
+    ranker_first: float = 0.5
     baseline: bool = True
 
 
@@ -227,6 +228,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--max-weight", type=click.FloatRange(min=1), help="Clip propensity (and DLA relevance) weights at this value.")
 @click.option("--propensity-lr", default=0.05, type=click.FloatRange(min=0, min_open=True), show_default=True,
               help="DLA: learning rate of the propensity model.")
+@click.option("--ranker-first", default=0.5, type=click.FloatRange(min=0), show_default=True,
+              help="DLA: epochs in which the ranker learns from the clicks alone before the propensity model starts "
+                   "(0: both from the start, as in the DLA paper).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="dla/ipw: also train the naive learner on the same clicks and warn when the result's dev metric is "
                    "below it (twice the training time).")
@@ -362,7 +366,8 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     scorer = make_scorer()
     where = device if not clicks.features_path else "cpu"
     result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
-                               max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr, device=where,
+                               max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
+                               ranker_first=clicks.ranker_first, device=where,
                                overwrite=schedule.overwrite)
     report(result, schedule.output)
     if "propensity" in result:

@@ -10,7 +10,8 @@ distinct lists cost.
 - ``naive``: ``w_i = 1`` (clicks as relevance labels; biased towards what was shown high).
 - ``ipw``: ``w_i = θ_1 / θ_i`` for given examination propensities θ (per rank, or per list).
 - ``dla`` (Ai et al., SIGIR 2018, the Dual Learning Algorithm): a propensity model (one logit
-  per rank, ``θ̂ = softmax(g)``) is trained jointly with the ranker. The ranker takes weights
+  per rank, ``θ̂ = softmax(g)``) is trained jointly with the ranker, after the ranker's first
+  half epoch alone (``ranker_first``, see :func:`train_from_clicks`). The ranker takes weights
   ``θ̂_1 / θ̂_i``; the propensity model the same loss on its own logits with the inverse-relevance
   weights ``ρ_1 / ρ_i``, ``ρ = softmax(s)`` over the shown list. Both weights are detached, and
   optionally clipped at ``max_weight``. ``θ̂_i / θ̂_1`` estimates the examination probability
@@ -43,6 +44,7 @@ from .log import ClickGroup, ClickStats, RankStats
 log = logging.getLogger("rerank")
 
 ALGORITHMS = ("naive", "ipw", "dla")
+RANKER_FIRST = 0.5  # DLA: epochs in which the ranker learns alone before θ̂ does (see train_from_clicks)
 Propensities = Sequence[float] | np.ndarray | Callable[[ClickGroup], np.ndarray]
 
 
@@ -230,13 +232,17 @@ class PropensityModel(torch.nn.Module):
 
 
 class ClickModelPair(torch.nn.Module):
-    """The ranker and (for DLA) the propensity model, trained together."""
+    """The ranker and (for DLA) the propensity model, trained together. ``seen`` counts the
+    training batches the loss has taken (a buffer, so a resumed run knows where its warm-up is)."""
+
+    seen: torch.Tensor
 
     def __init__(self, ranker: torch.nn.Module, propensity: PropensityModel | None, propensity_lr: float | None) -> None:
         super().__init__()
         self.ranker = ranker
         self.propensity = propensity
         self.propensity_lr = propensity_lr
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         decay = [p for p in self.ranker.parameters() if p.requires_grad and p.dim() > 1]
@@ -267,7 +273,8 @@ class ClickTask:
     :data:`ALGORITHMS` (the trainer calls :meth:`loss` instead of a loss from the registry)."""
 
     def __init__(self, stats: ClickStats, scorer: Scorer, algorithm: str = "dla", *,
-                 propensities: Propensities | None = None, max_weight: float | None = None) -> None:
+                 propensities: Propensities | None = None, max_weight: float | None = None,
+                 warmup_batches: int = 0) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if algorithm == "ipw" and propensities is None:
@@ -275,6 +282,7 @@ class ClickTask:
         if max_weight is not None and not max_weight >= 1:
             raise ValueError(f"max_weight must be >= 1, got {max_weight}")
         self.stats, self.scorer, self.algorithm, self.max_weight = stats, scorer, algorithm, max_weight
+        self.warmup_batches = warmup_batches if algorithm == "dla" else 0
         self.groups = [g for g in stats.groups if g.clicks.sum() > 0]  # zero-click lists carry no gradient
         self.width = stats.list_size
         self._ipw: list[np.ndarray] = []
@@ -299,6 +307,7 @@ class ClickTask:
     def describe(self) -> dict[str, Any]:
         return {"algorithm": self.algorithm, "log": self.stats.source, "sessions": self.stats.sessions,
                 "lists": len(self.groups), "list_size": self.width, "max_weight": self.max_weight,
+                "warmup_batches": self.warmup_batches,
                 "propensities": None if self.propensities is None else [float(x) for x in self.propensities],
                 **self.scorer.describe()}
 
@@ -334,8 +343,13 @@ class ClickTask:
         assert model.propensity is not None
         g = model.propensity(s.shape[1])[None, :].expand_as(s).float()
         pw = _ratio_to_first(_masked_softmax(g, mask), mask, self.max_weight)
+        ranker_loss = softmax(s, counts * pw, mask)
+        if model.training:
+            model.seen.add_(1)
+            if int(model.seen) <= self.warmup_batches:  # the ranker first: θ̂ stays flat (naive), g learns nothing
+                return ranker_loss
         rw = _ratio_to_first(_masked_softmax(s, mask), mask, self.max_weight)
-        return softmax(s, counts * pw, mask) + softmax(g, counts * rw, mask)
+        return ranker_loss + softmax(g, counts * rw, mask)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         assert isinstance(model, ClickModelPair)
@@ -357,19 +371,32 @@ class ClickTask:
 
 def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, config: Any, *, algorithm: str = "dla",
                       propensities: Propensities | None = None, max_weight: float | None = None,
-                      propensity_lr: float | None = 0.05, device: str = "cpu",
+                      propensity_lr: float | None = 0.05, ranker_first: float = RANKER_FIRST, device: str = "cpu",
                       overwrite: bool = False) -> dict[str, Any]:
     """Train a ranker (and for DLA a propensity model) on a click log's ``stats``. ``config.loss``
     must be ``softmax``. For DLA the result gains ``propensity`` (``θ̂_i / θ̂_1`` at the end of
     training: the ranker saved is the best dev epoch's, but on small sets it peaks long before the
-    propensity model converges) and ``propensity_at_saved_epoch``."""
+    propensity model converges) and ``propensity_at_saved_epoch``.
+
+    DLA: for its first ``ranker_first`` epochs (half a pass over the log by default) the ranker
+    learns from the clicks alone (the naive learner) while θ̂ stays flat; then both learn jointly. Started
+    together, the propensity model meets a ranker that cannot yet tell documents apart (uniform
+    ``ρ``), so its first fit is θ̂ ∝ click rate per rank, relevance gap included; a slow ranker
+    (a cross-encoder) then learns from those over-corrected weights and the pair settles there.
+    Started after the ranker, it begins from the flat side and moves only as far as the ranker's
+    scores explain the clicks (see docs/clicks.md)."""
     from ..train.trainer import Trainer
 
     if config.loss != "softmax":
         raise ValueError(f"click learners use the softmax loss; got loss={config.loss!r}")
+    if algorithm == "dla" and not 0 <= ranker_first < config.epochs:
+        raise ValueError(f"DLA's ranker_first ({ranker_first} epochs of the ranker alone) must be >= 0 and below the "
+                         f"{config.epochs} epochs of training, or the propensity model never learns")
     task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight)
     if len(task) == 0:
         raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
+    if algorithm == "dla":
+        task.warmup_batches = round(ranker_first * _batches_per_epoch(len(task), config))
     torch.manual_seed(config.seed)
     model = ClickModelPair(scorer.make_ranker(), PropensityModel(stats.list_size) if algorithm == "dla" else None,
                            propensity_lr)
@@ -378,6 +405,13 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
         result["propensity"] = task.final_propensity or model.propensity.relative()
         result["propensity_at_saved_epoch"] = model.propensity.relative()
     return result
+
+
+def _batches_per_epoch(lists: int, config: Any) -> int:
+    """Batches the trainer feeds the loss in one epoch of ``lists`` (its step chunks cut into micro-batches)."""
+    per_step = config.batch_size * config.accumulate
+    full, last = divmod(lists, per_step)
+    return full * config.accumulate + -(-last // config.batch_size)
 
 
 def load_propensity(folder: str | Path) -> list[float]:
