@@ -112,3 +112,11 @@ def versus_baseline(rows: list[dict[str, Any]], n: int, unit: str, title: str, a
     for k, v in agreement.items():
         print(f"{k:<28} {v:.6g}")
     return {k: round(v, 3) for k, v in ratios.items()}
+
+
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one run) and the runs, rounded to 4 places."""
+    import statistics
+
+    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "runs": [round(v, 4) for v in values]}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
-from common import RESULTS, machine, write_result
+from common import RESULTS, cpu_facts, machine, mean_sd, write_result
 
 from rerank.env import shared_data_dir
 from rerank.train.features import FeatureRanker, letor_ndcg, read_letor, split_queries, train_feature_ranker
@@ -60,10 +60,6 @@ def config(args: argparse.Namespace, seed: int) -> TrainConfig:
     return TrainConfig(loss="softmax", epochs=args.epochs, batch_size=16, lr=args.lr, warmup=0.0, weight_decay=0.0,
                        seed=seed, precision="fp32", checkpoint_every=10**9)
 
-
-def mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-            "runs": [round(v, 4) for v in values]}
 
 
 def run_set(name: str, shared: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -244,8 +240,10 @@ def main() -> None:
     shared = shared_data_dir()
     if shared is None:
         raise SystemExit("../shared/data not found (set RERANK_SHARED_DATA)")
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})", flush=True)
     result: dict[str, Any] = {"benchmark": "unbiased LTR from clicks: naive / IPW / DLA vs full labels", "machine": machine(),
-                              "args": vars(args), "sets": {}}
+                              "cpu": facts, "args": vars(args), "sets": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -285,6 +283,7 @@ def main() -> None:
     write_result(result, args.out)
     plot(result, Path(args.out).with_name("ultr-propensity.png"))
     print(f"plot: {Path(args.out).with_name('ultr-propensity.png')} ({result['seconds']} s in all)")
+    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})")
 
 
 if __name__ == "__main__":

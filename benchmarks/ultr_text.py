@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, WORK, cpu_facts, machine, offline, scifact_train_test, write_result
+from common import RESULTS, WORK, cpu_facts, machine, mean_sd, offline, scifact_train_test, write_result
 
 from rerank.env import atomic_write
 from rerank.evaluate import compare, evaluate
@@ -49,10 +48,6 @@ METRICS = ["nDCG@10", "RR@10"]
 CLICK_MODELS = {"pbm": {"model_name": "position_biased_model", "click_prob": [0.1, 1.0], "exam_prob": ULTRA_THETA},
                 "cascade": {"model_name": "cascade_model", "click_prob": [0.1, 1.0], "exam_prob": [1.0]}}
 
-
-def mean_sd(values: list[float]) -> dict[str, Any]:
-    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-            "runs": [round(v, 4) for v in values]}
 
 
 def main() -> None:

@@ -161,7 +161,6 @@ class LLM(PromptModel):
         return outputs
 
 
-
 def fit_passages(passages: Sequence[list[int]], budget: int, cap: int | None = None) -> list[list[int]]:
     """Cut tokenized passages so that together they use at most ``budget`` tokens: every passage
     gets an equal share, and the share a short passage leaves unused goes to the longer ones

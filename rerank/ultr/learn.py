@@ -283,7 +283,7 @@ class ClickTask:
             raise ValueError(f"max_weight must be >= 1, got {max_weight}")
         self.stats, self.scorer, self.algorithm, self.max_weight = stats, scorer, algorithm, max_weight
         self.warmup_batches = warmup_batches if algorithm == "dla" else 0
-        self.groups = [g for g in stats.groups if g.clicks.sum() > 0]  # zero-click lists carry no gradient
+        self.groups = self.trained_groups(stats)
         self.width = stats.list_size
         self._ipw: list[np.ndarray] = []
         if algorithm == "ipw":
@@ -300,6 +300,11 @@ class ClickTask:
                 self._ipw.append(np.divide(theta[0], theta, out=np.zeros_like(theta), where=theta > 0))
         self.propensities = propensities if not callable(propensities) and propensities is not None else None
         self.final_propensity: list[float] | None = None
+
+    @staticmethod
+    def trained_groups(stats: ClickStats) -> list[ClickGroup]:
+        """The lists that are trained on: zero-click lists carry no gradient."""
+        return [g for g in stats.groups if g.clicks.sum() > 0]
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -392,11 +397,11 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
     if algorithm == "dla" and not 0 <= ranker_first < config.epochs:
         raise ValueError(f"DLA's ranker_first ({ranker_first} epochs of the ranker alone) must be >= 0 and below the "
                          f"{config.epochs} epochs of training, or the propensity model never learns")
-    task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight)
+    lists = ClickTask.trained_groups(stats)
+    task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight,
+                     warmup_batches=round(ranker_first * _batches_per_epoch(len(lists), config)))
     if len(task) == 0:
         raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
-    if algorithm == "dla":
-        task.warmup_batches = round(ranker_first * _batches_per_epoch(len(task), config))
     torch.manual_seed(config.seed)
     model = ClickModelPair(scorer.make_ranker(), PropensityModel(stats.list_size) if algorithm == "dla" else None,
                            propensity_lr)
