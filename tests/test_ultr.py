@@ -375,12 +375,15 @@ def test_clicks_cli_simulate_stats_train_propensity(shared, tmp_path):
     assert "the log shows no documents at more than one rank" in res.output
     assert re.search(r"dev nDCG@10: dla 0\.\d{4}, naive baseline 0\.\d{4}", res.output), res.output
     assert FeatureRanker.load(tmp_path / "dla").num_features == 300  # the LightGBM example set's width
+    kept = tmp_path / "dla" / "naive-baseline"  # the baseline is kept beside the result, a model of its own
+    assert FeatureRanker.load(kept).num_features == 300 and json.loads((kept / "clicks.json").read_text())["algorithm"] == "naive"
     # IPW with propensities that weight every click below rank 1 a thousand times less: worse than naive, and said so
     res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", ",".join(["1"] + ["1000"] * 9),
                      "--features", str(lgb / "rank.train"), "--epochs", "15", "-o", str(tmp_path / "bad")])
     assert res.exit_code == 0, res.output
     mine, naive = map(float, re.search(r"dev nDCG@10: ipw (0\.\d+), naive baseline (0\.\d+)", res.output).groups())
     assert mine < naive and "is below the naive baseline's" in res.output
+    assert f"use the naive baseline ({tmp_path / 'bad' / 'naive-baseline'})" in res.output
     res = run(main, ["clicks", "simulate", "--features", str(lgb / "rank.train"), "--randomize", "--sessions", "30000",
                      "-o", str(tmp_path / "rand.jsonl")])
     assert res.exit_code == 0, res.output

@@ -15,6 +15,7 @@ from ..specs import RETRIEVER, stage
 from .common import check_writable, friendly, load, options, setup_logging, take
 
 log = logging.getLogger("rerank")
+NAIVE_BASELINE = "naive-baseline"  # where `train --clicks` keeps the naive learner its result is compared with
 
 if TYPE_CHECKING:
     from ..train.features import LetorData
@@ -232,8 +233,8 @@ def report(result: dict[str, Any], output: str) -> None:
               help="DLA: epochs in which the ranker learns from the clicks alone before the propensity model starts "
                    "(0: both from the start, as in the DLA paper).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="dla/ipw: also train the naive learner on the same clicks and warn when the result's dev metric is "
-                   "below it (twice the training time).")
+              help="dla/ipw: also train the naive learner on the same clicks into OUTPUT/naive-baseline and warn when "
+                   "the result's dev metric is below it (twice the training time).")
 @feature_options
 @train_options
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
@@ -373,7 +374,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     if "propensity" in result:
         _report_propensity(stats, result["propensity"])
     if clicks.baseline and clicks.algorithm != "naive":
-        _guard(stats, make_scorer, cfg, clicks.algorithm, result, where)
+        _guard(stats, make_scorer, cfg, clicks.algorithm, result, schedule.output, where)
     if clicks.features_path:
         features.report_test(schedule.output, scorer.data.num_features)
     else:
@@ -397,9 +398,11 @@ def _report_propensity(stats: Any, estimate: list[float]) -> None:
                    f"free estimate to check these against (only the ranker separates position from relevance here)")
 
 
-def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str, result: dict[str, Any], device: str) -> None:
-    """Train the naive learner on the same clicks and warn when ``result`` is below it on dev."""
-    import tempfile
+def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str, result: dict[str, Any], output: str,
+           device: str) -> None:
+    """Train the naive learner on the same clicks into ``output``/naive-baseline (kept: the user
+    paid for it, and it is the model to use when ``result`` is below it on dev, which is warned)."""
+    from pathlib import Path
 
     from ..ultr.learn import train_from_clicks
 
@@ -407,9 +410,9 @@ def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str,
     if mine is None:
         click.echo("no dev queries: the naive baseline is not trained (nothing to compare on)")
         return
-    click.echo("training the naive baseline on the same clicks (--no-baseline skips it) ...")
-    with tempfile.TemporaryDirectory() as tmp:
-        naive = train_from_clicks(stats, make_scorer(), tmp, cfg, algorithm="naive", device=device, overwrite=True)
+    where = Path(output) / NAIVE_BASELINE
+    click.echo(f"training the naive baseline on the same clicks into {where} (--no-baseline skips it) ...")
+    naive = train_from_clicks(stats, make_scorer(), where, cfg, algorithm="naive", device=device, overwrite=True)
     theirs = _saved_dev(naive)
     assert theirs is not None
     name = _dev_name(result)
@@ -417,8 +420,9 @@ def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str,
     if mine < theirs:
         why = ("its propensity estimate has probably absorbed relevance" if algorithm == "dla"
                else "the propensities given are probably wrong for this log")
-        log.warning("the %s ranker's %s (%.4f) is below the naive baseline's (%.4f): %s; use --algorithm naive, or ipw "
-                    "with propensities from a randomized log (rerank clicks propensity)", algorithm, name, mine, theirs, why)
+        log.warning("the %s ranker's %s (%.4f) is below the naive baseline's (%.4f): %s; use the naive baseline (%s), or "
+                    "ipw with propensities from a randomized log (rerank clicks propensity)", algorithm, name, mine, theirs,
+                    why, where)
 
 
 def _dev_name(result: dict[str, Any]) -> str:
