@@ -257,6 +257,16 @@ def test_a_file_without_newlines_is_refused_with_memory_flat(tmp_path):
     assert int(grown_mb) < 60, f"reading grew memory by {grown_mb} MB"
 
 
+@pytest.mark.parametrize("name,head,line,what", [("docs.trec", "<DOC>\n<DOCNO>d1</DOCNO>\n", "more text", "<DOC>"),
+                                                 ("CISI.ALL", ".I 1\n.W\n", "more text", ".I record")])
+def test_a_record_never_closed_is_refused_past_the_bound(name, head, line, what, tmp_path, monkeypatch):
+    monkeypatch.setenv("RERANK_MAX_RECORD_MB", "0.01")
+    p = tmp_path / name
+    p.write_text(head + f"{line}\n" * 2_000)
+    with pytest.raises(DataError, match=rf"{name}:1: the {re.escape(what)} that starts here runs past 10,000 characters"):
+        list(iter_documents(p))
+
+
 # ---------------------------------------------------------------- 39.6: collections as distributed
 def _sgml(*docs: tuple[str, str]) -> bytes:
     return "".join(f"<DOC>\n<DOCNO>{d}</DOCNO>\n<TEXT>\n{t}\n</TEXT>\n</DOC>\n" for d, t in docs).encode()
@@ -295,7 +305,8 @@ def test_sgml_files_anywhere_in_the_subfolders_are_the_corpus(tmp_path):
     (folder / "disk4" / "ft" / "ft911_1").write_bytes(_sgml(("d2", "Bananas are yellow."), ("d3", "Kiwis are green.")))
     (folder / "disk4" / "readme.txt").write_text("Disk 4\n")
     r = invoke("datasets", "inspect", folder)
-    assert r.exit_code == 0 and "the subfolders (2 files, trec-sgml): 3 documents" in r.output, r.output
+    assert r.exit_code == 0 and "documents  2 files (trec-sgml): 3 documents" in r.output, r.output
+    assert "files: disk4/fr94/01/fr940104.0z, disk4/ft/ft911_1" in r.output
     assert bm25_ndcg(folder) == 1.0
 
 

@@ -4,8 +4,9 @@
 
 1. a path: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), a
    collection folder in any of the formats of :mod:`rerank.data.collections` (a corpus as TSV,
-   JSONL, CSV, Parquet, a datasets folder, TREC SGML or SMART; topics as TSV, JSONL, TREC SGML
-   or SMART; qrels; candidate files with passage texts and TREC runs), or a single candidate
+   JSONL, CSV, Parquet, a datasets folder, TREC SGML or SMART, one file or a folder of them;
+   topics as TSV, JSONL, TREC SGML or SMART; qrels; candidate files with passage texts and TREC
+   runs), or a single candidate
    file (JSON/JSONL) or topics file;
 2. an alias (``trec-dl-19``, ``scifact``, ...; see :data:`ALIASES`): loaded through ir_datasets,
    falling back to the same data under the local mirror (``$RERANK_SHARED_DATA``, default

@@ -271,7 +271,8 @@ def _trec_sgml(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, s
     """``<DOC>`` records (one per line, or spanning lines): the id from ``<DOCNO>``; the text from
     the ``text_fields`` tags (e.g. ``HEADLINE,TEXT``), else every tag's content but DOCNO's, tags removed."""
     buf: list[str] | None = None
-    start = 0
+    start = size = 0
+    limit = max_record_bytes()
     for n, line in iter_lines(path, errors):
         pos = 0
         for mark in _DOC_MARK.finditer(line):
@@ -281,7 +282,7 @@ def _trec_sgml(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, s
                     raise DataError(f"{path}:{n}: <DOC> inside the <DOC> that starts on line {start}")
                 if piece.strip():
                     raise DataError(f"{path}:{n}: text outside a <DOC> element: {piece.strip()[:80]!r}")
-                start, buf = n, []
+                start, buf, size = n, [], 0
             else:
                 if buf is None:
                     raise DataError(f"{path}:{n}: </DOC> without a <DOC>")
@@ -291,10 +292,18 @@ def _trec_sgml(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, s
         rest = line[pos:]
         if buf is not None:
             buf.append(rest)
+            size += len(rest)
+            if size > limit:
+                raise _record_too_long(path, start, "<DOC>", limit)
         elif rest.strip():
             raise DataError(f"{path}:{n}: text outside a <DOC> element: {rest.strip()[:80]!r}")
     if buf is not None:
         raise DataError(f"{path}:{start}: the <DOC> that starts here never ends (no </DOC>)")
+
+
+def _record_too_long(path: Path, start: int, what: str, limit: int) -> DataError:
+    return DataError(f"{path}:{start}: the {what} that starts here runs past {limit:,} characters (never closed?); "
+                     f"set RERANK_MAX_RECORD_MB to allow longer records")
 
 
 def _sgml_record(path: Path, start: int, record: str, fields: Fields) -> tuple[str, str, str]:
@@ -313,14 +322,15 @@ def _sgml_record(path: Path, start: int, record: str, fields: Fields) -> tuple[s
 
 def _smart_records(path: Path, errors: str) -> Iterator[tuple[int, str, dict[str, str]]]:
     """(line, id, {field letter: text}) of the ``.I`` records of a SMART file."""
-    start, rid, current = 0, None, None
+    start, rid, current, size = 0, None, None, 0
+    limit = max_record_bytes()
     fields_: dict[str, str] = {}
     for n, line in iter_lines(path, errors):
         m = re.match(r"^\.([A-Z])(?:\s+(.*))?$", line.rstrip())
         if m and m.group(1) == "I":
             if rid is not None:
                 yield start, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
-            start, current, fields_ = n, None, {}
+            start, current, fields_, size = n, None, {}, 0
             rid = check_id((m.group(2) or "").strip(), "record id", f"{path}:{n}")
         elif m:
             if rid is None:
@@ -331,6 +341,9 @@ def _smart_records(path: Path, errors: str) -> Iterator[tuple[int, str, dict[str
             if rid is None or current is None:
                 raise DataError(f"{path}:{n}: text outside a .I record field: {line[:80]!r}")
             fields_[current] += " " + line
+            size += len(line)
+            if size > limit:
+                raise _record_too_long(path, start, ".I record", limit)
     if rid is not None:
         yield start, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
 
@@ -545,17 +558,24 @@ def unknown_judgments(qrels: Mapping[str, Mapping[str, int]], qids: Iterable[str
     parts = []
     if lost_q:
         n = sum(len(qrels[q]) for q in lost_q)
-        parts.append(f"{n:,} judgment{'s' * (n != 1)} of {len(lost_q):,} quer{'ies' if len(lost_q) != 1 else 'y'} not in the "
-                     f"topics ({', '.join(lost_q[:3])}{', ...' if len(lost_q) > 3 else ''}), which score 0 in every mean")
+        parts.append(f"{_count(n, 'judgment')} of {len(lost_q):,} quer{'ies' if len(lost_q) != 1 else 'y'} not in the "
+                     f"topics ({_some(lost_q, 3)}), scored 0 in every mean")
     if docids is not None:
         known = docids if isinstance(docids, (set, frozenset)) else set(docids)
-        lost = sorted({(q, d) for q, judged in qrels.items() if q in queries for d in judged if d not in known})
+        lost = [(q, d) for q, judged in qrels.items() if q in queries for d in judged if d not in known]
         if lost:
             docs = sorted({d for _, d in lost})
-            parts.append(f"{len(lost):,} judgment{'s' * (len(lost) != 1)} of {len(docs):,} document{'s' * (len(docs) != 1)} "
-                         f"not in the corpus ({', '.join(docs[:3])}{', ...' if len(docs) > 3 else ''}), which no run can "
-                         f"retrieve")
+            parts.append(f"{_count(len(lost), 'judgment')} of {_count(len(docs), 'document')} not in the corpus "
+                         f"({_some(docs, 3)}), relevant but never retrieved")
     return "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown:,} more" if len(names) > shown else "")
 
 
 def _shown(lay: Layout, path: Path) -> str:
@@ -578,18 +598,17 @@ def describe_layout(lay: Layout, fields: Fields = Fields(), topic_field: str = "
                 found.add(docid)
             if len(first) < sample:
                 first.append(f"      {docid}: {text[:100]!r}")
-        folder = lay.corpus.is_dir() and lay.corpus_format != "hf-datasets"
-        where = "the subfolders" if lay.corpus == lay.folder else _shown(lay, lay.corpus) + "/" * folder
-        count = len(lay.corpus_files)
-        many = f"{count:,} file{'s' * (count != 1)}, " if folder else ""
-        lines += [f"  documents  {where} ({many}{lay.corpus_format}): {n:,} documents", *first]
+        many = lay.corpus.is_dir() and lay.corpus_format != "hf-datasets"
+        files = _count(len(lay.corpus_files), "file")
+        what = (f"{files} ({lay.corpus_format})" if lay.corpus == lay.folder  # files at the top or in the subfolders
+                else f"{_shown(lay, lay.corpus)}/ ({files}, {lay.corpus_format})" if many
+                else f"{_shown(lay, lay.corpus)} ({lay.corpus_format})")
+        lines += [f"  documents  {what}: {n:,} documents", *first]
         if many:
-            names = [_shown(lay, p) for p, _ in lay.corpus_files]
-            lines.append(f"      files: {', '.join(names[:4])}{f' and {len(names) - 4:,} more' if len(names) > 4 else ''}")
+            lines.append(f"      files: {_some([_shown(lay, p) for p, _ in lay.corpus_files])}")
         if lay.skipped:
-            names = [_shown(lay, p) for p in lay.skipped]
-            lines.append(f"      skipped {len(names):,} file{'s' * (len(names) != 1)} without documents: "
-                         f"{', '.join(names[:4])}{f' and {len(names) - 4:,} more' if len(names) > 4 else ''}")
+            lines.append(f"      skipped {_count(len(lay.skipped), 'file')} without documents: "
+                         f"{_some([_shown(lay, p) for p in lay.skipped])}")
     else:
         lines.append("  documents  none (no corpus|collection|docs|documents file or folder, *.ALL, or <DOC> files)")
     queries: list[Query] | None = None

@@ -33,13 +33,6 @@ def _utf8_error(path: Path, lineno: int, byte: int, column: int) -> DataError:
     )
 
 
-def _decode(raw: bytes, path: Path, lineno: int, errors: str) -> str:
-    try:
-        return raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise _utf8_error(path, lineno, raw[e.start], e.start + 1) from None
-
-
 #: compression suffixes read as their content (``.Z`` and TREC disks' ``.0z``/``.1z``/``.2z``: Unix compress)
 COMPRESSED = (".gz", ".bz2", ".xz", ".z", ".0z", ".1z", ".2z")
 _BOM = b"\xef\xbb\xbf"
@@ -153,23 +146,22 @@ def read_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = F
     limit = max_record_bytes()
     lineno = 0
     with reading(path, lambda: lineno + 1), open_binary(path) as f:
-        while True:
-            data = f.readline(limit + 1)
-            if not data:
-                return
+        readline = f.readline
+        data = readline(limit + 1).removeprefix(_BOM)
+        while data:
             lineno += 1
             if len(data) > limit and not data.endswith(b"\n"):
                 raise DataError(f"{path}:{lineno}: a line longer than {limit:,} bytes (a file without newlines?); "
                                 f"set RERANK_MAX_RECORD_MB to allow longer records")
-            if lineno == 1:
-                data = data.removeprefix(_BOM)
-            line = _decode(data, path, lineno, encoding_errors)
+            try:
+                line = data.decode("utf-8", encoding_errors)
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, lineno, data[e.start], e.start + 1) from None
             if raw:
                 yield lineno, line
-            else:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield lineno, line
+            elif not line.isspace():
+                yield lineno, line.rstrip("\r\n")
+            data = readline(limit + 1)
 
 
 def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
