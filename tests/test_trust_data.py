@@ -146,6 +146,13 @@ def test_every_qrels_reader_drops_a_byte_order_mark(name, content, tmp_path):
     assert read_qrels_any(p) == {"q1": {"d1": 1}}
 
 
+def test_topics_read_in_the_format_named_or_detected_compressed_too(tmp_path):
+    (tmp_path / "q.txt").write_text('{"_id": "q1", "text": "apples"}\n')
+    assert [q.qid for q in read_topics_any(tmp_path / "q.txt", "jsonl")] == ["q1"]
+    (tmp_path / "queries.jsonl.gz").write_bytes(gzip.compress(BOM + b'{"_id": "q2", "text": "pears"}\n'))
+    assert [q.qid for q in read_topics_any(tmp_path / "queries.jsonl.gz")] == ["q2"]
+
+
 # ---------------------------------------------------------------- 38.3: one rule for repeated query ids
 @pytest.mark.parametrize("name,content,lines", [
     ("queries.tsv", "1\tapples\n2\tpears\n1\tbananas\n", (3, 1)),

@@ -423,7 +423,7 @@ def read_topics_any(path: str | Path, fmt: str | None = None, field: str = "titl
         return unique_queries(path, ((start, Query(rid, " ".join(rec[k] for k in ("T", "W") if rec.get(k))))
                                      for start, rid, rec in _smart_records(path, errors)))
     if fmt in ("tsv", "jsonl"):
-        return read_topics(path, errors)
+        return read_topics(path, errors, fmt)
     raise DataError(f"unknown topic format {fmt!r}; one of {', '.join(TOPIC_FORMATS)}")
 
 

@@ -232,10 +232,12 @@ def unique_queries(path: Path, queries: Iterable[tuple[int, Query]]) -> list[Que
     return out
 
 
-def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
-    """Queries from a TSV file (``qid<TAB>text``) or JSONL (BEIR ``{"_id", "text"}``)."""
+def read_topics(path: PathLike, encoding_errors: str = "strict", fmt: str | None = None) -> list[Query]:
+    """Queries from a TSV file (``qid<TAB>text``) or JSONL (BEIR ``{"_id", "text"}``); ``fmt``
+    (``tsv`` or ``jsonl``) says which, else the name (``.jsonl``, compressed too)."""
     path = Path(path)
-    jsonl = path.suffix == ".jsonl" or (path.suffix.lower() in COMPRESSED and path.stem.endswith(".jsonl"))
+    jsonl = fmt == "jsonl" if fmt else path.suffix == ".jsonl" or (path.suffix.lower() in COMPRESSED
+                                                                    and path.stem.endswith(".jsonl"))
 
     def queries() -> Iterator[tuple[int, Query]]:
         for lineno, line in iter_lines(path, encoding_errors):
