@@ -35,7 +35,6 @@ from .formats import (
     iter_lines,
     json_line,
     max_record_bytes,
-    read_lines,
     read_qrels,
     read_topics,
     unique_queries,
@@ -188,7 +187,7 @@ def _delimited(path: Path, fields: Fields, errors: str, delimiter: str) -> Itera
     between TABs); ``where`` is the row's first line. A field may hold up to
     :func:`~rerank.data.formats.max_record_bytes` characters."""
     limit = max_record_bytes()
-    lines = (text for _, text in read_lines(path, errors, raw=True))
+    lines = (text for _, text in iter_lines(path, errors, raw=True))
     reader = (csv.reader(lines, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True) if delimiter == ","
               else csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE))
     start = 1  # the line the row being read starts on

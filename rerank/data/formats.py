@@ -124,8 +124,8 @@ def reading(path: Path, line: Callable[[], int] = lambda: 0) -> Iterator[None]:
     except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:  # gzip's and bz2's bad data are OSErrors
         at = f"{path}:{line()}" if line() else f"{path}"
         kind = _compression(path)
-        what = f"not a readable {'Unix compress' if kind not in ('', '.gz', '.bz2', '.xz') else kind} file" if kind \
-            else "cannot read the file"
+        what = ("cannot read the file" if not kind else f"not a readable {kind} file" if kind in (".gz", ".bz2", ".xz")
+                else "not a readable Unix compress file")
         raise DataError(f"{at}: {what} ({getattr(e, 'strerror', None) or e})") from None
 
 
@@ -137,7 +137,7 @@ def head(path: PathLike, size: int = 4096) -> str:
     return data.removeprefix(_BOM).decode("utf-8", errors="replace")
 
 
-def read_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = False) -> Iterator[tuple[int, str]]:
+def iter_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = False) -> Iterator[tuple[int, str]]:
     """(line number, text) of every line of a file: the one place that decompresses (:func:`open_binary`),
     drops a leading UTF-8 byte-order mark, bounds a line's length (:func:`max_record_bytes`) and reports
     bad UTF-8 at its line. ``raw``: every line as it is, newline included (for the csv module);
@@ -162,11 +162,6 @@ def read_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = F
             elif not line.isspace():
                 yield lineno, line.rstrip("\r\n")
             data = readline(limit + 1)
-
-
-def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for each non-blank line (compressed files: their content)."""
-    return read_lines(path, encoding_errors)
 
 
 def json_line(path: Path, lineno: int, line: str) -> Any:
