@@ -537,8 +537,8 @@ def layout(folder: str | Path, doc_format: str | None = None, topic_format: str 
         if sgml:
             out.corpus_files = [(p, doc_format or "trec-sgml") for p in sgml]
         else:
-            for sub in (p for p in entries if p.is_dir()):
-                out.corpus_files += _corpus_folder(sub, doc_format, by_name=False)[0]
+            for sub in (p for p in entries if p.is_dir()):  # known by their first bytes, whatever the format forced
+                out.corpus_files += [(p, doc_format or fmt) for p, fmt in _corpus_folder(sub, None, by_name=False)[0]]
         if out.corpus_files:
             out.corpus = sgml[0] if len(sgml) == 1 else folder
     if out.corpus_files:
