@@ -4,8 +4,9 @@
 
 1. a path: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), a
    collection folder in any of the formats of :mod:`rerank.data.collections` (a corpus as TSV,
-   JSONL, CSV, Parquet, a datasets folder, TREC SGML or SMART; topics as TSV, JSONL, TREC SGML
-   or SMART; qrels; candidate files with passage texts and TREC runs), or a single candidate
+   JSONL, CSV, Parquet, a datasets folder, TREC SGML or SMART, one file or a folder of them;
+   topics as TSV, JSONL, TREC SGML or SMART; qrels; candidate files with passage texts and TREC
+   runs), or a single candidate
    file (JSON/JSONL) or topics file;
 2. an alias (``trec-dl-19``, ``scifact``, ...; see :data:`ALIASES`): loaded through ir_datasets,
    falling back to the same data under the local mirror (``$RERANK_SHARED_DATA``, default
@@ -27,7 +28,7 @@ from pathlib import Path
 from ..env import shared_data_dir
 from ..errors import DataError, DatasetNotFound, DatasetUnavailable
 from ..types import Query, Ranking
-from .collections import ReadOptions, iter_documents, layout, read_qrels_any, read_topics_any
+from .collections import ReadOptions, iter_corpus, layout, read_qrels_any, read_topics_any, unknown_judgments
 from .formats import Qrels, iter_beir_corpus, read_candidates, read_qrels, read_run, read_topics
 from .store import DiskDocStore, DocStore, IrdsDocStore, MemoryDocStore
 
@@ -80,11 +81,28 @@ class Dataset:
 
     def set_qrels(self, qrels: Qrels, source: str = "") -> None:
         """Judge with ``qrels`` (e.g. ``--qrels FILE``): the relevance threshold follows them when
-        they are a known collection's (recognised by content), else stays as it was."""
+        they are a known collection's (recognised by content), else stays as it was. Judgments of
+        queries or documents the dataset does not have are warned of (:meth:`unknown_judgments`)."""
         self.qrels = qrels
         known = KNOWN_QRELS.get(qrels_fingerprint(qrels))
         if known is not None:
             self.rel, self.rel_source = ALIASES[known].rel, f"{known} qrels, recognised by content"
+        self.warn_unknown_judgments(source)
+
+    def unknown_judgments(self) -> str:
+        """What of the qrels judges a query not in the topics, or a document not in the corpus (when
+        the corpus is here whole, in files), in one line; empty when nothing."""
+        if self.qrels is None:
+            return ""
+        docs = self.docs if isinstance(self.docs, (MemoryDocStore, DiskDocStore)) and self.docs.complete else None
+        judged = sorted({d for j in self.qrels.values() for d in j})
+        found = None if docs is None else {d for d, text in zip(judged, docs.get_many(judged), strict=True) if text is not None}
+        return unknown_judgments(self.qrels, [q.qid for q in self.queries], found)
+
+    def warn_unknown_judgments(self, source: str = "") -> None:
+        unknown = self.unknown_judgments()
+        if unknown:
+            log.warning("%s: the qrels%s hold %s", self.name, f" ({source})" if source else "", unknown)
 
     def candidate_run(self, name: str) -> Ranking:
         if name not in self.candidates:
@@ -127,7 +145,7 @@ def _conventions(ds: Dataset, folder: Path) -> None:
     if not meta.is_file():
         return
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        data = json.loads(meta.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{meta}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or set(data) - {"rel", "name", "description"}:
@@ -161,15 +179,17 @@ def _load_beir(folder: Path, split: str, encoding_errors: str, read: ReadOptions
 
 
 def corpus_store(name: str, source: Path, reader: Callable[[bool], Iterable[tuple[str, str]]], params: dict[str, object],
-                 read: ReadOptions) -> DocStore:
-    """The documents ``reader(unique)`` yields from ``source``: a :class:`MemoryDocStore` for a small
+                 read: ReadOptions, files: list[Path] | None = None) -> DocStore:
+    """The documents ``reader(unique)`` yields from ``source`` (its ``files``: by default the file,
+    or every file under the folder): a :class:`MemoryDocStore` for a small
     corpus, a :class:`DiskDocStore` (built once, beside the indexes) for one of
     ``$RERANK_DOCSTORE_MIN_MB`` MB (default 256) or more, or as ``read.doc_store`` says. ``unique``:
     the reader refuses a repeated id itself (naming its line; memory per document); the disk store
     finds one while it sorts its table instead, in memory flat in the corpus."""
     if read.doc_store not in ("auto", "memory", "disk"):
         raise DataError(f"doc_store must be auto, memory or disk, not {read.doc_store!r}")
-    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    if files is None:
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     size_mb = sum(f.stat().st_size for f in files) / 1e6
     threshold = float(os.environ.get("RERANK_DOCSTORE_MIN_MB", "256"))
     if read.doc_store == "memory" or (read.doc_store == "auto" and size_mb < threshold):
@@ -186,7 +206,7 @@ def _load_folder(folder: Path, encoding_errors: str, read: ReadOptions) -> Datas
     """A collection folder (not BEIR): its corpus, topics and qrels as :func:`collections.layout`
     finds them, and candidate files (JSON/JSONL with passage texts, TREC runs)."""
     lay = layout(folder, read.doc_format, read.topic_format)
-    taken = {lay.corpus, lay.topics, lay.qrels}
+    taken = {lay.corpus, lay.topics, lay.qrels, *(p for p, _ in lay.corpus_files)}
     candidates: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix in (".trec", ".run") and p not in taken and _candidate_name(p) not in candidates:
@@ -208,10 +228,11 @@ def _load_folder(folder: Path, encoding_errors: str, read: ReadOptions) -> Datas
     qrels = read_qrels_any(lay.qrels) if lay.qrels else None
     ds = Dataset(folder.name, queries, qrels, None, candidates, source=str(folder), encoding_errors=encoding_errors)
     if lay.corpus is not None:
-        corpus, fmt = lay.corpus, lay.corpus_format
-        ds.docs = corpus_store(folder.name, corpus, lambda unique: iter_documents(corpus, fmt, read.fields, encoding_errors,
-                                                                                  unique=unique),
-                               {"format": fmt, "id_field": read.id_field, "text_fields": list(read.text_fields)}, read)
+        files = lay.corpus_files
+        ds.docs = corpus_store(folder.name, lay.corpus, lambda unique: iter_corpus(files, read.fields, encoding_errors,
+                                                                                   unique=unique),
+                               {"format": lay.corpus_format, "id_field": read.id_field, "text_fields": list(read.text_fields)},
+                               read, files=[p for p, _ in files])
         return ds
 
     def union() -> dict[str, str]:  # parsed once: the runs stay cached for candidate_run
@@ -251,6 +272,7 @@ def _load_path(path: Path, split: str, encoding_errors: str, read: ReadOptions) 
     else:
         ds = _load_file(path, encoding_errors)
     _conventions(ds, path if path.is_dir() else path.parent)
+    ds.warn_unknown_judgments()
     return ds
 
 

@@ -4,7 +4,8 @@ Documents: BEIR/any JSONL, MS MARCO-style TSV (``docid<TAB>text``), CSV or TSV w
 Parquet, a Hugging Face ``datasets`` folder (``save_to_disk``), TREC SGML (``<DOC><DOCNO>``) and
 the SMART format of the classic collections (``.I .T .A .W .X``). Topics: TSV, JSONL, TREC SGML
 (``<top><num><title><desc><narr>``) and SMART queries. Judgments: TREC/BEIR qrels and SMART
-``.REL`` files. ``.gz``, ``.bz2`` and ``.xz`` files are read as their content.
+``.REL`` files. ``.gz``, ``.bz2``, ``.xz`` and ``.Z`` files are read as their content. A corpus may be
+one file, or a folder (nested folders too) of document files, as collections are distributed.
 
 Field names: ``id_field`` and ``text_fields`` (joined by a space, as BEIR joins title and text);
 by default the id is the first of ``_id, id, docid, doc_id, pid, docno`` a record has, and the
@@ -17,21 +18,31 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, MissingDependency
 from ..types import Query
-from .formats import Qrels, check_id, check_text, iter_lines, json_line, open_binary, read_qrels, read_topics
+from .formats import (
+    COMPRESSED,
+    Qrels,
+    check_id,
+    check_text,
+    head,
+    iter_lines,
+    json_line,
+    max_record_bytes,
+    read_qrels,
+    read_topics,
+    unique_queries,
+)
 
 DOC_FORMATS = ("jsonl", "tsv", "csv", "tsv-header", "parquet", "hf-datasets", "trec-sgml", "smart")
 TOPIC_FORMATS = ("tsv", "jsonl", "trec-sgml", "smart")
 TOPIC_FIELDS = ("title", "description", "narrative", "title+description")
-COMPRESSED = (".gz", ".bz2", ".xz")
 ID_FIELDS = ("_id", "id", "docid", "doc_id", "pid", "docno")
 TEXT_FIELDS = ("contents", "body", "passage", "content")
 
@@ -86,36 +97,40 @@ class Fields:
 
 def base_name(path: Path) -> str:
     """The file name without a compression suffix (``corpus.tsv.gz`` -> ``corpus.tsv``)."""
-    return path.name[: -len(path.suffix)] if path.suffix in COMPRESSED else path.name
+    return path.name[: -len(path.suffix)] if path.suffix.lower() in COMPRESSED else path.name
 
 
 def _suffix(path: Path) -> str:
     return Path(base_name(path)).suffix.lower()
 
 
-def _head(path: Path, size: int = 4096) -> str:
-    with open_binary(path) as f:
-        return f.read(size).decode("utf-8", errors="replace")
+def _is_datasets_folder(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
+
+
+def _starts_sgml(text: str) -> bool:
+    return text.lstrip().upper().startswith("<DOC>")
 
 
 def detect_doc_format(path: Path) -> str:
-    """A document file's (or folder's) format, from its name and first bytes."""
+    """A document file's (or datasets folder's) format, from its name and first bytes."""
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        if _is_datasets_folder(path):
             return "hf-datasets"
-        raise DataError(f"{path}: a folder of documents must be a Hugging Face datasets folder (save_to_disk)")
-    suffix, head = _suffix(path), _head(path).lstrip()
+        raise DataError(f"{path}: a folder, not a document file (a folder of documents is read by `layout`)")
+    suffix = _suffix(path)
     if suffix == ".parquet":
         return "parquet"
-    if head.startswith("<DOC>") or head.upper().startswith("<DOC>"):
+    text = head(path).lstrip()
+    if _starts_sgml(text):
         return "trec-sgml"
-    if re.match(r"\.I\s+\S+", head):
+    if re.match(r"\.I\s+\S+", text) or suffix == ".all":  # a SMART .ALL file is SMART, stray text and all
         return "smart"
     if suffix in (".jsonl", ".json"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    first = head.splitlines()[0] if head else ""
+    first = text.splitlines()[0] if text else ""
     cells = [c.strip().lower() for c in first.split("\t")]
     if len(cells) >= 2 and cells[0] in ID_FIELDS + ("corpus-id", "doc-id"):
         return "tsv-header"
@@ -129,16 +144,23 @@ def iter_documents(path: str | Path, fmt: str | None = None, fields: Fields = Fi
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    fmt = fmt or detect_doc_format(path)
-    if fmt not in DOC_FORMATS:
-        raise DataError(f"unknown document format {fmt!r}; one of {', '.join(DOC_FORMATS)}")
+    return iter_corpus([(path, fmt or detect_doc_format(path))], fields, encoding_errors, unique=unique)
+
+
+def iter_corpus(files: Iterable[tuple[Path, str]], fields: Fields = Fields(), encoding_errors: str = "strict", *,
+                unique: bool = True) -> Iterator[tuple[str, str]]:
+    """(docid, text) of every document of the ``(file, format)`` pairs, in order (a corpus of many
+    files, :attr:`Layout.corpus_files`); a repeated id, in one file or across files, is an error."""
     seen: set[str] = set()
-    for where, docid, text in _READERS[fmt](path, fields, encoding_errors):
-        if unique:
-            if docid in seen:
-                raise DataError(f"{where}: document id {docid!r} appears twice")
-            seen.add(docid)
-        yield docid, text
+    for path, fmt in files:
+        if fmt not in DOC_FORMATS:
+            raise DataError(f"unknown document format {fmt!r}; one of {', '.join(DOC_FORMATS)}")
+        for where, docid, text in _READERS[fmt](path, fields, encoding_errors):
+            if unique:
+                if docid in seen:
+                    raise DataError(f"{where}: document id {docid!r} appears twice")
+                seen.add(docid)
+            yield docid, text
 
 
 def _jsonl(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, str, str]]:
@@ -160,28 +182,38 @@ def _tsv(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, str, st
 
 
 def _delimited(path: Path, fields: Fields, errors: str, delimiter: str) -> Iterator[tuple[str, str, str]]:
-    """Rows of a CSV file (quoted fields may span lines) or a TSV file with a header (no quoting:
-    a field is everything between TABs); ``where`` is the row's first line."""
-    with open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors=errors, newline="") as text:
-        reader = (csv.reader(text, delimiter=",", quoting=csv.QUOTE_MINIMAL) if delimiter == ","
-                  else csv.reader(text, delimiter=delimiter, quoting=csv.QUOTE_NONE))
-        line = 1
-        try:
-            header = [h.strip() for h in next(reader, [])]
-            if not header:
-                return
-            for row in reader:
-                where, line = f"{path}:{line + 1}", reader.line_num
-                if not any(c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{where}: {len(row)} fields, the header names {len(header)}")
-                yield (where, *fields.pick(dict(zip(header, row, strict=True)), where))
-        except csv.Error as e:
-            raise DataError(f"{path}:{line + 1}: {e}") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); "
-                            f"load it with --encoding-errors replace") from None
+    """Rows of a CSV file (quoted fields may span lines, but must close: a quote left open is an
+    error at the line it opens on) or a TSV file with a header (no quoting: a field is everything
+    between TABs); ``where`` is the row's first line. A field may hold up to
+    :func:`~rerank.data.formats.max_record_bytes` characters."""
+    limit = max_record_bytes()
+    lines = (text for _, text in iter_lines(path, errors, raw=True))
+    reader = (csv.reader(lines, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True) if delimiter == ","
+              else csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE))
+    start = 1  # the line the row being read starts on
+    previous = csv.field_size_limit(limit)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            return
+        start = reader.line_num + 1
+        for row in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} fields, the header names {len(header)}")
+            yield (where, *fields.pick(dict(zip(header, row, strict=True)), where))
+    except csv.Error as e:
+        if "field larger than field limit" in str(e):
+            raise DataError(f"{path}:{start}: a field longer than {limit:,} characters (a quote left open?); "
+                            f"set RERANK_MAX_RECORD_MB to allow longer fields") from None
+        if reader.line_num > start or "end of data" in str(e):
+            raise DataError(f"{path}:{start}: a quoted field opens on this line and does not close properly "
+                            f"(by line {reader.line_num}: {e}): a quote left open?") from None
+        raise DataError(f"{path}:{start}: {e}") from None
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _csv(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, str, str]]:
@@ -231,51 +263,74 @@ _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")  # a tag, not "p <
 _DOCNO = re.compile(r"<DOCNO>\s*(.*?)\s*</DOCNO>", re.IGNORECASE | re.DOTALL)
 
 
+_DOC_MARK = re.compile(r"<(/?)DOC>", re.IGNORECASE)
+
+
 def _trec_sgml(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, str, str]]:
-    """``<DOC>`` records: the id from ``<DOCNO>``; the text from the ``text_fields`` tags (e.g.
-    ``HEADLINE,TEXT``), else every tag's content but DOCNO's, tags removed."""
-    buf: list[str] = []
-    start = 0
+    """``<DOC>`` records (one per line, or spanning lines): the id from ``<DOCNO>``; the text from
+    the ``text_fields`` tags (e.g. ``HEADLINE,TEXT``), else every tag's content but DOCNO's, tags removed."""
+    buf: list[str] | None = None
+    start = size = 0
+    limit = max_record_bytes()
     for n, line in iter_lines(path, errors):
-        upper = line.strip().upper()
-        if upper.startswith("<DOC>"):
-            if buf:
-                raise DataError(f"{path}:{n}: <DOC> inside the <DOC> that starts on line {start}")
-            start, buf = n, [line]
-            continue
-        if not buf:
-            raise DataError(f"{path}:{n}: text outside a <DOC> element: {line[:80]!r}")
-        buf.append(line)
-        if upper.endswith("</DOC>"):
-            where = f"{path}:{start}"
-            record = "\n".join(buf)
-            m = _DOCNO.search(record)
-            if m is None:
-                raise DataError(f"{where}: a <DOC> without <DOCNO>")
-            docid = check_id(m.group(1), "document id", where)
-            if fields.text_fields:
-                parts = [p for tag in fields.text_fields for p in re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", record,
-                                                                             re.IGNORECASE | re.DOTALL)]
+        pos = 0
+        for mark in _DOC_MARK.finditer(line):
+            piece, pos = line[pos : mark.start()], mark.end()
+            if not mark.group(1):  # <DOC>
+                if buf is not None:
+                    raise DataError(f"{path}:{n}: <DOC> inside the <DOC> that starts on line {start}")
+                if piece.strip():
+                    raise DataError(f"{path}:{n}: text outside a <DOC> element: {piece.strip()[:80]!r}")
+                start, buf, size = n, [], 0
             else:
-                parts = [record[: m.start()] + record[m.end() :]]
-            text = " ".join(" ".join(html.unescape(_TAG.sub(" ", p)).split()) for p in parts).strip()
-            yield where, docid, text
-            buf = []
-    if buf:
+                if buf is None:
+                    raise DataError(f"{path}:{n}: </DOC> without a <DOC>")
+                buf.append(piece)
+                yield _sgml_record(path, start, "\n".join(buf), fields)
+                buf = None
+        rest = line[pos:]
+        if buf is not None:
+            buf.append(rest)
+            size += len(rest)
+            if size > limit:
+                raise _record_too_long(path, start, "<DOC>", limit)
+        elif rest.strip():
+            raise DataError(f"{path}:{n}: text outside a <DOC> element: {rest.strip()[:80]!r}")
+    if buf is not None:
         raise DataError(f"{path}:{start}: the <DOC> that starts here never ends (no </DOC>)")
 
 
-def _smart_records(path: Path, errors: str) -> Iterator[tuple[str, str, dict[str, str]]]:
-    """(where, id, {field letter: text}) of the ``.I`` records of a SMART file."""
-    where, rid, current = "", None, None
+def _record_too_long(path: Path, start: int, what: str, limit: int) -> DataError:
+    return DataError(f"{path}:{start}: the {what} that starts here runs past {limit:,} characters (never closed?); "
+                     f"set RERANK_MAX_RECORD_MB to allow longer records")
+
+
+def _sgml_record(path: Path, start: int, record: str, fields: Fields) -> tuple[str, str, str]:
+    where = f"{path}:{start}"
+    m = _DOCNO.search(record)
+    if m is None:
+        raise DataError(f"{where}: a <DOC> without <DOCNO>")
+    docid = check_id(m.group(1), "document id", where)
+    if fields.text_fields:
+        parts = [p for tag in fields.text_fields for p in re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", record,
+                                                                     re.IGNORECASE | re.DOTALL)]
+    else:
+        parts = [record[: m.start()] + record[m.end() :]]
+    return where, docid, " ".join(" ".join(html.unescape(_TAG.sub(" ", p)).split()) for p in parts).strip()
+
+
+def _smart_records(path: Path, errors: str) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """(line, id, {field letter: text}) of the ``.I`` records of a SMART file."""
+    start, rid, current, size = 0, None, None, 0
+    limit = max_record_bytes()
     fields_: dict[str, str] = {}
     for n, line in iter_lines(path, errors):
         m = re.match(r"^\.([A-Z])(?:\s+(.*))?$", line.rstrip())
         if m and m.group(1) == "I":
             if rid is not None:
-                yield where, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
-            where, current, fields_ = f"{path}:{n}", None, {}
-            rid = check_id((m.group(2) or "").strip(), "record id", where)
+                yield start, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
+            start, current, fields_, size = n, None, {}, 0
+            rid = check_id((m.group(2) or "").strip(), "record id", f"{path}:{n}")
         elif m:
             if rid is None:
                 raise DataError(f"{path}:{n}: .{m.group(1)} before the first .I")
@@ -285,15 +340,18 @@ def _smart_records(path: Path, errors: str) -> Iterator[tuple[str, str, dict[str
             if rid is None or current is None:
                 raise DataError(f"{path}:{n}: text outside a .I record field: {line[:80]!r}")
             fields_[current] += " " + line
+            size += len(line)
+            if size > limit:
+                raise _record_too_long(path, start, ".I record", limit)
     if rid is not None:
-        yield where, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
+        yield start, rid, {k: " ".join(v.split()) for k, v in fields_.items()}
 
 
 def _smart(path: Path, fields: Fields, errors: str) -> Iterator[tuple[str, str, str]]:
     """SMART documents: the text is ``.T`` (title) and ``.W`` (abstract), or the ``text_fields`` letters."""
     letters = fields.text_fields or ("T", "W")
-    for where, rid, record in _smart_records(path, errors):
-        yield where, rid, " ".join(record[k] for k in letters if record.get(k))
+    for start, rid, record in _smart_records(path, errors):
+        yield f"{path}:{start}", rid, " ".join(record[k] for k in letters if record.get(k))
 
 
 _READERS = {"jsonl": _jsonl, "tsv": _tsv, "csv": _csv, "tsv-header": _tsv_header, "parquet": _parquet,
@@ -302,10 +360,10 @@ _READERS = {"jsonl": _jsonl, "tsv": _tsv, "csv": _csv, "tsv-header": _tsv_header
 
 # ---------------------------------------------------------------- topics
 def detect_topic_format(path: Path) -> str:
-    head = _head(path).lstrip()
-    if head.lower().startswith("<top>"):
+    text = head(path).lstrip()
+    if text.lower().startswith("<top>"):
         return "trec-sgml"
-    if re.match(r"\.I\s+\S+", head):
+    if re.match(r"\.I\s+\S+", text) or _suffix(path) == ".qry":
         return "smart"
     return "jsonl" if _suffix(path) in (".jsonl", ".json") else "tsv"
 
@@ -318,8 +376,10 @@ def read_trec_topics(path: Path, field: str = "title", errors: str = "strict") -
     title+description. Tags need not be closed; ``Number:``/``Description:``/``Narrative:`` labels go."""
     if field not in TOPIC_FIELDS:
         raise DataError(f"unknown topic field {field!r}; one of {', '.join(TOPIC_FIELDS)}")
-    queries: list[Query] = []
-    seen: dict[str, int] = {}
+    return unique_queries(path, _trec_topics(path, field, errors))
+
+
+def _trec_topics(path: Path, field: str, errors: str) -> Iterator[tuple[int, Query]]:
     buf: list[str] = []
     start = 0
     for n, line in iter_lines(path, errors):
@@ -346,16 +406,10 @@ def read_trec_topics(path: Path, field: str = "title", errors: str = "strict") -
             text = " ".join(" ".join(clean.get(k, "").split()) for k in names).strip()
             if not text:
                 raise DataError(f"{where}: topic {qid} has no {field}")
-            if qid in seen:
-                raise DataError(f"{where}: topic {qid} already defined on line {seen[qid]}")
-            seen[qid] = start
-            queries.append(Query(qid, text))
+            yield start, Query(qid, text)
             buf = []
             continue
         buf.append(line)
-    if not queries:
-        raise DataError(f"{path}: no <top> topics in the file")
-    return queries
 
 
 def read_topics_any(path: str | Path, fmt: str | None = None, field: str = "title", errors: str = "strict") -> list[Query]:
@@ -365,12 +419,10 @@ def read_topics_any(path: str | Path, fmt: str | None = None, field: str = "titl
     if fmt == "trec-sgml":
         return read_trec_topics(path, field, errors)
     if fmt == "smart":
-        queries = [Query(rid, " ".join(rec[k] for k in ("T", "W") if rec.get(k))) for _, rid, rec in _smart_records(path, errors)]
-        if not queries:
-            raise DataError(f"{path}: no .I queries in the file")
-        return queries
+        return unique_queries(path, ((start, Query(rid, " ".join(rec[k] for k in ("T", "W") if rec.get(k))))
+                                     for start, rid, rec in _smart_records(path, errors)))
     if fmt in ("tsv", "jsonl"):
-        return read_topics(path, errors)
+        return read_topics(path, errors, fmt)
     raise DataError(f"unknown topic format {fmt!r}; one of {', '.join(TOPIC_FORMATS)}")
 
 
@@ -402,7 +454,9 @@ _QREL_NAMES = ("qrels",)
 
 @dataclass
 class Layout:
-    """What a collection folder holds: the corpus, topics and qrels files and their formats."""
+    """What a collection folder holds: the corpus, topics and qrels files and their formats.
+    ``corpus`` is the corpus file, or the folder its document files are in (``corpus_files``, each
+    with its format, in reading order; ``skipped``: the files there that hold no documents)."""
 
     folder: Path
     corpus: Path | None = None
@@ -410,6 +464,8 @@ class Layout:
     topics: Path | None = None
     topics_format: str | None = None
     qrels: Path | None = None
+    corpus_files: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
 
 
 def _stem(path: Path) -> str:
@@ -422,60 +478,158 @@ def _one(folder: Path, what: str, matches: list[Path]) -> Path | None:
     return matches[0] if matches else None
 
 
+_NAMED_DOC_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".all")
+
+
+def _document_file(path: Path, by_name: bool) -> str | None:
+    """The format of a file in a corpus folder, or None for one that holds no documents (a README,
+    a DTD): SGML and SMART files are known by their first bytes, others (``by_name``) by their suffix."""
+    if by_name and _suffix(path) in _NAMED_DOC_SUFFIXES:
+        return detect_doc_format(path)
+    text = head(path, 64).lstrip()
+    if _starts_sgml(text):
+        return "trec-sgml"
+    return "smart" if re.match(r"\.I\s+\S+", text) else None
+
+
+def _corpus_folder(folder: Path, doc_format: str | None, by_name: bool = True) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """The document files under ``folder`` (nested folders too, in path order) and the files skipped."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                            p.relative_to(folder).parts))
+    found: list[tuple[Path, str]] = []
+    skipped: list[Path] = []
+    for p in files:
+        fmt = doc_format or _document_file(p, by_name)
+        if fmt is None:
+            skipped.append(p)
+        else:
+            found.append((p, fmt))
+    return found, skipped
+
+
 def layout(folder: str | Path, doc_format: str | None = None, topic_format: str | None = None) -> Layout:
     """The corpus, topics and qrels of a collection folder (not a BEIR folder, which has its own
-    fixed layout): files named ``corpus|collection|docs|documents.*`` (or SMART ``*.ALL``, or any
-    file that starts with ``<DOC>``), ``queries|topics*`` (or ``*.QRY``), ``qrels*`` (or ``*.REL``);
-    a Hugging Face datasets folder named like a corpus."""
+    fixed layout), as collections are distributed. Topics: ``queries|topics*`` (or ``*.QRY``);
+    qrels: ``qrels*`` (or ``*.REL``), both at the top. The corpus, the first of: a file or folder
+    named ``corpus|collection|docs|documents`` (a folder: a Hugging Face datasets folder, or every
+    document file under it, nested folders too) or a SMART ``*.ALL``; the files at the top that
+    start with ``<DOC>``; the TREC SGML (or SMART) files anywhere in the subfolders."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     out = Layout(folder)
-    corpus = [p for p in files if _stem(p) in _CORPUS_NAMES or _suffix(p) == ".all"]
-    if not corpus:
-        corpus = [p for p in files if p.is_file() and _head(p, 64).lstrip().upper().startswith("<DOC>")]
-    out.corpus = _one(folder, "corpus", corpus)
-    topics = [p for p in files if p.is_file() and (_stem(p).startswith(_TOPIC_NAMES) or _suffix(p) == ".qry")
+    topics = [p for p in entries if p.is_file() and (_stem(p).startswith(_TOPIC_NAMES) or _suffix(p) == ".qry")
               and not p.name.endswith((".json",))]
     out.topics = _one(folder, "topics", topics)
-    qrels = [p for p in files if p.is_file() and (_stem(p).startswith(_QREL_NAMES) or _suffix(p) == ".rel"
-                                                  or ".qrels" in p.name)]
+    qrels = [p for p in entries if p.is_file() and (_stem(p).startswith(_QREL_NAMES) or _suffix(p) == ".rel"
+                                                    or ".qrels" in p.name)]
     out.qrels = _one(folder, "qrels", qrels)
-    if out.corpus is not None:
-        out.corpus_format = doc_format or detect_doc_format(out.corpus)
+    named = _one(folder, "corpus", [p for p in entries if _stem(p) in _CORPUS_NAMES or (p.is_file() and _suffix(p) == ".all")])
+    if named is not None and (named.is_file() or _is_datasets_folder(named)):
+        out.corpus, out.corpus_files = named, [(named, doc_format or detect_doc_format(named))]
+    elif named is not None:
+        out.corpus = named
+        out.corpus_files, out.skipped = _corpus_folder(named, doc_format)
+        if not out.corpus_files:
+            raise DataError(f"{named}: a corpus folder with no document files in it (TREC SGML, SMART, JSONL, CSV, TSV, "
+                            f"Parquet; {len(out.skipped)} other files)")
+    else:
+        sgml = [p for p in entries if p.is_file() and p not in (out.topics, out.qrels) and _starts_sgml(head(p, 64))]
+        if sgml:
+            out.corpus_files = [(p, doc_format or "trec-sgml") for p in sgml]
+        else:
+            for sub in (p for p in entries if p.is_dir()):  # known by their first bytes, whatever the format forced
+                out.corpus_files += [(p, doc_format or fmt) for p, fmt in _corpus_folder(sub, None, by_name=False)[0]]
+        if out.corpus_files:
+            out.corpus = sgml[0] if len(sgml) == 1 else folder
+    if out.corpus_files:
+        out.corpus_format = "+".join(sorted({fmt for _, fmt in out.corpus_files}))
     if out.topics is not None:
         out.topics_format = topic_format or detect_topic_format(out.topics)
     return out
 
 
+def unknown_judgments(qrels: Mapping[str, Mapping[str, int]], qids: Iterable[str], docids: Iterable[str] | None) -> str:
+    """What of ``qrels`` judges a query not in ``qids`` or a document not in ``docids`` (None: not
+    checked), said in one line for a warning; empty when nothing. Such a query counts 0 in every mean
+    (no run has results for it), such a document as a relevant one never retrieved."""
+    queries = set(qids)
+    lost_q = sorted(q for q in qrels if q not in queries)
+    parts = []
+    if lost_q:
+        n = sum(len(qrels[q]) for q in lost_q)
+        parts.append(f"{_count(n, 'judgment')} of {len(lost_q):,} quer{'ies' if len(lost_q) != 1 else 'y'} not in the "
+                     f"topics ({_some(lost_q, 3)}), scored 0 in every mean")
+    if docids is not None:
+        known = docids if isinstance(docids, (set, frozenset)) else set(docids)
+        lost = [(q, d) for q, judged in qrels.items() if q in queries for d in judged if d not in known]
+        if lost:
+            docs = sorted({d for _, d in lost})
+            parts.append(f"{_count(len(lost), 'judgment')} of {_count(len(docs), 'document')} not in the corpus "
+                         f"({_some(docs, 3)}), relevant but never retrieved")
+    return "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown:,} more" if len(names) > shown else "")
+
+
+def _shown(lay: Layout, path: Path) -> str:
+    return str(path.relative_to(lay.folder)) if path.is_relative_to(lay.folder) else str(path)
+
+
 def describe_layout(lay: Layout, fields: Fields = Fields(), topic_field: str = "title", errors: str = "strict",
                     sample: int = 2) -> str:
-    """What ``rerank datasets inspect`` prints: each file, its format, counts and a sample."""
+    """What ``rerank datasets inspect`` prints: each file, its format, counts and a sample, and the
+    judgments that name a query or document the collection does not have."""
     lines = [f"{lay.folder}"]
+    qrels = read_qrels_any(lay.qrels) if lay.qrels is not None else None
+    judged = {d for j in qrels.values() for d in j} if qrels is not None else set()
+    found: set[str] = set()
     if lay.corpus is not None:
         n, first = 0, list[str]()
-        for docid, text in iter_documents(lay.corpus, lay.corpus_format, fields, errors):
+        for docid, text in iter_corpus(lay.corpus_files, fields, errors):
             n += 1
+            if docid in judged:
+                found.add(docid)
             if len(first) < sample:
                 first.append(f"      {docid}: {text[:100]!r}")
-        lines += [f"  documents  {lay.corpus.name} ({lay.corpus_format}): {n:,} documents", *first]
+        many = lay.corpus.is_dir() and lay.corpus_format != "hf-datasets"
+        files = _count(len(lay.corpus_files), "file")
+        what = (f"{files} ({lay.corpus_format})" if lay.corpus == lay.folder  # files at the top or in the subfolders
+                else f"{_shown(lay, lay.corpus)}/ ({files}, {lay.corpus_format})" if many
+                else f"{_shown(lay, lay.corpus)} ({lay.corpus_format})")
+        lines += [f"  documents  {what}: {n:,} documents", *first]
+        if many:
+            lines.append(f"      files: {_some([_shown(lay, p) for p, _ in lay.corpus_files])}")
+        if lay.skipped:
+            lines.append(f"      skipped {_count(len(lay.skipped), 'file')} without documents: "
+                         f"{_some([_shown(lay, p) for p in lay.skipped])}")
     else:
-        lines.append("  documents  none (no corpus|collection|docs|documents file, *.ALL, or <DOC> file)")
+        lines.append("  documents  none (no corpus|collection|docs|documents file or folder, *.ALL, or <DOC> files)")
+    queries: list[Query] | None = None
     if lay.topics is not None:
         queries = read_topics_any(lay.topics, lay.topics_format, topic_field, errors)
         lines += [f"  topics     {lay.topics.name} ({lay.topics_format}, {topic_field}): {len(queries):,} queries",
                   *[f"      {q.qid}: {q.text[:100]!r}" for q in queries[:sample]]]
     else:
         lines.append("  topics     none")
-    if lay.qrels is not None:
-        qrels = read_qrels_any(lay.qrels)
+    if lay.qrels is not None and qrels is not None:
         grades = sorted({g for j in qrels.values() for g in j.values()})
         lines.append(f"  qrels      {lay.qrels.name}: {sum(map(len, qrels.values())):,} judgments of {len(qrels):,} queries, "
                      f"grades {grades}")
+        unknown = unknown_judgments(qrels, [q.qid for q in queries] if queries is not None else qrels,
+                                    found if lay.corpus is not None else None)
+        if unknown:
+            lines.append(f"  warning    {unknown}")
     else:
         lines.append("  qrels      none")
     return "\n".join(lines)
 
 
 __all__ = ["DOC_FORMATS", "TOPIC_FORMATS", "Fields", "Layout", "ReadOptions", "describe_layout", "detect_doc_format",
-           "iter_documents",
+           "iter_corpus", "iter_documents", "unknown_judgments",
            "layout", "read_qrels_any", "read_topics_any", "read_trec_topics"]

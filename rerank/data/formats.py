@@ -6,11 +6,13 @@ UTF-8; ``encoding_errors="replace"`` loads files with a few bad bytes instead of
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,15 +33,67 @@ def _utf8_error(path: Path, lineno: int, byte: int, column: int) -> DataError:
     )
 
 
-def _decode(raw: bytes, path: Path, lineno: int, errors: str) -> str:
+#: compression suffixes read as their content (``.Z`` and TREC disks' ``.0z``/``.1z``/``.2z``: Unix compress)
+COMPRESSED = (".gz", ".bz2", ".xz", ".z", ".0z", ".1z", ".2z")
+_BOM = b"\xef\xbb\xbf"
+
+
+def max_record_bytes() -> int:
+    """The longest line (or CSV field) a reader accepts: ``$RERANK_MAX_RECORD_MB`` MB, default 64.
+    A file with no newlines is refused once past it, not read whole into memory."""
+    raw = os.environ.get("RERANK_MAX_RECORD_MB", "64")
     try:
-        return raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise _utf8_error(path, lineno, raw[e.start], e.start + 1) from None
+        mb = float(raw)
+    except ValueError:
+        raise DataError(f"RERANK_MAX_RECORD_MB must be a number of megabytes, got {raw!r}") from None
+    if not mb > 0:
+        raise DataError(f"RERANK_MAX_RECORD_MB must be positive, got {raw!r}")
+    return int(mb * 1_000_000)
+
+
+def _compression(path: Path) -> str:
+    return path.suffix.lower() if path.suffix.lower() in COMPRESSED else ""
+
+
+class _Uncompress(io.RawIOBase):
+    """The output of ``gzip -dc`` (which reads Unix compress's ``.Z`` files), streamed."""
+
+    def __init__(self, path: Path) -> None:
+        import shutil
+        import subprocess
+
+        gzip = shutil.which("gzip")
+        if gzip is None:
+            raise DataError(f"{path}: a Unix compress file; reading it needs the gzip program (not found on PATH), "
+                            f"or decompress it first with `uncompress`")
+        self._proc = subprocess.Popen([gzip, "-dc", "--", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        n = self._proc.stdout.readinto(buffer)  # type: ignore[attr-defined]
+        if not n and self._proc.wait() != 0:
+            why = self._proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            raise OSError(why[-1] if why else f"gzip -d exited with {self._proc.returncode}")
+        return n or 0
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for stream in (self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    stream.close()
+        super().close()
 
 
 def open_binary(path: PathLike) -> IO[bytes]:
-    """A file's bytes, decompressed when its name ends in ``.gz``, ``.bz2`` or ``.xz``."""
+    """A file's bytes, decompressed when its name ends in ``.gz``, ``.bz2``, ``.xz`` or ``.Z``
+    (see :data:`COMPRESSED`). Read it inside :func:`reading`, which turns a bad file into a
+    :class:`DataError`."""
     import bz2
     import gzip
     import lzma
@@ -47,27 +101,67 @@ def open_binary(path: PathLike) -> IO[bytes]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix)
-    return opener(path, "rb") if opener is not None else open(path, "rb")  # type: ignore[no-any-return, operator]
+    kind = _compression(path)
+    if kind in (".gz", ".bz2", ".xz"):
+        return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[kind](path, "rb")  # type: ignore[no-any-return, operator]
+    if kind:
+        return io.BufferedReader(_Uncompress(path))
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
-def iter_lines(path: PathLike, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for each non-blank line (compressed files: their content)."""
+@contextmanager
+def reading(path: Path, line: Callable[[], int] = lambda: 0) -> Iterator[None]:
+    """Errors of reading ``path`` (a compressed file that is not what its name says, a truncated
+    one, a disk error) as one :class:`DataError`; ``line()``: the line being read."""
     import lzma
     import zlib
 
-    path = Path(path)
-    lineno = 0
     try:
-        with open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
-                line = _decode(raw, path, lineno, encoding_errors).rstrip("\r\n")
-                if line.strip():
-                    yield lineno, line
+        yield
     except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:  # gzip's and bz2's bad data are OSErrors
-        if path.suffix not in (".gz", ".bz2", ".xz"):
-            raise
-        raise DataError(f"{path}:{lineno + 1}: not a readable {path.suffix} file ({e})") from None
+        at = f"{path}:{line()}" if line() else f"{path}"
+        kind = _compression(path)
+        what = ("cannot read the file" if not kind else f"not a readable {kind} file" if kind in (".gz", ".bz2", ".xz")
+                else "not a readable Unix compress file")
+        raise DataError(f"{at}: {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
+def head(path: PathLike, size: int = 4096) -> str:
+    """The first ``size`` bytes of a file's content (decompressed, without a byte-order mark), as text."""
+    path = Path(path)
+    with reading(path), open_binary(path) as f:
+        data = f.read(size)
+    return data.removeprefix(_BOM).decode("utf-8", errors="replace")
+
+
+def iter_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of a file: the one place that decompresses (:func:`open_binary`),
+    drops a leading UTF-8 byte-order mark, bounds a line's length (:func:`max_record_bytes`) and reports
+    bad UTF-8 at its line. ``raw``: every line as it is, newline included (for the csv module);
+    else non-blank lines without their newline."""
+    path = Path(path)
+    limit = max_record_bytes()
+    lineno = 0
+    with reading(path, lambda: lineno + 1), open_binary(path) as f:
+        readline = f.readline
+        data = readline(limit + 1).removeprefix(_BOM)
+        while data:
+            lineno += 1
+            if len(data) > limit and not data.endswith(b"\n"):
+                raise DataError(f"{path}:{lineno}: a line longer than {limit:,} bytes (a file without newlines?); "
+                                f"set RERANK_MAX_RECORD_MB to allow longer records")
+            try:
+                line = data.decode("utf-8", encoding_errors)
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, lineno, data[e.start], e.start + 1) from None
+            if raw:
+                yield lineno, line
+            elif not line.isspace():
+                yield lineno, line.rstrip("\r\n")
+            data = readline(limit + 1)
 
 
 def json_line(path: Path, lineno: int, line: str) -> Any:
@@ -118,33 +212,46 @@ def _query(qid: Any, text: Any, where: str) -> Query:
 
 
 # ---------------------------------------------------------------- topics
-def read_topics(path: PathLike, encoding_errors: str = "strict") -> list[Query]:
-    """Queries from a TSV file (``qid<TAB>text``) or JSONL (BEIR ``{"_id", "text"}``)."""
-    path = Path(path)
-    queries: list[Query] = []
+def unique_queries(path: Path, queries: Iterable[tuple[int, Query]]) -> list[Query]:
+    """The queries of a topics file, each with the line it starts on: a query id defined twice is
+    refused, naming both lines (every topic format has this one rule), and so is a file with none."""
+    out: list[Query] = []
     seen: dict[str, int] = {}
-    for lineno, line in iter_lines(path, encoding_errors):
-        where = f"{path}:{lineno}"
-        if path.suffix == ".jsonl":
-            obj = json_line(path, lineno, line)
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with '_id' and 'text', got {type(obj).__name__}")
-            qid = obj.get("_id", obj.get("qid", obj.get("query_id")))
-            if qid is None or "text" not in obj:
-                raise DataError(f"{where}: expected a JSON object with '_id' and 'text'")
-            q = _query(qid, obj["text"], where)
-        else:
-            parts = line.split("\t", 1)
-            if len(parts) != 2:
-                raise DataError(f"{where}: expected 'qid<TAB>text', got {line[:80]!r}")
-            q = _query(parts[0].strip(), parts[1].strip(), where)
+    for lineno, q in queries:
         if q.qid in seen:
-            raise DataError(f"{where}: query id {q.qid!r} already defined on line {seen[q.qid]}")
+            raise DataError(f"{path}:{lineno}: query id {q.qid!r} already defined on line {seen[q.qid]}")
         seen[q.qid] = lineno
-        queries.append(q)
-    if not queries:
+        out.append(q)
+    if not out:
         raise DataError(f"{path}: no queries in the file")
-    return queries
+    return out
+
+
+def read_topics(path: PathLike, encoding_errors: str = "strict", fmt: str | None = None) -> list[Query]:
+    """Queries from a TSV file (``qid<TAB>text``) or JSONL (BEIR ``{"_id", "text"}``); ``fmt``
+    (``tsv`` or ``jsonl``) says which, else the name (``.jsonl``, compressed too)."""
+    path = Path(path)
+    jsonl = fmt == "jsonl" if fmt else path.suffix == ".jsonl" or (path.suffix.lower() in COMPRESSED
+                                                                    and path.stem.endswith(".jsonl"))
+
+    def queries() -> Iterator[tuple[int, Query]]:
+        for lineno, line in iter_lines(path, encoding_errors):
+            where = f"{path}:{lineno}"
+            if jsonl:
+                obj = json_line(path, lineno, line)
+                if not isinstance(obj, dict):
+                    raise DataError(f"{where}: expected a JSON object with '_id' and 'text', got {type(obj).__name__}")
+                qid = obj.get("_id", obj.get("qid", obj.get("query_id")))
+                if qid is None or "text" not in obj:
+                    raise DataError(f"{where}: expected a JSON object with '_id' and 'text'")
+                yield lineno, _query(qid, obj["text"], where)
+            else:
+                parts = line.split("\t", 1)
+                if len(parts) != 2:
+                    raise DataError(f"{where}: expected 'qid<TAB>text', got {line[:80]!r}")
+                yield lineno, _query(parts[0].strip(), parts[1].strip(), where)
+
+    return unique_queries(path, queries())
 
 
 # ---------------------------------------------------------------- qrels
@@ -260,7 +367,8 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
     if path.suffix == ".jsonl":
         entries = [(f"{path}:{n}", json_line(path, n, line)) for n, line in iter_lines(path, encoding_errors)]
     else:
-        raw = path.read_bytes()
+        with reading(path):
+            raw = path.read_bytes().removeprefix(_BOM)
         try:
             text = raw.decode("utf-8", errors=encoding_errors)
         except UnicodeDecodeError as e:
