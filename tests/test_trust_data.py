@@ -103,6 +103,16 @@ def test_a_well_quoted_csv_keeps_its_multiline_fields(tmp_path):
     assert list(iter_documents(p)) == [("d1", 'Apples, "red"\nand round.'), ("d2", 'He said "hi" there')]
 
 
+@pytest.mark.parametrize("name,content", [
+    ("corpus.csv", b"id,text\rd1,\"Apples, red\"\rd2,Bananas\r"),  # classic Mac line endings (old Excel)
+    ("corpus.tsv", b"d1\tApples, red\rd2\tBananas"),
+])
+def test_bare_carriage_return_line_endings_read(name, content, tmp_path):
+    p = tmp_path / name
+    p.write_bytes(content)
+    assert list(iter_documents(p)) == [("d1", "Apples, red"), ("d2", "Bananas")]
+
+
 # ---------------------------------------------------------------- 38.2: byte-order marks
 def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
     folder = fruit(tmp_path / "bom")

@@ -148,6 +148,12 @@ def iter_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = F
     with reading(path, lambda: lineno + 1), open_binary(path) as f:
         readline = f.readline
         data = readline(limit + 1).removeprefix(_BOM)
+        if b"\r" in data.rstrip(b"\r") and not data.endswith(b"\n") and len(data) <= limit:
+            # the whole file in one "line" with bare carriage returns: classic Mac line endings (old Excel
+            # exports); its lines are those, the file being within the record bound
+            parts = iter(data.splitlines(keepends=True))
+            readline = lambda _size: next(parts, b"")  # noqa: E731
+            data = readline(0)
         while data:
             lineno += 1
             if len(data) > limit and not data.endswith(b"\n"):
