@@ -406,3 +406,49 @@ def test_readers_give_a_result_or_a_data_error_for_any_bytes(name, tmp_path_fact
             pass
 
     check()
+
+
+# ---------------------------------------------------------------- 10. second pass: weights, kinds, builds, caches, the app API
+def _payload_model(src: str, folder: Path, marker: Path) -> Path:
+    """A copy of the model folder ``src`` whose weights are a pytorch_model.bin that would run code."""
+    shutil.copytree(src, folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"classifier.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["run", "serve", "clicks simulate"])
+def test_a_pickle_payload_in_weights_is_one_line_and_runs_nothing(command, tiny_ce, scifact_dir, tmp_path):
+    marker = tmp_path / "ran"
+    if command == "clicks simulate":  # a feature ranker's model.pt
+        ranker = tmp_path / "ranker"
+        ranker.mkdir()
+        (ranker / "ranker.json").write_text(json.dumps({"kind": "feature-mlp", "num_features": 2, "hidden": [4],
+                                                        "dropout": 0.0}))
+        torch.save({"net.0.weight": _Payload(marker)}, ranker / "model.pt")
+        letor = tmp_path / "train.txt"
+        letor.write_text("1 qid:1 1:0.5 2:0.1\n0 qid:1 1:0.2 2:0.3\n")
+        args = ["clicks", "simulate", "--features", letor, "--logging-ranker", ranker, "--sessions", 5,
+                "-o", tmp_path / "log.jsonl"]
+        culprit = ranker / "model.pt"
+    else:  # a model folder's pytorch_model.bin
+        culprit = _payload_model(tiny_ce, tmp_path / "model", marker)
+        spec = f"cross-encoder:{culprit}"
+        args = (["run", "-r", "bm25", "-d", scifact_dir, "--reranker", spec, "--rerank-depth", 2] if command == "run"
+                else ["serve", "--reranker", spec, "--port", 0])
+    one_line_error(invoke(*args), str(culprit), "loads safely", "GLOBAL exec", "nothing in it ran")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["splade", "monot5", "colbert", "cross-encoder"])
+def test_a_model_of_another_kind_names_the_kinds_that_fit_in_every_family(kind, tiny_smol):
+    from rerank import stage
+
+    with pytest.raises(ModelMismatch, match=r"holds a causal language model .*kinds that fit it: llm-pointwise, prp"):
+        stage(f"{kind}:{tiny_smol}")
+
+
+def test_a_causal_lm_given_as_splade_is_one_line_naming_the_kinds_that_fit(tiny_smol, scifact_dir):
+    one_line_error(invoke("run", "-r", "bm25", "-d", scifact_dir, "--reranker", f"splade:{tiny_smol}"),
+                   "causal language model", "not a masked language model", "kinds that fit it: llm-pointwise")
