@@ -452,3 +452,40 @@ def test_a_model_of_another_kind_names_the_kinds_that_fit_in_every_family(kind, 
 def test_a_causal_lm_given_as_splade_is_one_line_naming_the_kinds_that_fit(tiny_smol, scifact_dir):
     one_line_error(invoke("run", "-r", "bm25", "-d", scifact_dir, "--reranker", f"splade:{tiny_smol}"),
                    "causal language model", "not a masked language model", "kinds that fit it: llm-pointwise")
+
+
+def test_a_killed_builds_temporary_folders_are_removed_by_the_next_build(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from rerank.indexes import build_or_reuse
+
+    path = tmp_path / "corpus.bm25.0123abcd"
+    expected = {"kind": "bm25", "backend": "bm25s", "params": {}, "corpus": {"fingerprint": "f"}}
+    builder = (f"import pathlib, sys, time\nfrom rerank.indexes import build_or_reuse\n"
+               f"def build(tmp):\n    (tmp / 'data.bin').write_bytes(bytes(1 << 20))\n    print(tmp, flush=True)\n"
+               f"    time.sleep(120)\nbuild_or_reuse(pathlib.Path({str(path)!r}), {expected!r}, build)\n")
+    proc = subprocess.Popen([sys.executable, "-c", builder], stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = Path(proc.stdout.readline().strip())  # type: ignore[union-attr]
+        assert theirs.parent == tmp_path and theirs.name.startswith(".corpus.bm25.0123abcd.") and theirs.is_dir()
+        partial = tmp_path / ".corpus.bm25.0123abcd.partial"  # a resumable build's work: kept to resume from
+        other = tmp_path / ".corpus.bm25.99999999.abcdefgh.tmp"  # another index's
+        for keep in (partial, other):
+            keep.mkdir()
+        for old in (theirs, partial, other):  # older than any age bound: only the lock tells a live build
+            os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+        def build(tmp: Path) -> None:
+            (tmp / "data.bin").write_bytes(b"ours")
+
+        build_or_reuse(path, expected, build)  # while the other process still builds: its folder is left alone
+        assert (path / "data.bin").read_bytes() == b"ours" and (theirs / "data.bin").is_file()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert theirs.is_dir()  # what kill -9 leaves behind
+    build_or_reuse(path, expected, build, rebuild=True)
+    assert not theirs.exists() and partial.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, partial.name, other.name])
