@@ -489,3 +489,31 @@ def test_a_killed_builds_temporary_folders_are_removed_by_the_next_build(tmp_pat
     build_or_reuse(path, expected, build, rebuild=True)
     assert not theirs.exists() and partial.is_dir() and other.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, partial.name, other.name])
+
+
+@pytest.mark.parametrize("other", ["tables", "application_id"])
+def test_another_programs_sqlite_database_is_refused_as_a_score_cache_unchanged(other, tiny_ce, scifact_dir, tmp_path):
+    import sqlite3
+
+    from rerank.models.engine import ScoreCache
+
+    db_path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(db_path)
+    if other == "tables":
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    else:
+        db.execute("PRAGMA application_id = 1234")
+    db.commit()
+    db.close()
+    before = db_path.read_bytes()
+    with pytest.raises(DataError, match="another program.* not a rerank score cache"):
+        ScoreCache(db_path)
+    one_line_error(invoke("run", "-r", "bm25", "-d", scifact_dir, "--reranker", f"cross-encoder:{tiny_ce}",
+                          "--rerank-depth", 2, "--score-cache", db_path), str(db_path), "not a rerank score cache")
+    assert db_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]
+    ours = ScoreCache(tmp_path / "ours.sqlite")  # a new cache, and one opened again, are taken
+    ours.put_many([(b"k", 1.0)])
+    ours.close()
+    assert len(ScoreCache(tmp_path / "ours.sqlite")) == 1
