@@ -517,3 +517,104 @@ def test_another_programs_sqlite_database_is_refused_as_a_score_cache_unchanged(
     ours.put_many([(b"k", 1.0)])
     ours.close()
     assert len(ScoreCache(tmp_path / "ours.sqlite")) == 1
+
+
+def _docs_gen():
+    yield from ("Rain falls from clouds.", "A recipe for soup.", "Clouds are water droplets.")
+
+
+@pytest.mark.parametrize(("docs", "message"), [
+    (None, r"docs \(the documents to rank\) must be a list, got NoneType"),
+    ({"d1": "a text"}, r"must be a list, not a dict: pass list\(d.values\(\)\)"),
+    (42, "must be a list, got int"),
+    ("one string", "must be a list, not a single str"),
+    (["fine", None], "document 1 has no text"),
+])
+def test_rank_and_arank_refuse_what_is_not_documents_before_any_scoring(tiny_ce, docs, message):
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    with pytest.raises(DataError, match=message):
+        ce.rank("what causes rain", docs)
+    with pytest.raises(DataError, match=message):
+        asyncio.run(ce.arank("what causes rain", docs))
+    assert ce.cost.calls == 0
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (None, "must be a list, got NoneType"), ({"q": "d"}, "not a dict"), ("qd", "not a single str"),
+])
+def test_score_refuses_what_is_not_pairs(tiny_ce, pairs, message):
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    with pytest.raises(DataError, match=message):
+        ce.score(pairs)
+    assert ce.cost.calls == 0
+
+
+def test_rank_and_arank_take_any_iterable_of_documents(tiny_ce):
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    expected = [(r.index, r.text, r.document) for r in ce.rank("what causes rain", list(_docs_gen()))]
+    assert [(r.index, r.text, r.document) for r in ce.rank("what causes rain", _docs_gen())] == expected
+    assert [(r.index, r.text, r.document) for r in asyncio.run(ce.arank("what causes rain", _docs_gen()))] == expected
+    assert ce.score(((q, d) for q, d in [("q", "a"), ("q", "b")])) == ce.score([("q", "a"), ("q", "b")])
+
+
+@pytest.mark.parametrize("when", ["queued", "running"])
+def test_a_cancelled_arank_gives_up_its_place_on_the_model(tiny_ce, when):
+    """A deliberately slow model: each batch waits for ``go``; counting the rows it scores shows
+    whether a cancelled task's pairs were dropped (queued behind another call, or between the
+    batches of its own running round)."""
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32", batch_tokens=128)
+    started, go = threading.Event(), threading.Event()
+    rows: list[int] = []
+    run = ce._run
+
+    def slow(batch):
+        started.set()
+        assert go.wait(30)
+        rows.append(int(batch["input_ids"].shape[0]))
+        return run(batch)
+
+    ce._run = slow
+    big = [f"big document number {i}" for i in range(150)]
+    small = ["small one", "small two", "small three"]
+
+    async def until(condition) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async def scenario():
+        first = asyncio.create_task(ce.arank("q", ["the call ahead"])) if when == "queued" else None
+        if first is not None:
+            await until(started.is_set)
+        task = asyncio.create_task(ce.arank("q", big))
+        await until(lambda: ce.combiner.waiting == 1 if when == "queued" else started.is_set())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        behind = asyncio.create_task(ce.arank("q", small))
+        await until(lambda: ce.combiner.waiting >= 1)
+        go.set()
+        return await behind, (await first if first is not None else None)
+
+    ranked, ahead = asyncio.run(scenario())
+    assert sorted(r.text for r in ranked) == sorted(small)
+    if when == "queued":
+        assert len(ahead) == 1 and rows == [1, 3]  # the call ahead, then the small one: none of the 150
+    else:
+        assert len(rows) == 2 and rows[0] < len(big) and rows[1] == 3  # the batch under way, then the small one

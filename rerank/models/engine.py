@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import DataError, ScoringError
+from .batching import check_cancelled
 
 log = logging.getLogger("rerank")
 Encoded = dict[str, list[int]]
@@ -119,6 +120,7 @@ class Engine:
         pending = self.batches(lengths)
         with torch.inference_mode():
             while pending:
+                check_cancelled()  # every caller of this round gone: stop here
                 idx = pending.pop(0)
                 try:
                     out = forward(self.pad([items[i] for i in idx]))
