@@ -56,7 +56,7 @@ class Client:
     def _wait(response: Any, attempt: int) -> float:
         return retry_after(response.headers, attempt, base=0.25, cap=8.0)
 
-    def _ranked(self, response: Any, docs: Sequence[Any], items: list[tuple[str, str | None]]) -> list[RankedDoc]:
+    def _ranked(self, response: Any, items: list[tuple[str, str | None, Any]]) -> list[RankedDoc]:
         if response.status_code != 200:
             try:
                 message = response.json().get("message", response.text)
@@ -66,7 +66,7 @@ class Client:
         out = []
         for r in response.json()["results"]:
             i = int(r["index"])
-            out.append(RankedDoc(i, float(r["relevance_score"]), items[i][0], items[i][1], docs[i]))
+            out.append(RankedDoc(i, float(r["relevance_score"]), *items[i]))
         return out
 
     def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
@@ -77,13 +77,13 @@ class Client:
             return []
         if self._sync is None:
             self._sync = httpx.Client(timeout=self.timeout, headers=self.headers)
-        body = self._payload(query, [t for t, _ in items], top_k)
+        body = self._payload(query, [t for t, _, _ in items], top_k)
         for attempt in range(self.retries + 1):
             response = self._sync.post(f"{self.url}/v2/rerank", json=body)
             if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                 break
             time.sleep(self._wait(response, attempt))
-        return self._ranked(response, docs, items)
+        return self._ranked(response, items)
 
     async def arank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
         """``rank`` without blocking the event loop."""
@@ -91,14 +91,14 @@ class Client:
         items = _rank_items(query, docs, top_k)
         if not items:
             return []
-        body = self._payload(query, [t for t, _ in items], top_k)
+        body = self._payload(query, [t for t, _, _ in items], top_k)
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
             for attempt in range(self.retries + 1):
                 response = await client.post(f"{self.url}/v2/rerank", json=body)
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     break
                 await asyncio.sleep(self._wait(response, attempt))
-        return self._ranked(response, docs, items)
+        return self._ranked(response, items)
 
     def close(self) -> None:
         if self._sync is not None:

@@ -2,18 +2,22 @@
 
 An index is reused only when its manifest matches what is asked for (kind, backend,
 parameters, corpus fingerprint); otherwise it is rebuilt, under a temporary name that
-replaces the old folder only when the build finished.
+replaces the old folder only when the build finished. What a killed build left under a
+temporary name is removed by the next build of the same index (:func:`building`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,52 @@ def partial_folder(path: Path, expected: dict[str, Any]) -> Path:
     return tmp
 
 
+#: how old an unlocked temporary folder must be to be taken for a killed build's (a live build
+#: locks its folder microseconds after creating it)
+LEFTOVER_AGE_S = 60.0
+
+
+@contextlib.contextmanager
+def building(path: Path, work: Path | None = None) -> Iterator[Path]:
+    """:func:`rerank.env.atomic_dir` for a build of ``path`` (an index, a model export), after
+    removing the temporary folders killed builds of ``path`` left (``.NAME.XXXXXXXX.tmp``; a
+    resumable ``.NAME.partial``, ``work``, is kept to resume from). A build holds a shared
+    ``flock`` on its own folder while it runs; a leftover is a folder on which an exclusive lock
+    can be taken (the kernel released a killed process's lock) and that is older than
+    :data:`LEFTOVER_AGE_S`, so a build running in another process keeps its folder and no pid
+    or age guess decides alone. Where the file system has no locks, nothing is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
+    with atomic_dir(path, work) as tmp:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):  # no locks here: then nothing is removed either
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            yield tmp
+        finally:
+            os.close(fd)
+
+
+def _remove_leftovers(path: Path) -> None:
+    left = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for folder in path.parent.iterdir():
+        if not left.fullmatch(folder.name):
+            continue
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue  # not a folder, or gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if time.time() - os.fstat(fd).st_mtime > LEFTOVER_AGE_S:
+                log.info("removing %s, left by a build that did not finish", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # locked: a build in progress (or a file system without locks)
+        finally:
+            os.close(fd)
+
+
 def build_or_reuse(path: Path, expected: dict[str, Any], build: Callable[[Path], None], rebuild: bool = False,
                    resumable: bool = False) -> Path:
     """Return ``path`` holding a current index, building it with ``build(tmpdir)`` when needed.
@@ -84,7 +134,7 @@ def build_or_reuse(path: Path, expected: dict[str, Any], build: Callable[[Path],
     else:
         log.info("building index %s", path)
     t0 = time.perf_counter()
-    with atomic_dir(path, partial_folder(path, expected) if resumable else None) as tmp:
+    with building(path, partial_folder(path, expected) if resumable else None) as tmp:
         build(tmp)
         (tmp / "partial.json").unlink(missing_ok=True)
         manifest = dict(expected, format=FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

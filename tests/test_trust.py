@@ -406,3 +406,215 @@ def test_readers_give_a_result_or_a_data_error_for_any_bytes(name, tmp_path_fact
             pass
 
     check()
+
+
+# ---------------------------------------------------------------- 10. second pass: weights, kinds, builds, caches, the app API
+def _payload_model(src: str, folder: Path, marker: Path) -> Path:
+    """A copy of the model folder ``src`` whose weights are a pytorch_model.bin that would run code."""
+    shutil.copytree(src, folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"classifier.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["run", "serve", "clicks simulate"])
+def test_a_pickle_payload_in_weights_is_one_line_and_runs_nothing(command, tiny_ce, scifact_dir, tmp_path):
+    marker = tmp_path / "ran"
+    if command == "clicks simulate":  # a feature ranker's model.pt
+        ranker = tmp_path / "ranker"
+        ranker.mkdir()
+        (ranker / "ranker.json").write_text(json.dumps({"kind": "feature-mlp", "num_features": 2, "hidden": [4],
+                                                        "dropout": 0.0}))
+        torch.save({"net.0.weight": _Payload(marker)}, ranker / "model.pt")
+        letor = tmp_path / "train.txt"
+        letor.write_text("1 qid:1 1:0.5 2:0.1\n0 qid:1 1:0.2 2:0.3\n")
+        args = ["clicks", "simulate", "--features", letor, "--logging-ranker", ranker, "--sessions", 5,
+                "-o", tmp_path / "log.jsonl"]
+        culprit = ranker / "model.pt"
+    else:  # a model folder's pytorch_model.bin
+        culprit = _payload_model(tiny_ce, tmp_path / "model", marker)
+        spec = f"cross-encoder:{culprit}"
+        args = (["run", "-r", "bm25", "-d", scifact_dir, "--reranker", spec, "--rerank-depth", 2] if command == "run"
+                else ["serve", "--reranker", spec, "--port", 0])
+    one_line_error(invoke(*args), str(culprit), "loads safely", "GLOBAL exec", "nothing in it ran")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["splade", "monot5", "colbert", "cross-encoder"])
+def test_a_model_of_another_kind_names_the_kinds_that_fit_in_every_family(kind, tiny_smol):
+    from rerank import stage
+
+    with pytest.raises(ModelMismatch, match=r"holds a causal language model .*kinds that fit it: llm-pointwise, prp"):
+        stage(f"{kind}:{tiny_smol}")
+
+
+def test_a_causal_lm_given_as_splade_is_one_line_naming_the_kinds_that_fit(tiny_smol, scifact_dir):
+    one_line_error(invoke("run", "-r", "bm25", "-d", scifact_dir, "--reranker", f"splade:{tiny_smol}"),
+                   "causal language model", "not a masked language model", "kinds that fit it: llm-pointwise")
+
+
+def test_a_killed_builds_temporary_folders_are_removed_by_the_next_build(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from rerank.indexes import build_or_reuse
+
+    path = tmp_path / "corpus.bm25.0123abcd"
+    expected = {"kind": "bm25", "backend": "bm25s", "params": {}, "corpus": {"fingerprint": "f"}}
+    builder = (f"import pathlib, sys, time\nfrom rerank.indexes import build_or_reuse\n"
+               f"def build(tmp):\n    (tmp / 'data.bin').write_bytes(bytes(1 << 20))\n    print(tmp, flush=True)\n"
+               f"    time.sleep(120)\nbuild_or_reuse(pathlib.Path({str(path)!r}), {expected!r}, build)\n")
+    proc = subprocess.Popen([sys.executable, "-c", builder], stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = Path(proc.stdout.readline().strip())  # type: ignore[union-attr]
+        assert theirs.parent == tmp_path and theirs.name.startswith(".corpus.bm25.0123abcd.") and theirs.is_dir()
+        partial = tmp_path / ".corpus.bm25.0123abcd.partial"  # a resumable build's work: kept to resume from
+        other = tmp_path / ".corpus.bm25.99999999.abcdefgh.tmp"  # another index's
+        for keep in (partial, other):
+            keep.mkdir()
+        for old in (theirs, partial, other):  # older than any age bound: only the lock tells a live build
+            os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+        def build(tmp: Path) -> None:
+            (tmp / "data.bin").write_bytes(b"ours")
+
+        build_or_reuse(path, expected, build)  # while the other process still builds: its folder is left alone
+        assert (path / "data.bin").read_bytes() == b"ours" and (theirs / "data.bin").is_file()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert theirs.is_dir()  # what kill -9 leaves behind
+    build_or_reuse(path, expected, build, rebuild=True)
+    assert not theirs.exists() and partial.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, partial.name, other.name])
+
+
+@pytest.mark.parametrize("other", ["tables", "application_id"])
+def test_another_programs_sqlite_database_is_refused_as_a_score_cache_unchanged(other, tiny_ce, scifact_dir, tmp_path):
+    import sqlite3
+
+    from rerank.models.engine import ScoreCache
+
+    db_path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(db_path)
+    if other == "tables":
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    else:
+        db.execute("PRAGMA application_id = 1234")
+    db.commit()
+    db.close()
+    before = db_path.read_bytes()
+    with pytest.raises(DataError, match="another program.* not a rerank score cache"):
+        ScoreCache(db_path)
+    one_line_error(invoke("run", "-r", "bm25", "-d", scifact_dir, "--reranker", f"cross-encoder:{tiny_ce}",
+                          "--rerank-depth", 2, "--score-cache", db_path), str(db_path), "not a rerank score cache")
+    assert db_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]
+    ours = ScoreCache(tmp_path / "ours.sqlite")  # a new cache, and one opened again, are taken
+    ours.put_many([(b"k", 1.0)])
+    ours.close()
+    assert len(ScoreCache(tmp_path / "ours.sqlite")) == 1
+
+
+def _docs_gen():
+    yield from ("Rain falls from clouds.", "A recipe for soup.", "Clouds are water droplets.")
+
+
+@pytest.mark.parametrize(("docs", "message"), [
+    (None, r"docs \(the documents to rank\) must be a list, got NoneType"),
+    ({"d1": "a text"}, r"must be a list, not a dict: pass list\(d.values\(\)\)"),
+    (42, "must be a list, got int"),
+    ("one string", "must be a list, not a single str"),
+    (["fine", None], "document 1 has no text"),
+])
+def test_rank_and_arank_refuse_what_is_not_documents_before_any_scoring(tiny_ce, docs, message):
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    with pytest.raises(DataError, match=message):
+        ce.rank("what causes rain", docs)
+    with pytest.raises(DataError, match=message):
+        asyncio.run(ce.arank("what causes rain", docs))
+    assert ce.cost.calls == 0
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (None, "must be a list, got NoneType"), ({"q": "d"}, "not a dict"), ("qd", "not a single str"),
+])
+def test_score_refuses_what_is_not_pairs(tiny_ce, pairs, message):
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    with pytest.raises(DataError, match=message):
+        ce.score(pairs)
+    assert ce.cost.calls == 0
+
+
+def test_rank_and_arank_take_any_iterable_of_documents(tiny_ce):
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32")
+    expected = [(r.index, r.text, r.document) for r in ce.rank("what causes rain", list(_docs_gen()))]
+    assert [(r.index, r.text, r.document) for r in ce.rank("what causes rain", _docs_gen())] == expected
+    assert [(r.index, r.text, r.document) for r in asyncio.run(ce.arank("what causes rain", _docs_gen()))] == expected
+    assert ce.score(((q, d) for q, d in [("q", "a"), ("q", "b")])) == ce.score([("q", "a"), ("q", "b")])
+
+
+@pytest.mark.parametrize("when", ["queued", "running"])
+def test_a_cancelled_arank_gives_up_its_place_on_the_model(tiny_ce, when):
+    """A deliberately slow model: each batch waits for ``go``; counting the rows it scores shows
+    whether a cancelled task's pairs were dropped (queued behind another call, or between the
+    batches of its own running round)."""
+    import asyncio
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    ce = CrossEncoder(tiny_ce, dtype="float32", batch_tokens=128)
+    started, go = threading.Event(), threading.Event()
+    rows: list[int] = []
+    run = ce._run
+
+    def slow(batch):
+        started.set()
+        assert go.wait(30)
+        rows.append(int(batch["input_ids"].shape[0]))
+        return run(batch)
+
+    ce._run = slow
+    big = [f"big document number {i}" for i in range(150)]
+    small = ["small one", "small two", "small three"]
+
+    async def until(condition) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async def scenario():
+        first = asyncio.create_task(ce.arank("q", ["the call ahead"])) if when == "queued" else None
+        if first is not None:
+            await until(started.is_set)
+        task = asyncio.create_task(ce.arank("q", big))
+        await until(lambda: ce.combiner.waiting == 1 if when == "queued" else started.is_set())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        behind = asyncio.create_task(ce.arank("q", small))
+        await until(lambda: ce.combiner.waiting >= 1)
+        go.set()
+        return await behind, (await first if first is not None else None)
+
+    ranked, ahead = asyncio.run(scenario())
+    assert sorted(r.text for r in ranked) == sorted(small)
+    if when == "queued":
+        assert len(ahead) == 1 and rows == [1, 3]  # the call ahead, then the small one: none of the 150
+    else:
+        assert len(rows) == 2 and rows[0] < len(big) and rows[1] == 3  # the batch under way, then the small one

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..env import atomic_dir, atomic_write, indexes_dir
+from ..env import atomic_write, indexes_dir
 from ..errors import MissingDependency, RerankError
+from ..indexes import building
 from .loading import REQUIRES, LoadedModel, need
 
 log = logging.getLogger("rerank")
@@ -141,7 +142,7 @@ def export(loaded: LoadedModel, graph: Graph, backend: str, quantize: str, root:
     if problem != "absent":
         log.warning("%s: the export in %s is rebuilt (%s)", loaded.name, folder, problem)
     t0 = time.perf_counter()
-    with atomic_dir(folder) as tmp:
+    with building(folder) as tmp:
         files = _build(loaded, graph, backend, quantize, tmp)
         manifest = {"key": key, "model": loaded.name, "files": {f: _file_hash(tmp / f) for f in files},
                     "seconds": round(time.perf_counter() - t0, 1)}

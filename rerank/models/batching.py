@@ -12,11 +12,12 @@ batches. The model runs in that one thread only (started on demand, gone after a
 seconds): callers' threads never touch it, so its memory stays in one allocator arena (with the
 model run in many threads, glibc's per-thread arenas grew a server's memory without bound).
 
-A request whose :class:`Ticket` is cancelled (its client went away or timed out) is dropped
-from the queue before it runs. The ticket travels in a context variable, so a server sets it
-around its call (``with Ticket() as t: ...``) and ``asyncio.to_thread`` carries it into the
-worker thread. A round that raises is re-run request by request, so one request's error is its
-own and never its neighbours'.
+A request whose :class:`Ticket` is cancelled (its client went away or timed out, its ``arank``
+task was cancelled) is dropped from the queue before it runs; a round whose every request is
+cancelled stops at the engine's next batch (:func:`check_cancelled`). The ticket travels in a
+context variable, so a server sets it around its call (``with Ticket() as t: ...``) and
+``asyncio.to_thread`` carries it into the worker thread. A round that raises is re-run request
+by request, so one request's error is its own and never its neighbours'.
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ class Ticket:
 
 
 _TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("rerank_ticket", default=None)
+_ROUND = threading.local()  # the tickets of the round the model thread is running
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` when every request of the round this (model) thread runs was
+    cancelled: the engine asks before each batch, so nobody's pairs keep the model busy. Outside a
+    round, or while one request of it still waits for its results, nothing happens."""
+    tickets = getattr(_ROUND, "tickets", None)
+    if tickets and all(t is not None and t.cancelled for t in tickets):
+        raise Cancelled("every request of the round was cancelled")
 
 
 @dataclass
@@ -211,20 +222,25 @@ class Combiner(Generic[T, R]):
         stats.largest = max(stats.largest, size)
         if self.on_round is not None:
             self.on_round(len(batch), size)
+        _ROUND.tickets = [r.ticket for r in batch]
         try:
             out = self.run([x for r in batch for x in r.items])
             if len(out) != size:
                 raise RerankError(f"a batched call returned {len(out)} results for {size} items")
         except BaseException as e:  # noqa: BLE001 - delivered to the callers
-            if len(batch) == 1:
-                batch[0].error = e
+            if len(batch) == 1 or isinstance(e, Cancelled):  # cancelled: every caller has gone
+                for r in batch:
+                    r.error = e
                 return
             for r in batch:  # alone, each request gets its own result or its own error
+                _ROUND.tickets = [r.ticket]
                 try:
                     r.result = self.run(list(r.items))
                 except BaseException as own:  # noqa: BLE001
                     r.error = own
             return
+        finally:
+            _ROUND.tickets = None
         a = 0
         for r in batch:
             r.result = out[a : a + len(r.items)]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import DataError, ScoringError
+from .batching import check_cancelled
 
 log = logging.getLogger("rerank")
 Encoded = dict[str, list[int]]
@@ -119,6 +120,7 @@ class Engine:
         pending = self.batches(lengths)
         with torch.inference_mode():
             while pending:
+                check_cancelled()  # every caller of this round gone: stop here
                 idx = pending.pop(0)
                 try:
                     out = forward(self.pad([items[i] for i in idx]))
@@ -221,19 +223,41 @@ class ScoreCache:
     """Scores on disk (SQLite), keyed by a hash of (model key, query, document): a repeated
     experiment is served without running the model."""
 
+    #: SQLite's application_id of a rerank score cache (b"rrsc"): another program's database is told apart
+    APPLICATION_ID = 0x72727363
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS scores (key BLOB PRIMARY KEY, score REAL NOT NULL)")
-            columns = [row[1] for row in self._db.execute("PRAGMA table_info(scores)")]
-            self._db.commit()
         except sqlite3.Error as e:
+            raise DataError(f"score cache {self.path}: cannot open it ({e}); give another --score-cache file") from None
+        try:
+            self._check()  # before anything is written: another program's database is left as it was
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA application_id={self.APPLICATION_ID}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS scores (key BLOB PRIMARY KEY, score REAL NOT NULL)")
+            self._db.commit()
+        except (sqlite3.Error, DataError) as e:
+            self._db.close()
+            if isinstance(e, DataError):
+                raise
             raise DataError(f"score cache {self.path}: not a rerank score cache ({e}); give another --score-cache file") from None
-        if columns != ["key", "score"]:
+
+    def _check(self) -> None:
+        """Refuse a database that is not a score cache (read only): one stamped by another program,
+        or with tables besides ``scores`` (key, score). An empty database becomes one."""
+        stamp = self._db.execute("PRAGMA application_id").fetchone()[0]
+        tables = [row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                                     "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(scores)")]
+        if stamp not in (0, self.APPLICATION_ID) or any(t != "scores" for t in tables):
+            held = f"tables {', '.join(tables)}" if tables else f"application_id {stamp:#x}"
+            raise DataError(f"score cache {self.path}: an SQLite database of another program ({held}), not a rerank "
+                            "score cache; it was left unchanged: give another --score-cache file")
+        if tables and columns != ["key", "score"]:
             raise DataError(f"score cache {self.path}: its 'scores' table has columns {columns}, not a rerank score cache")
 
     @staticmethod

@@ -18,13 +18,14 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..env import flag, offline, reachable
-from ..errors import MissingDependency, ModelMismatch, ModelNotFound
+from ..errors import DataError, MissingDependency, ModelMismatch, ModelNotFound
 
 log = logging.getLogger("rerank")
 
@@ -342,11 +343,48 @@ def _check_head(name: str, path: str, kind: str, missing: list[str], allow_new_h
     if allowed:
         log.info("%s: a new %s head is initialised (%s)", name, kind, listed)
         return
-    holds = " and ".join(KIND_WORDS[h] for h in heads) or "no head rerank knows"
     why = ("; to train a new head on it anyway, pass --allow-new-head (allow_new_head=True)" if train
            else ", so its scores would mean nothing")
-    raise ModelMismatch(f"{name!r} ({path}) holds {holds}, not {KIND_WORDS[kind]}: its {listed} would be random weights{why}",
-                        fits=heads)
+    raise mismatch(name, path, KIND_WORDS[kind], f"its {listed} would be random weights{why}")
+
+
+def mismatch(name: str, path: str | Path, wanted: str, why: str) -> ModelMismatch:
+    """The one error for a model folder asked to run as what it is not (``wanted``, in a user's
+    words): it says what the folder holds, and ``fits`` carries its kinds, from which
+    :func:`rerank.specs.stage` names the stages that would take it."""
+    heads = model_heads(path)
+    holds = " and ".join(KIND_WORDS[h] for h in heads) or "no head rerank knows"
+    return ModelMismatch(f"{name!r} ({path}) holds {holds}, not {wanted}: {why}", fits=heads)
+
+
+def load_weights(path: str | Path, what: str = "a PyTorch weights file", map_location: Any = "cpu") -> Any:
+    """The one way rerank reads a PyTorch file (weights, a feature ranker, a training checkpoint):
+    ``torch.load(weights_only=True)``, so a pickle that would build anything but tensors and plain
+    containers is refused before it runs; any failure is one :class:`DataError` naming the file."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unpickler refusal, a truncated or foreign file
+        raise unsafe_weights(path, e, what) from None
+
+
+def unsafe_weights(where: str | Path, e: BaseException, what: str = "a PyTorch weights file") -> DataError:
+    """The one-line error for weights that do not load weights-only (:func:`load_weights`, and
+    transformers' own ``torch.load`` of a model folder's ``pytorch_model.bin``)."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        asks = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].split(" was not an allowed global")[0]
+        return DataError(f"{where} is not {what} that loads safely: it holds more than tensors and plain containers "
+                         f"({asks}), so it is refused; nothing in it ran")
+    first = text.strip().splitlines()[0] if text.strip() else "unreadable"
+    return DataError(f"{where} is not {what} that loads safely ({type(e).__name__}: {first})")
+
+
+def _weights_file(name: str, path: str) -> str:
+    """A model's PyTorch weights file, to name in an error (the model, when it has several)."""
+    files = sorted(Path(path).glob("*.bin"))
+    return str(files[0]) if len(files) == 1 else f"{name!r} ({path})"
 
 
 @dataclass
@@ -408,6 +446,8 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     if st_model:
         try:
             model = lib.SentenceTransformer(path, device=where)
+        except pickle.UnpicklingError as e:
+            raise unsafe_weights(_weights_file(name, path), e) from None
         except (OSError, ValueError) as e:
             raise ModelNotFound(f"{name!r} ({path}) does not load as a sentence-transformers model: {e}") from e
         if not train:
@@ -423,7 +463,12 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     try:
         model, info = getattr(lib, AUTO_CLASSES[kind]).from_pretrained(path, config=config, dtype=torch_dtype,
                                                                         output_loading_info=True)
+    except pickle.UnpicklingError as e:  # a pytorch_model.bin that is more than tensors: refused, not run
+        raise unsafe_weights(_weights_file(name, path), e) from None
     except (OSError, ValueError) as e:  # e.g. config.json without weights, or a truncated file
+        if model_heads(path) and "Unrecognized configuration class" in str(e):  # another kind's architecture
+            why = f"transformers has no {AUTO_CLASSES[kind]} for its {config.model_type!r} architecture"
+            raise mismatch(name, path, KIND_WORDS[kind], why) from None
         raise ModelNotFound(f"{name!r} ({path}) does not load as {KIND_WORDS[kind]}: {str(e).splitlines()[0]}") from e
     missing = sorted(info.get("missing_keys") or ())
     if kind == "encoder":  # a bare encoder's output is its hidden states: a pooler it lacks is never used

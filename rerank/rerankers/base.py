@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import DataError, RerankError
-from ..models.batching import Combiner
+from ..models.batching import Combiner, Ticket
 from ..models.engine import Cost, ScoreCache
 from ..progress import progress_bar
 from ..types import Hit, Query, Ranking, Stage
@@ -82,24 +82,33 @@ def with_tail(reranked: list[Hit], rest: Sequence[Hit]) -> list[Hit]:
     return reranked + [Hit(h.docid, s, h.text) for h, s in zip(rest, tail_scores(floor, len(rest)), strict=True)]
 
 
-def _rank_items(query: str, docs: Sequence[Any], top_k: int | None) -> list[tuple[str, str | None]]:
-    """``rank``'s arguments checked, and each document's (text, id)."""
+def _as_list(values: Iterable[Any], what: str) -> list[Any]:
+    """An argument that holds many things (``rank``'s documents, ``score``'s pairs) as a list, read
+    once (a generator works); a string, a mapping (its keys or its values?) or a non-iterable is
+    refused before any scoring."""
+    if isinstance(values, (str, bytes)):
+        raise DataError(f"{what} must be a list, not a single {type(values).__name__}")
+    if isinstance(values, Mapping):
+        raise DataError(f"{what} must be a list, not a {type(values).__name__}: pass list(d.values()) or list(d.items())")
+    if not isinstance(values, Iterable):
+        raise DataError(f"{what} must be a list, got {type(values).__name__}")
+    return list(values)
+
+
+def _rank_items(query: str, docs: Iterable[Any], top_k: int | None) -> list[tuple[str, str | None, Any]]:
+    """``rank``'s arguments checked, and each document's (text, id, the document as given)."""
     if not isinstance(query, str) or not query.strip():
         raise DataError("query must be a non-empty string")
     _valid_text(query, "the query")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if isinstance(docs, (str, bytes)):
-        raise DataError("docs must be a list of documents, not a single string")
-    return [_text_and_id(d, i) for i, d in enumerate(docs)]
+    return [(*_text_and_id(d, i), d) for i, d in enumerate(_as_list(docs, "docs (the documents to rank)"))]
 
 
-def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def _check_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """``score``'s pairs as a list, each (query text, document text): anything else (a None, a
     number, a missing half) is an error naming the pair, never scored as its string form."""
-    if isinstance(pairs, (str, bytes)):
-        raise DataError("pairs must be a list of (query, document) pairs, not a single string")
-    out = list(pairs)
+    out = _as_list(pairs, "pairs (of query and document texts)")
     for i, p in enumerate(out):
         if not isinstance(p, (tuple, list)) or len(p) != 2 or not all(isinstance(x, str) for x in p):
             raise DataError(f"pair {i} must be (query text, document text), two strings; got {p!r:.80}")
@@ -229,17 +238,33 @@ class Reranker(Stage):
         return out
 
     # ------------------------------------------------------------ the app API
-    def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
-        """``docs`` ranked for ``query``, best first (``top_k`` of them when given)."""
-        items = _rank_items(query, docs, top_k)  # checked here: the texts are not checked again
-        scores = self._scored([(query, t) for t, _ in items])
+    def rank(self, query: str, docs: Iterable[Any], top_k: int | None = None) -> list[RankedDoc]:
+        """``docs`` (a list, or any iterable but a mapping) ranked for ``query``, best first
+        (``top_k`` of them when given). Arguments are checked before anything is scored."""
+        return self._rank(query, _rank_items(query, docs, top_k), top_k)
+
+    def _rank(self, query: str, items: list[tuple[str, str | None, Any]], top_k: int | None) -> list[RankedDoc]:
+        """``rank`` of checked items (the texts are not checked again)."""
+        scores = self._scored([(query, t) for t, _, _ in items])
         order = sorted(range(len(items)), key=lambda i: (-scores[i], i))
-        ranked = [RankedDoc(i, scores[i], items[i][0], items[i][1], docs[i]) for i in order]
+        ranked = [RankedDoc(i, scores[i], *items[i]) for i in order]
         return ranked[:top_k] if top_k is not None else ranked
 
-    async def arank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
-        """``rank`` in a worker thread, so an async app keeps serving while the model runs."""
-        return await asyncio.to_thread(self.rank, query, docs, top_k)
+    async def arank(self, query: str, docs: Iterable[Any], top_k: int | None = None) -> list[RankedDoc]:
+        """``rank`` in a worker thread, so an async app keeps serving while the model runs. A
+        cancelled task's pairs leave the model's queue, as a server's disconnected client's do."""
+        items = _rank_items(query, docs, top_k)  # checked (a generator read) here, before any scoring
+        ticket = Ticket()
+
+        def work() -> list[RankedDoc]:
+            with ticket:
+                return self._rank(query, items, top_k)
+
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
 
 
 class ListReranker(Reranker):
@@ -300,13 +325,12 @@ class ListReranker(Reranker):
             )
         return out
 
-    def rank(self, query: str, docs: Sequence[Any], top_k: int | None = None) -> list[RankedDoc]:
-        items = _rank_items(query, docs, top_k)
+    def _rank(self, query: str, items: list[tuple[str, str | None, Any]], top_k: int | None) -> list[RankedDoc]:
         head = items[: self.depth]
-        perm, scores = self.combiner.submit([(query, [t for t, _ in head])])[0] if head else ([], [])
+        perm, scores = self.combiner.submit([(query, [t for t, _, _ in head])])[0] if head else ([], [])
         order = list(perm) + list(range(len(head), len(items)))
         scores = list(scores) + tail_scores(scores[-1] if scores else 0.0, len(items) - len(head))
-        ranked = [RankedDoc(i, s, items[i][0], items[i][1], docs[i]) for i, s in zip(order, scores, strict=True)]
+        ranked = [RankedDoc(i, s, *items[i]) for i, s in zip(order, scores, strict=True)]
         return ranked[:top_k] if top_k is not None else ranked
 
 

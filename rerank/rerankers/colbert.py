@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from ..errors import ModelNotFound
 from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores, kept_encodings
-from ..models.loading import batch_budget, load_model
+from ..models.loading import batch_budget, load_model, load_weights, mismatch
 from .base import Reranker
 
 
@@ -47,7 +47,7 @@ class Settings:
     skiplist: tuple[str, ...] = tuple(string.punctuation)
 
 
-def read_settings(folder: Path) -> tuple[Settings, str]:
+def read_settings(name: str, folder: Path) -> tuple[Settings, str]:
     """The checkpoint's own ColBERT settings, and which layout it is ("colbert" or "pylate")."""
     meta = folder / "artifact.metadata"
     if meta.is_file():
@@ -65,15 +65,13 @@ def read_settings(folder: Path) -> tuple[Settings, str]:
                         expansion=bool(m.get("do_query_expansion", True)),
                         attend_expansion=bool(m.get("attend_to_expansion_tokens", False)),
                         skiplist=tuple(m.get("skiplist_words") or string.punctuation)), "pylate"
-    raise ModelNotFound(f"{folder} is not a ColBERT checkpoint: it has neither artifact.metadata (Stanford ColBERT) nor "
-                        f"config_sentence_transformers.json with a 1_Dense module (PyLate)")
+    raise mismatch(name, folder, "a ColBERT checkpoint", "it has neither artifact.metadata (Stanford ColBERT) nor "
+                   "config_sentence_transformers.json with a 1_Dense module (PyLate)")
 
 
 def projection(folder: Path, layout: str) -> Any:
     """The linear projection from the encoder's hidden size to ColBERT's dimension (no bias), read
     alone from the weights file (safetensors; else a PyTorch file, loaded weights-only)."""
-    import torch
-
     where = folder / "1_Dense" if layout == "pylate" else folder
     keys = ("linear.weight", "0.linear.weight")
     if (where / "model.safetensors").is_file():
@@ -84,7 +82,7 @@ def projection(folder: Path, layout: str) -> Any:
             if key is not None:
                 return f.get_tensor(key).float()
     elif (where / "pytorch_model.bin").is_file():
-        weights = torch.load(where / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        weights = load_weights(where / "pytorch_model.bin")
         key = next((k for k in keys if k in weights), None)
         if key is not None:
             return weights[key].float()
@@ -110,7 +108,7 @@ class ColBERT(Reranker):
         super().__init__(depth=depth, cache=cache)
         loaded = load_model(name, "encoder", device=device, dtype=dtype)
         folder = Path(loaded.path)
-        self.settings, self.layout = read_settings(folder)
+        self.settings, self.layout = read_settings(name, folder)
         self.model, self.tokenizer, self.device, self.dtype = loaded.model, loaded.tokenizer, loaded.device, loaded.dtype
         self.linear = projection(folder, self.layout).to(self.device)
         tok = self.tokenizer

@@ -27,6 +27,7 @@ from ..data.formats import iter_lines
 from ..env import atomic_write
 from ..errors import DataError
 from ..evaluate import evaluate
+from ..models.loading import load_weights
 from ..types import Hit, Ranking
 
 if TYPE_CHECKING:
@@ -223,7 +224,10 @@ class FeatureRanker:
         if cfg.get("kind") != "feature-mlp":
             raise DataError(f"{meta}: unknown ranker kind {cfg.get('kind')!r}")
         model = FeatureMLP(cfg["num_features"], cfg["hidden"], cfg["dropout"])
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(load_weights(folder / "model.pt", "a feature ranker's weights file"))
+        except RuntimeError as e:  # tensors, but not this ranker's (another shape, other names)
+            raise DataError(f"{folder / 'model.pt'} does not fit {meta}: {str(e).splitlines()[0]}") from None
         return cls(model)
 
     @property

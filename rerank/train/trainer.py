@@ -29,6 +29,7 @@ import torch
 
 from ..env import atomic_write
 from ..errors import DataError, TrainingError
+from ..models.loading import load_weights
 from .losses import get_loss
 
 log = logging.getLogger("rerank")
@@ -202,11 +203,10 @@ class Trainer:
         path = self._checkpoint_path()
         if not path.is_file():
             return False
-        try:  # weights_only: tensors and plain containers, never code (a checkpoint may come from anywhere)
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - an unpickler refusal, a truncated or foreign file
-            raise TrainingError(f"{path} is not a rerank checkpoint that loads safely ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); delete it to start over") from None
+        try:  # weights-only: tensors and plain containers, never code (a checkpoint may come from anywhere)
+            state = load_weights(path, "a rerank checkpoint", map_location=self.device)
+        except DataError as e:
+            raise TrainingError(f"{e}; delete it to start over") from None
         if not isinstance(state, dict) or not isinstance(state.get("identity"), dict):
             raise TrainingError(f"{path} is not a rerank checkpoint (no identity); delete it to start over")
         if state["identity"] != self.identity:
