@@ -174,6 +174,18 @@ def run(**kw: Any) -> None:
         sys.exit(1)
 
 
+def _reranker_stage(reranker: str, block: int | None, options: dict[str, Any]) -> Any:
+    """The reranker's stage; a missing model's error ends with the spec that would run instead."""
+    from ..models.offline import ModelNotHere
+
+    try:
+        return stage(reranker, role=RERANKER, block=block, **options)
+    except ModelNotHere as e:
+        if not e.best:
+            raise
+        raise ModelNotHere(f"{e}\n  then: --reranker {parse(reranker, RERANKER).kind}:{e.best}", e.best) from None
+
+
 def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | None, data: DatasetArgs, model: ModelArgs,
                  cur: CurArgs, second: RerankArgs, out: OutputArgs, ray_args: RayArgs, top_k: int, dense_index: str | None,
                  threads: int, rebuild: bool) -> dict[str, Any]:
@@ -203,7 +215,7 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
             reranking = RayReranker(reranker, ray, block=second.block_queries,
                                     journal=f"{out.output}.journal" if out.output else None, **options)
         else:
-            reranking = stage(reranker, role=RERANKER, block=second.block_queries, **options)
+            reranking = _reranker_stage(reranker, second.block_queries, options)
     t0 = time.perf_counter()
     ds = load(dataset, split, data.qrels, data.encoding_errors, data.read())
     load_s = time.perf_counter() - t0
