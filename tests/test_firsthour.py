@@ -94,3 +94,97 @@ def test_an_empty_models_folder_without_the_tool_still_names_a_way_forward(tmp_p
     assert "hf download castorini/first_mistral" in message
     assert f"or put a folder holding a causal language model (LLM rerankers) under {tmp_path}" in message
     assert e.value.best is None
+
+
+# ---------------------------------------------------------------- 39.10 noise and slips
+def test_a_run_file_is_tagged_with_the_whole_pipeline(tmp_path, dl19, tiny_ce):
+    from click.testing import CliRunner
+
+    from rerank.cli import main
+
+    out = tmp_path / "run.trec"
+    r = CliRunner().invoke(main, ["run", "-r", "bm25", "-d", str(dl19), "--reranker", f"cross-encoder:{tiny_ce}", "-k", "5",
+                                  "--rerank-depth", "5", "--dtype", "float32", "-q", "-o", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    tags = {line.split()[5] for line in out.read_text().splitlines()}
+    assert tags == {f"bm25>>cross-encoder:{tiny_ce}"}
+
+
+# ---------------------------------------------------------------- 39.3 Ctrl-C
+def test_ctrl_c_during_reranking_stops_cleanly_with_exit_130_and_no_output(tmp_path, dl19, tiny_ce):
+    import signal
+    import time
+
+    out = tmp_path / "out" / "run.trec"
+    cmd = [str(RERANK), "run", "-r", "bm25", "-d", str(dl19), "--reranker", f"cross-encoder:{tiny_ce}", "--dtype", "float32",
+           "--block-queries", "1", "--progress", "lines", "-o", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(RERANK_PROGRESS_EVERY="0.01"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # scoring has started once a progress line is out
+        line = p.stderr.readline()
+        seen.append(line)
+        if "reranking with" in line or not line:
+            break
+    p.send_signal(signal.SIGINT)
+    rest = p.communicate(timeout=60)[1]
+    stderr = "".join(seen) + rest
+    assert p.returncode == 130, stderr
+    assert "terminate called" not in stderr and "Aborted!" not in stderr and "Traceback" not in stderr, stderr
+    assert rest.strip().splitlines()[-1].startswith("rerank: interrupted"), stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # nothing half-written
+
+
+# ---------------------------------------------------------------- 39.2 progress
+def test_progress_lines_report_windows_within_a_block_with_rate_and_time_left(tmp_path, dl19, tiny_smol):
+    from click.testing import CliRunner
+
+    from rerank.cli import main
+
+    os.environ["RERANK_PROGRESS_EVERY"] = "0"  # a line at every update
+    try:
+        r = CliRunner().invoke(main, ["run", "-r", "bm25", "-d", str(dl19), "--reranker", f"first:{tiny_smol}", "--window", "4",
+                                      "--stride", "2", "--rerank-depth", "8", "-k", "8", "--dtype", "float32",
+                                      "--progress", "lines"], catch_exceptions=False)
+    finally:
+        del os.environ["RERANK_PROGRESS_EVERY"]
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.stderr.splitlines() if x.startswith("rerank: reranking with first:")]
+    # one block of 32 queries then one of 11, 3 windows each: the count moves by windows, not by blocks
+    counts = [float(x.split(": ")[2].split("/")[0]) for x in lines]
+    assert any(0 < c < 32 for c in counts), lines
+    assert "/43 queries (" in lines[0] and "query/s, about" in lines[0] and "left" in lines[0], lines
+    assert lines[-1].endswith(tuple("0123456789s")) and "43/43 queries in " in lines[-1], lines
+    r = CliRunner().invoke(main, ["run", "-r", "bm25", "-d", str(dl19), "--reranker", f"first:{tiny_smol}", "--window", "4",
+                                  "--stride", "2", "--rerank-depth", "8", "-k", "8", "--progress", "none"])
+    assert r.exit_code == 0 and "reranking with" not in r.stderr, r.output
+
+
+def test_progress_is_lines_when_stderr_is_not_a_terminal_and_the_flag_wins(monkeypatch):
+    from rerank import progress
+
+    monkeypatch.delenv("RERANK_PROGRESS", raising=False)
+    assert progress.progress_mode() == "lines"  # pytest captures stderr: no terminal
+    monkeypatch.setenv("RERANK_PROGRESS", "0")
+    assert progress.progress_mode() == "none"
+    progress.set_progress("bar")
+    try:
+        assert progress.progress_mode() == "bar"
+    finally:
+        progress.set_progress(None)
+
+
+def test_train_ltr_writes_a_few_lines_not_one_per_epoch(tmp_path, shared):
+    from click.testing import CliRunner
+
+    from rerank.cli import main
+
+    data = shared / "ltr" / "lightgbm-lambdarank"
+    args = ["train-ltr", "--features", str(data / "rank.train"), "--epochs", "20", "-o", str(tmp_path / "m")]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert len(r.stderr.splitlines()) <= 5, r.stderr
+    r = CliRunner().invoke(main, [*args, "--overwrite", "-v"], catch_exceptions=False)
+    assert sum("dev after epoch" in x for x in r.stderr.splitlines()) == 20, r.stderr

@@ -28,9 +28,32 @@ DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 ENCODING_ERRORS = click.Choice(["strict", "replace"])
 
 
-def setup_logging(quiet: bool) -> None:
+class Coarse(logging.Filter):
+    """Training's per-step and per-epoch lines at a grain a person reads: the first, the last
+    step's, and then one every ``every`` seconds (all of them with -v)."""
+
+    PER_STEP = ("epoch %d step", "dev after epoch")
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every: float = every
+        self.last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.PER_STEP):
+            return True
+        last_step = record.msg.startswith("epoch") and len(record.args or ()) >= 3 and record.args[1] == record.args[2]  # type: ignore[index]
+        if self.last is None or last_step or record.created - self.last >= self.every:
+            self.last = record.created
+            return True
+        return False
+
+
+def setup_logging(quiet: bool, verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rerank: %(message)s"))
+    if not verbose:
+        handler.addFilter(Coarse())
     root = logging.getLogger("rerank")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -49,6 +72,20 @@ def friendly(fn: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _set_progress(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from ..progress import set_progress
+
+    set_progress(value)
+
+
+progress_option = click.option(
+    "--progress", type=click.Choice(["auto", "bar", "lines", "none"]), expose_value=False, callback=_set_progress,
+    help="Progress of long steps: bar, lines (one every 30 s: for logs), none; auto: a bar on a terminal, else lines "
+         "[default: $RERANK_PROGRESS, else auto].")
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Every training step's and epoch's line (default: "
+                                                                    "one every 30 s).")
 
 
 def options(*opts: Callable[[F], F]) -> Callable[[F], F]:

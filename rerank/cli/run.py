@@ -28,6 +28,7 @@ from .common import (
     metric_list,
     model_options,
     peak_rss_mb,
+    progress_option,
     ray_options,
     read_options,
     setup_logging,
@@ -157,6 +158,7 @@ class OutputArgs:
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
 @cur_options
 @ray_options
+@progress_option
 @friendly
 def run(**kw: Any) -> None:
     """Run a pipeline on a dataset, print its metrics and write the run."""
@@ -235,7 +237,8 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     if out.output:
         from ..data.formats import write_trec_run
 
-        write_trec_run(ranking, out.output, tag=retriever)
+        # the tag names the whole pipeline (its spaces dropped: TREC's columns are split on them)
+        write_trec_run(ranking, out.output, tag="".join(f"{retriever}>>{reranker}".split()) if reranking else retriever)
         log.info("wrote %s (%d queries)", out.output, len(ranking))
     result: dict[str, Any] = {"dataset": ds.name, "pipeline": pipe.name,
                               "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
