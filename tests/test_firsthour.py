@@ -188,3 +188,11 @@ def test_train_ltr_writes_a_few_lines_not_one_per_epoch(tmp_path, shared):
     assert len(r.stderr.splitlines()) <= 5, r.stderr
     r = CliRunner().invoke(main, [*args, "--overwrite", "-v"], catch_exceptions=False)
     assert sum("dev after epoch" in x for x in r.stderr.splitlines()) == 20, r.stderr
+
+
+def test_a_ray_run_prints_no_ray_notices_on_success(tmp_path, dl19, tiny_ce):
+    r = subprocess.run([str(RERANK), "run", "-r", "bm25", "-d", str(dl19), "--reranker", f"cross-encoder:{tiny_ce}", "-k", "5",
+                        "--rerank-depth", "5", "--dtype", "float32", "--ray", "--workers", "1", "-q"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Token authentication" not in r.stderr and "original_thread_pool" not in r.stderr, r.stderr
