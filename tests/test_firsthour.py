@@ -196,3 +196,41 @@ def test_a_ray_run_prints_no_ray_notices_on_success(tmp_path, dl19, tiny_ce):
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "Token authentication" not in r.stderr and "original_thread_pool" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- 39.9 help
+def test_run_help_is_grouped_with_one_short_line_per_option():
+    from click.testing import CliRunner
+
+    from rerank.cli import main
+
+    r = CliRunner().invoke(main, ["run", "--help"], terminal_width=100)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert len(lines) <= 80, len(lines)
+    headings = [x for x in lines if x and not x.startswith(" ") and x.endswith(":")]
+    assert headings == ["Pipeline:", "Data and evaluation:", "Model:", "CUR first stage (cur:SCORER):", "Performance:",
+                        "Output:"], headings
+    rows = [i for i, x in enumerate(lines) if x.lstrip().startswith("-")]
+    # an option's help takes at most two lines (the --reranker and --retriever rows list the kinds by name)
+    assert max(b - a for a, b in zip(rows, rows[1:], strict=False)) <= 3
+    backend = next(x for x in lines if "--backend" in x) + lines[lines.index(next(x for x in lines if "--backend" in x)) + 1]
+    assert "OpenVINO" in backend and "bf16 CPUs" not in backend
+    assert "[x>=1]" not in r.output
+
+
+def test_kinds_lists_the_flags_as_typed():
+    from click.testing import CliRunner
+
+    from rerank.cli import main
+    from rerank.cli.run import run
+
+    r = CliRunner().invoke(main, ["kinds"])
+    assert r.exit_code == 0, r.output
+    first = r.output.split("  first[:MODEL]")[1].split("\n  ")[0:3]
+    flags = next(x for x in first if x.strip().startswith("flags:")).split()[1:]
+    assert "--rerank-depth" in flags and "--block-queries" in flags and "--window" in flags
+    assert "depth" not in r.output.replace("--rerank-depth", "")  # no Python names where a flag exists
+    typed = {o for p in run.params for o in p.opts}
+    listed = {f for line in r.output.splitlines() if line.strip().startswith("flags:") for f in line.split()[1:]}
+    assert listed <= typed, listed - typed

@@ -49,7 +49,7 @@ def interrupted() -> NoReturn:
     os._exit(130)
 
 
-@click.group(cls=Rerank, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Rerank, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rerank")
 def main() -> None:
     """Neural retrieval and reranking: first stages, rerankers, evaluation."""
