@@ -234,3 +234,30 @@ def test_kinds_lists_the_flags_as_typed():
     typed = {o for p in run.params for o in p.opts}
     listed = {f for line in r.output.splitlines() if line.strip().startswith("flags:") for f in line.split()[1:]}
     assert listed <= typed, listed - typed
+
+
+# ---------------------------------------------------------------- 39.8 steps the README states
+def test_the_readme_states_every_step_and_the_extras_they_need():
+    import re
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.split("## Start here", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    steps = re.split(r"\n(?=# \d+\. )", start.strip())
+    offline = next(s for s in steps if "offline-models small" in s)
+    assert offline.startswith("# 2. "), steps  # a numbered step, not prose
+    # the step installs what the tool needs to convert the GGUF LLMs (gguf, accelerate) in command 1's venv
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = {d for e in re.findall(r'pip install -e "\.\[([\w,-]+)\]"', start) for x in e.split(",") for d in extras[x]}
+    assert {"gguf", "accelerate"} <= {re.split(r"[<>=\[]", d)[0] for d in installed}, installed
+    # an example that needs an extra says how to install it
+    for block in re.findall(r"```python\n(.*?)```", readme, re.S):
+        if "langchain" in block:
+            assert 'pip install -e ".[langchain]"' in block, block
+    # times are ranges, not one figure that a busy machine makes 3-5x low
+    assert not re.findall(r"\(~\d+ ?s\)|; ~\d+ ?s\)", readme)
+    # docs/serving.md imports what it uses
+    serving = (ROOT / "docs" / "serving.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", serving, re.S):
+        if "ContextualCompressionRetriever(" in block:
+            assert "import ContextualCompressionRetriever" in block, block
