@@ -121,7 +121,7 @@ def missing_model(first_line: str, name: str, kind: str, what: str, installed: l
     found = candidates(kind, installed, tool)[:4]
     lines = [first_line, f"  {hub_hint(name, folder)}"]
     if found:
-        lines.append("  models that would run here instead, most capable first:")
+        lines.append("  models that would run here, most capable first:")
         for c in found:
             said = c.description.rpartition("; ")[2] if "; " in c.description else c.description
             if skill(c.description) == NO_SKILL:
