@@ -45,6 +45,10 @@ from .models.engine import Cost
 from .types import Composite, Hit, Query, Ranking, Stage
 
 log = logging.getLogger("rerank")
+#: gRPC's chatter on success (an "E ... original_thread_pool.cc" line as workers stop), unless the
+#: user set it; errors still arrive as exceptions. (RAY_BACKEND_LOG_LEVEL would hide the core
+#: worker's "E core_worker.cc" notice about actor arguments, but logs a line of its own per process.)
+_QUIET_RAY = {"GRPC_VERBOSITY": "NONE"}
 # what workers must see as the driver does: offline switches and where models, data and indexes are
 _PROPAGATE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "RERANK_OFFLINE", "RERANK_OFFLINE_MODELS",
               "RERANK_MODEL_PATH", "RERANK_SHARED_DATA", "RERANK_INDEXES", "RERANK_NO_BF16",
@@ -97,7 +101,11 @@ def connect(options: RayOptions) -> Any:
     ray = require_ray()
     if not ray.is_initialized():
         address = options.address or os.environ.get("RAY_ADDRESS") or None
-        runtime_env = {"env_vars": {k: os.environ[k] for k in _PROPAGATE if k in os.environ}}
+        for key, value in _QUIET_RAY.items():
+            os.environ.setdefault(key, value)
+        # its notice that a local cluster has token authentication (its default) on every start
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        runtime_env = {"env_vars": {k: os.environ[k] for k in (*_PROPAGATE, *_QUIET_RAY) if k in os.environ}}
         common = {"runtime_env": runtime_env, "logging_level": logging.WARNING, "log_to_driver": True}
         if address:
             log.info("joining the Ray cluster at %s", address)

@@ -97,10 +97,10 @@ def test_the_headline_command_offline_says_what_would_work(tmp_path):
     offline_model("SmolLM2-135M-Instruct")  # installed by .ci/run: a causal LM that FIRST can run
     r = _rerank("run", "--retriever", "bm25", "--reranker", "first", "--dataset", "trec-dl-19", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    [line] = [x for x in r.stderr.splitlines() if x.startswith("error:")]
-    assert "castorini/first_mistral" in line and "huggingface-cli download castorini/first_mistral" in line
-    assert "local models that would work here: " in line and "SmolLM2-135M-Instruct" in line.split("would work here: ")[1]
-    assert "all-MiniLM-L6-v2" not in line.split("would work here: ")[1]  # an encoder body cannot run FIRST
+    assert r.stderr.startswith("error: model 'castorini/first_mistral'") and "hf download castorini/first_mistral" in r.stderr
+    smol = [x for x in r.stderr.splitlines() if x.strip().startswith("SmolLM2-135M-Instruct:")]
+    assert smol and "installed" in smol[0] and "no ranking skill" in smol[0], r.stderr
+    assert "all-MiniLM-L6-v2" not in r.stderr  # an encoder body cannot run FIRST (tests/test_firsthour.py: the ranking)
 
 
 def test_a_run_prints_results_and_useful_lines_only(tmp_path, dl19):

@@ -472,3 +472,12 @@ def test_every_reader_counts_the_documents_a_file_holds(fmt, name, tmp_path_fact
         assert len(list(iter_documents(path, fmt.removesuffix("-lines")))) == count == len(docs)
 
     check()
+
+
+def test_a_json_error_reads_as_one_sentence(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_text('{"_id": "d1", "text": "Apples}\n')
+    with pytest.raises(DataError) as e:
+        list(iter_documents(p))
+    assert "corpus.jsonl:1: not valid JSON (Unterminated string starting at column" in str(e.value)
+    assert "at at" not in str(e.value)

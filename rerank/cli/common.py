@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import resource
 import sys
 from collections.abc import Callable
@@ -28,9 +29,31 @@ DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 ENCODING_ERRORS = click.Choice(["strict", "replace"])
 
 
-def setup_logging(quiet: bool) -> None:
+class Coarse(logging.Filter):
+    """Training's per-step and per-epoch lines (logged with ``extra={"per_step": True}``, or ``"last"``
+    for the last step's) at a grain a person reads: the first, the last step's, and then one every
+    ``every`` seconds (all of them with -v)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every: float = every
+        self.last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        per_step = getattr(record, "per_step", None)
+        if not per_step:
+            return True
+        if self.last is None or per_step == "last" or record.created - self.last >= self.every:
+            self.last = record.created
+            return True
+        return False
+
+
+def setup_logging(quiet: bool, verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rerank: %(message)s"))
+    if not verbose:
+        handler.addFilter(Coarse())
     root = logging.getLogger("rerank")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -49,6 +72,46 @@ def friendly(fn: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | None:
+    """A parameter's help row, without the numeric range click appends ("[x>=1]"): the type says it."""
+    record = param.get_help_record(ctx)
+    if record is None:
+        return None
+    text = re.sub(r"\s*\[[0-9.]*<?=?x[<>]=?[0-9.]*\]$", "", record[1])
+    return record[0], re.sub(r"; [0-9.]*<?=?x[<>]=?[0-9.]*\]$", "]", text)
+
+
+class Grouped(click.Command):
+    """A command whose --help lists its options under headings: ``groups`` maps a heading to the
+    options' parameter names; options it does not name come last, under "Other"."""
+
+    def __init__(self, *args: Any, groups: dict[str, list[str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups = groups
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = {"help" if "--help" in p.opts else p.name: _record(p, ctx) for p in self.get_params(ctx)}
+        named = {n for names in self.groups.values() for n in names}
+        sections = [*self.groups.items(), ("Other", [n for n in rows if n not in named])]
+        for heading, names in sections:
+            records = [r for n in names if (r := rows.get(n)) is not None]
+            if records:
+                with formatter.section(heading):
+                    formatter.write_dl(records)
+
+
+def _set_progress(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from ..progress import set_progress
+
+    set_progress(value)
+
+
+progress_option = click.option(
+    "--progress", type=click.Choice(["auto", "bar", "lines", "none"]), expose_value=False, callback=_set_progress,
+    help="auto: a bar on a terminal, else a line every 30 s.")
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="A line for every step and epoch.")
 
 
 def options(*opts: Callable[[F], F]) -> Callable[[F], F]:
@@ -112,30 +175,25 @@ def read_options() -> Callable[[F], F]:
     from ..data.collections import DOC_FORMATS, TOPIC_FIELDS, TOPIC_FORMATS
 
     return options(
-        click.option("--doc-format", type=click.Choice(DOC_FORMATS), help="A collection folder's corpus format [default: from "
-                                                                          "the file]."),
-        click.option("--topic-format", type=click.Choice(TOPIC_FORMATS), help="Its topics' format [default: from the file]."),
+        click.option("--doc-format", type=click.Choice(DOC_FORMATS), help="Corpus format [default: from the files]."),
+        click.option("--topic-format", type=click.Choice(TOPIC_FORMATS), help="Topics format [default: from the files]."),
         click.option("--topic-field", type=click.Choice(TOPIC_FIELDS), default="title", show_default=True,
-                     help="TREC SGML topics: the field that is the query."),
-        click.option("--id-field", help="The documents' id field (JSONL, CSV, Parquet, datasets) [default: _id, id, docid, "
-                                        "doc_id, pid or docno]."),
-        click.option("--text-fields", help="Comma-separated fields joined as the text [default: title,text, else contents, "
-                                           "body, passage or content]; TREC SGML: tags; SMART: letters (T,W)."),
+                     help="TREC topics: the field that is the query."),
+        click.option("--id-field", help="The documents' id field [default: _id, id, ...]."),
+        click.option("--text-fields", help="Fields joined as the text [default: title,text]."),
         click.option("--doc-store", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
-                     help="Where a collection's documents are kept: disk (built once beside the indexes, memory-mapped) "
-                          "or memory; auto: disk from $RERANK_DOCSTORE_MIN_MB (256) of corpus files."),
+                     help="Keep documents on disk or in memory."),
     )
 
 
 dataset_options = options(
-    click.option("--dataset", "-d", help="Alias (see `rerank datasets`), ir_datasets id, or path."),
-    click.option("--split", help="Qrels split of a BEIR folder [default: test]."),
-    click.option("--qrels", type=click.Path(exists=True, dir_okay=False), help="Use these judgments instead of the dataset's."),
-    click.option("--rel", type=int, help="Relevance grade from which a document counts as relevant for RR/R/P/AP "
-                                           "(default: the dataset's, 2 for TREC DL, else 1)."),
-    click.option("--metrics", help="Comma-separated ir_measures names [default: nDCG@10,RR@10,R@100]."),
+    click.option("--dataset", "-d", help="Alias (`rerank datasets`), ir_datasets id, path."),
+    click.option("--split", help="Qrels split [default: test]."),
+    click.option("--qrels", type=click.Path(exists=True, dir_okay=False), help="Judgments instead of the dataset's."),
+    click.option("--rel", type=int, help="Lowest relevant grade [default: the dataset's]."),
+    click.option("--metrics", help="Measures [default: nDCG@10,RR@10,R@100]."),
     click.option("--encoding-errors", type=ENCODING_ERRORS, default="strict", show_default=True,
-                 help="What to do with bytes that are not UTF-8 in dataset files."),
+                 help="Bytes that are not UTF-8."),
     click.option("--quiet", "-q", is_flag=True, help="Only warnings and results."),
     read_options(),
 )
@@ -170,16 +228,12 @@ class ModelArgs:
 
 model_options = options(
     click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
-                 help="Where cross-encoders, SPLADE and dense encoders run: auto (the default: PyTorch on GPUs and "
-                      "bf16 CPUs, else OpenVINO or ONNX Runtime when installed), torch, onnx, openvino."),
+                 help="Encoders' runtime [auto: OpenVINO on CPUs if installed]."),
     click.option("--quantize", type=click.Choice(["none", "int8"]),
-                 help="int8: dynamic int8 quantization on onnx/openvino (faster, scores change a little) "
-                      "[default: none]."),
-    click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget per model batch [default: 4096 on CPU, more on "
-                                                                    "GPU]."),
+                 help="int8 on onnx/openvino [default: none]."),
+    click.option("--batch-tokens", type=click.IntRange(min=1), help="Tokens per model batch [default: 4096 on CPU]."),
     click.option("--device", help="auto, cpu, cuda, cuda:N [default: auto]."),
-    click.option("--dtype", type=DTYPES, help="auto (the default): bf16 on GPUs and on CPUs with bf16 instructions, else "
-                                              "float32."),
+    click.option("--dtype", type=DTYPES, help="Precision [auto: bf16 where the chip has it]."),
 )
 
 
@@ -200,15 +254,13 @@ class CurArgs:
 
 
 cur_options = options(
-    click.option("--ce-budget", type=click.IntRange(min=1), help="cur:SCORER: scorer calls per query [default: 200]."),
+    click.option("--ce-budget", type=click.IntRange(min=1), help="Scorer calls per query [default: 200]."),
     click.option("--cur-rounds", type=click.IntRange(min=1),
-                 help="cur:SCORER: rounds after the anchor items; 1 is ANNCUR, more is ADACUR [default: 9]."),
+                 help="Rounds; 1 is ANNCUR, more ADACUR [default: 9]."),
     click.option("--cur-anchor-items", type=click.IntRange(min=1),
-                 help="cur:SCORER: items every query is scored against first [default: budget / (rounds + 1)]."),
-    click.option("--cur-init", help="cur:SCORER: take each query's first items from this retriever (e.g. bm25) "
-                                    "instead of uniform ones."),
-    click.option("--anchors-from", help="cur:SCORER: anchor queries of the index: a split of the dataset or a queries file "
-                                        "(TSV/JSONL) [default: train]."),
+                 help="Items every query is scored against first."),
+    click.option("--cur-init", help="A retriever for each query's first items."),
+    click.option("--anchors-from", help="Anchor queries: a split or file [default: train]."),
 )
 CUR_PARAMS = {"budget": "ce_budget", "rounds": "cur_rounds", "anchor_items": "cur_anchor_items", "init": "cur_init"}
 
@@ -238,12 +290,10 @@ class RayArgs:
 
 
 ray_options = options(
-    click.option("--ray", "use_ray", is_flag=True, help="Run index builds and the reranker on Ray (extra `distributed`): "
-                 "the cluster at $RAY_ADDRESS, else a local one."),
-    click.option("--workers", type=click.IntRange(min=1), help="--ray: model replicas (Ray actors) [default: 2]."),
-    click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="--ray: GPUs each worker holds [default: 0]."),
-    click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="--ray: CPUs each worker holds [default: "
-                                                                                        "1]."),
+    click.option("--ray", "use_ray", is_flag=True, help="Run on Ray ($RAY_ADDRESS, else a local cluster)."),
+    click.option("--workers", type=click.IntRange(min=1), help="--ray: model replicas [default: 2]."),
+    click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="--ray: GPUs per worker [default: 0]."),
+    click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="--ray: CPUs per worker [default: 1]."),
 )
 
 

@@ -13,11 +13,13 @@ from typing import Any
 import click
 
 from ..errors import RerankError
-from ..specs import RERANKER, RETRIEVER, Context, help_text, parse, registry, stage, usage
+from ..specs import RERANKER, RETRIEVER, Context, parse, registry, stage, usage
+from ..specs import kinds as kinds_of
 from .common import (
     CUR_PARAMS,
     CurArgs,
     DatasetArgs,
+    Grouped,
     ModelArgs,
     RayArgs,
     check_writable,
@@ -28,6 +30,7 @@ from .common import (
     metric_list,
     model_options,
     peak_rss_mb,
+    progress_option,
     ray_options,
     read_options,
     setup_logging,
@@ -127,39 +130,48 @@ class OutputArgs:
     metrics_json: str | None = None
 
 
-@click.command()
+#: `rerank run --help`'s headings (the details of each option: docs/cli.md)
+RUN_GROUPS = {
+    "Pipeline": ["config", "retriever", "reranker", "top_k", "rerank_depth"],
+    "Data and evaluation": ["dataset", "split", "qrels", "rel", "metrics", "encoding_errors", "doc_format", "topic_format",
+                            "topic_field", "id_field", "text_fields", "doc_store"],
+    "Model": ["window", "stride", "template", "instruction", "dense_index", "device", "dtype", "backend", "quantize"],
+    "CUR first stage (cur:SCORER)": ["ce_budget", "cur_rounds", "cur_anchor_items", "cur_init", "anchors_from"],
+    "Performance": ["batch_tokens", "block_queries", "score_cache", "threads", "rebuild", "use_ray", "workers",
+                    "gpus_per_worker", "cpus_per_worker"],
+    "Output": ["output", "metrics_json", "quiet", "progress", "help"],
+}
+
+
+@click.command(cls=Grouped, groups=RUN_GROUPS)
 @click.option("--config", "-c", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML pipeline from configs/ (its values are defaults; it fails when its expected scores are not "
-                   "reproduced).")
-@click.option("--retriever", "-r", help=help_text(RETRIEVER))
-@click.option("--reranker", help=f"Second stage [default: none]: {help_text(RERANKER)}. MODEL: a Hugging Face id, a local path, "
-                                 "or a folder name under $RERANK_MODEL_PATH / the offline models.")
+              help="A YAML pipeline; fails unless its scores reproduce.")
+@click.option("--retriever", "-r", help=f"First stage: {', '.join(kinds_of(RETRIEVER))} (`rerank kinds`).")
+@click.option("--reranker", help=f"Second stage [default: none]: {', '.join(kinds_of(RERANKER))}.")
 @dataset_options
 @click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
-@click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query the reranker rescores [default: 100].")
-@click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window (first, listwise-gen) [default: 20].")
+@click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query reranked [default: 100].")
+@click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window [default: 20].")
 @click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
-@click.option("--template", help="llm-pointwise: prompt template, a built-in name (yes-no, qwen3-reranker, bge-reranker-gemma, "
-                                 "mxbai-rerank-v2) or a JSON file [default: the model's own, else yes-no].")
-@click.option("--instruction", help="llm-pointwise: the task instruction of templates that take one (qwen3-reranker, "
-                                    "mxbai-rerank-v2) [default: the template's].")
+@click.option("--template", help="llm-pointwise: prompt template, name or JSON file.")
+@click.option("--instruction", help="llm-pointwise: the template's task instruction.")
 @click.option("--block-queries", type=click.IntRange(min=1),
-              help="Queries the reranker scores together (its batches; with --ray, a worker's unit) [default: 8 pointwise, 32 "
-                   "PRP/listwise].")
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: "
-                                                                                "flat].")
+              help="Queries reranked together [default: 8; 32 listwise].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index [default: flat].")
 @model_options
-@click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite file of scores by (model, query, document): repeats "
-                                                                     "are free.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format, atomically).")
+@click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite cache of scores: repeats are free.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format).")
 @click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
-@click.option("--threads", default=0, type=int, help="Threads for retrieval (0: all cores).")
-@click.option("--rebuild", is_flag=True, help="Rebuild the index even if a current one exists.")
+@click.option("--threads", default=0, type=int, help="Retrieval threads (0: all cores).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the index even if current.")
 @cur_options
 @ray_options
+@progress_option
 @friendly
 def run(**kw: Any) -> None:
-    """Run a pipeline on a dataset, print its metrics and write the run."""
+    """Run a pipeline on a dataset, print its metrics and write the run.
+
+    Kinds and their options: `rerank kinds`; every option in full: docs/cli.md."""
     config, retriever, threads, rebuild = kw.pop("config"), kw.pop("retriever"), kw.pop("threads"), kw.pop("rebuild")
     top_k, dense_index = kw.pop("top_k"), kw.pop("dense_index")
     data, model, cur = take(DatasetArgs, kw), take(ModelArgs, kw), take(CurArgs, kw, **CUR_PARAMS)
@@ -172,6 +184,18 @@ def run(**kw: Any) -> None:
                  dense_index=dense_index or cfg.get("dense_index"), threads=threads, rebuild=rebuild)
     if result.get("reproduced") is False:
         sys.exit(1)
+
+
+def _reranker_stage(reranker: str, block: int | None, options: dict[str, Any]) -> Any:
+    """The reranker's stage; a missing model's error ends with the spec that would run instead."""
+    from ..models.offline import ModelNotHere
+
+    try:
+        return stage(reranker, role=RERANKER, block=block, **options)
+    except ModelNotHere as e:
+        if not e.best:
+            raise
+        raise ModelNotHere(f"{e}\n  then: --reranker {parse(reranker, RERANKER).kind}:{e.best}", e.best) from None
 
 
 def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | None, data: DatasetArgs, model: ModelArgs,
@@ -203,7 +227,7 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
             reranking = RayReranker(reranker, ray, block=second.block_queries,
                                     journal=f"{out.output}.journal" if out.output else None, **options)
         else:
-            reranking = stage(reranker, role=RERANKER, block=second.block_queries, **options)
+            reranking = _reranker_stage(reranker, second.block_queries, options)
     t0 = time.perf_counter()
     ds = load(dataset, split, data.qrels, data.encoding_errors, data.read())
     load_s = time.perf_counter() - t0
@@ -223,7 +247,8 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
     if out.output:
         from ..data.formats import write_trec_run
 
-        write_trec_run(ranking, out.output, tag=retriever)
+        # the tag names the whole pipeline (its spaces dropped: TREC's columns are split on them)
+        write_trec_run(ranking, out.output, tag="".join(f"{retriever}>>{reranker}".split()) if reranking else retriever)
         log.info("wrote %s (%d queries)", out.output, len(ranking))
     result: dict[str, Any] = {"dataset": ds.name, "pipeline": pipe.name,
                               "cost": {"seconds": round(seconds, 3), "load_seconds": round(load_s, 3),
@@ -420,12 +445,31 @@ def _missing_model(cfg: dict[str, Any]) -> str | None:
     return None
 
 
+#: a spec option -> the `rerank run` parameter that sets it, where the names differ
+SPEC_FLAGS = {**CUR_PARAMS, "depth": "rerank_depth", "block": "block_queries", "cache": "score_cache"}
+
+
+def spec_flag(option: str) -> str | None:
+    """The `rerank run` flag that sets a spec option (``depth`` -> ``--rerank-depth``), None when none does."""
+    name = SPEC_FLAGS.get(option, option)
+    found = next((p for p in run.params if p.name == name), None)
+    return max(found.opts, key=len) if found is not None else None
+
+
 @click.command()
 def kinds() -> None:
-    """List the retriever and reranker kinds a spec can name, with their options."""
-    from ..specs import describe
-
-    click.echo(describe())
+    """List the retriever and reranker kinds a spec can name, with the flags they take."""
+    for role in (RETRIEVER, RERANKER):
+        click.echo(f"{role}s:")
+        for k in kinds_of(role):
+            cls = registry()[k]
+            click.echo(f"  {usage(k)}\n      {cls.spec_help}")
+            flags = [f for o in cls.spec_options if (f := spec_flag(o))]
+            python = [o for o in cls.spec_options if not spec_flag(o)]
+            if flags:
+                click.echo(f"      flags: {' '.join(flags)}")
+            if python:
+                click.echo(f"      in Python only: {', '.join(f'{o}=' for o in python)}")
 
 
 @click.group(invoke_without_command=True)

@@ -12,7 +12,7 @@ import click
 
 from ..errors import RerankError
 from ..specs import RETRIEVER, stage
-from .common import check_writable, friendly, load, options, setup_logging, take
+from .common import check_writable, friendly, load, options, progress_option, setup_logging, take, verbose_option
 
 log = logging.getLogger("rerank")
 NAIVE_BASELINE = "naive-baseline"  # where `train --clicks` keeps the naive learner its result is compared with
@@ -35,6 +35,7 @@ class TrainArgs:
     seed: int = 0
     checkpoint_every: int = 100
     overwrite: bool = False
+    verbose: bool = False
 
     def config(self, precision: str = "auto", *, defaults: tuple[str, int, int, float] = ("listnet", 1, 4, 5e-5),
                **extra: Any) -> TrainConfig:
@@ -64,6 +65,8 @@ train_options = options(
     click.option("--checkpoint-every", default=100, type=click.IntRange(min=1), show_default=True, help="Steps between "
                                                                                                         "checkpoints."),
     click.option("--overwrite", is_flag=True, help="Train again into an output folder that holds a finished run."),
+    verbose_option,
+    progress_option,
 )
 
 
@@ -249,7 +252,7 @@ def train(**kw: Any) -> None:
     text, goal, clicks = take(TextArgs, kw), take(ObjectiveArgs, kw), take(ClickArgs, kw)
     features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
     assert not kw, kw
-    setup_logging(False)
+    setup_logging(False, schedule.verbose)
     check_writable(schedule.output, folder=True)
     device = pick_device(text.device)
     if clicks.clicks:
@@ -451,7 +454,7 @@ def train_ltr(features_path: str, **kw: Any) -> None:
     from ..train.features import read_letor, train_feature_ranker
 
     features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
-    setup_logging(False)
+    setup_logging(False, schedule.verbose)
     check_writable(schedule.output, folder=True)
     torch.set_num_threads(features.threads)
     data = read_letor(features_path)

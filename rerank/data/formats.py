@@ -174,7 +174,7 @@ def json_line(path: Path, lineno: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
 
 
 # whitespace (Unicode's too) and control characters: a TREC file splits on the one, and the other
@@ -383,7 +383,7 @@ def read_candidates(path: PathLike, encoding_errors: str = "strict") -> tuple[Ra
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of {{query, hits}} objects, got {type(data).__name__}")
         entries = [(f"{path}: entry {i + 1}", obj) for i, obj in enumerate(data)]

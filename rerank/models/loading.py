@@ -26,6 +26,7 @@ from typing import Any
 
 from ..env import flag, offline, reachable
 from ..errors import DataError, MissingDependency, ModelMismatch, ModelNotFound
+from .offline import hub_hint, missing_model
 
 log = logging.getLogger("rerank")
 
@@ -85,15 +86,13 @@ def resolve_model(name: str) -> str:
     if cached is not None:
         return str(cached)
     searched = ", ".join(str(f) for f in folders) + ", the Hugging Face cache"
-    get = (f"get it where the hub is reachable (huggingface-cli download {name} --local-dir FOLDER/{candidates[0]}) into "
-           f"one of those folders or $RERANK_MODEL_PATH, or pass a local folder")
     if offline():
-        raise ModelNotFound(f"model {name!r} is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE); "
-                            f"searched: {searched}; {get}")
-    if not reachable("huggingface.co"):
-        raise ModelNotFound(f"model {name!r} is not available locally and the Hugging Face hub is unreachable; searched: "
-                            f"{searched}; {get}")
-    return name
+        why = "is not available offline (HF_HUB_OFFLINE/RERANK_OFFLINE)"
+    elif not reachable("huggingface.co"):
+        why = "is not available locally and the Hugging Face hub is unreachable"
+    else:
+        return name
+    raise ModelNotFound(f"model {name!r} {why}; searched: {searched}\n  {hub_hint(name, folders[-1])}")
 
 
 def local_models(kind: str) -> list[str]:
@@ -429,9 +428,8 @@ def load_model(name: str, kind: str, *, device: str | None = "auto", dtype: str 
     except ModelNotFound as e:
         if "not available" not in str(e):
             raise
-        here = local_models(kind)
-        fits = f"local models that would work here: {', '.join(here)}" if here else f"no local model holds {KIND_WORDS[kind]}"
-        raise ModelNotFound(f"{e}. {fits}") from None
+        raise missing_model(str(e).splitlines()[0], name, kind, KIND_WORDS[kind], local_models(kind),
+                            model_folders()[-1]) from None
     where = pick_device(device)
     backend, why_backend = pick_backend(backend, quantize, where, dtype) if not train else ("torch", "")
     run_dtype = pick_dtype("float32" if train else dtype, where)  # what the forward pass computes in

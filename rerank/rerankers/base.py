@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import DataError, RerankError
 from ..models.batching import Combiner, Ticket
 from ..models.engine import Cost, ScoreCache
-from ..progress import progress_bar
+from ..progress import move_to, progress_bar
 from ..types import Hit, Query, Ranking, Stage
 
 if TYPE_CHECKING:
@@ -219,9 +219,11 @@ class Reranker(Stage):
         truncation = getattr(self, "truncation", None)  # the models that cut long passages report one total per run
         with truncation.job() if truncation is not None else contextlib.nullcontext(), \
                 progress_bar(sum(map(len, blocks)), f"reranking with {self.name}", "query") as bar:
+            done = 0
             for block in blocks:
                 out.update(self._rerank_block([text[qid] for qid in block], [ranking[qid] for qid in block], block))
-                bar.update(len(block))
+                done += len(block)
+                move_to(bar, done)  # exact, after the ticks of a listwise block's windows
         return {qid: out[qid] if qid in out else list(hits) for qid, hits in ranking.items()}
 
     def _rerank_block(self, texts: list[str], lists: list[list[Hit]], qids: list[str]) -> Ranking:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.llm import fit_passages
+from ..progress import tick
 from .base import ListReranker, positional_scores
 
 SYSTEM = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
@@ -159,6 +160,7 @@ class _Listwise(ListReranker):
             jobs = [(qi, plan[step]) for qi, plan in enumerate(plans) if step < len(plan) and plan[step][1] - plan[step][0] > 1]
             prompts = [self._window_input(qtok[qi], [dtok[qi][i] for i in orders[qi][s:e]]) for qi, (s, e) in jobs]
             perms = self._rank_windows(prompts, [e - s for _, (s, e) in jobs])
+            tick(sum(1 / len(plans[qi]) for qi, _ in jobs))  # the progress bar's queries, by windows done
             for (qi, (s, e)), perm in zip(jobs, perms, strict=True):
                 current = orders[qi][s:e]
                 orders[qi][s:e] = [current[i] for i in perm]

@@ -294,7 +294,8 @@ class Trainer:
                 if self.global_step % 10 == 0 or self.global_step == self.total_steps:
                     recent = [s["loss"] for s in self.steps_log[-10:]]
                     log.info("epoch %d step %d/%d loss %.4f (%.1f s)", self.epoch + 1, self.global_step, self.total_steps,
-                             sum(recent) / len(recent), time.perf_counter() - start)
+                             sum(recent) / len(recent), time.perf_counter() - start,
+                             extra={"per_step": "last" if self.global_step == self.total_steps else True})
                 if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
                     self.save_checkpoint()
                     return {"stopped_at": self.global_step, "history": self.history}
@@ -303,7 +304,7 @@ class Trainer:
             metrics = self.evaluate()
             self.history.append({"epoch": self.epoch + 1, "step": self.global_step, **metrics})
             if metrics:
-                log.info("dev after epoch %d: %s", self.epoch + 1, _fmt(metrics))
+                log.info("dev after epoch %d: %s", self.epoch + 1, _fmt(metrics), extra={"per_step": True})
                 value = next(iter(metrics.values()))
                 if self.config.keep_best and (self.best is None or value > self.best[0]):
                     state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
