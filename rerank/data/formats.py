@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,15 +147,15 @@ def iter_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = F
     limit = max_record_bytes()
     lineno = 0
     with reading(path, lambda: lineno + 1), open_binary(path) as f:
-        readline = f.readline
-        data = readline(limit + 1).removeprefix(_BOM)
-        if b"\r" in data.rstrip(b"\r") and not data.endswith(b"\n") and len(data) <= limit:
+        first = f.readline(limit + 1).removeprefix(_BOM)
+        chunks: Iterator[bytes] = chain([first], iter(lambda: f.readline(limit + 1), b""))
+        if b"\r" in first.rstrip(b"\r") and not first.endswith(b"\n") and len(first) <= limit:
             # the whole file in one "line" with bare carriage returns: classic Mac line endings (old Excel
             # exports); its lines are those, the file being within the record bound
-            parts = iter(data.splitlines(keepends=True))
-            readline = lambda _size: next(parts, b"")  # noqa: E731
-            data = readline(0)
-        while data:
+            chunks = iter(first.splitlines(keepends=True))
+        for data in chunks:
+            if not data:
+                break
             lineno += 1
             if len(data) > limit and not data.endswith(b"\n"):
                 raise DataError(f"{path}:{lineno}: a line longer than {limit:,} bytes (a file without newlines?); "
@@ -167,7 +168,6 @@ def iter_lines(path: PathLike, encoding_errors: str = "strict", *, raw: bool = F
                 yield lineno, line
             elif not line.isspace():
                 yield lineno, line.rstrip("\r\n")
-            data = readline(limit + 1)
 
 
 def json_line(path: Path, lineno: int, line: str) -> Any:
