@@ -141,11 +141,13 @@ def create_app(service: Service, *, api_key: str | None = None) -> Any:
         app.router.add_api_route(path, handler, methods=["POST"], summary=summary, dependencies=bearer,
                           route_class_override=Checked)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="200 once the model is loaded and has answered; 503 before")
     async def health() -> Any:
         if not service.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok", "model": service.model_name}
+
+    app.add_api_route("/health", health, methods=["GET"], summary="200 once the model is loaded and has answered; 503 before")
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # probes that ask for headers only
 
     async def prometheus() -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
