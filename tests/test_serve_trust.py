@@ -12,13 +12,12 @@ import math
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
-from test_serve import Running
+from test_serve import Running, start_cli_server
 
 from rerank import CrossEncoder
 from rerank.serve import Limits, Service, create_app
@@ -42,12 +41,6 @@ def _partial(port: int, path: str = "/v2/rerank") -> socket.socket:
     return s
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_body_that_never_finishes_gets_408(server):
     with _partial(server.port) as s:
         s.settimeout(10)
@@ -59,22 +52,12 @@ def test_a_body_that_never_finishes_gets_408(server):
 
 def test_sigterm_with_unfinished_bodies_and_idle_connections_exits_within_its_bound(tiny_ce):
     """Connections holding unfinished bodies and idle ones do not hold the server up: SIGTERM
-    refuses the bodies (503) and closes the idle connections; the process exits 0 at once."""
-    port = _free_port()
-    cli = [sys.executable, "-c", "from rerank.cli import main; main()"]
-    proc = subprocess.Popen([*cli, "serve", "--reranker", f"cross-encoder:{tiny_ce}", "--port", str(port), "--dtype", "float32",
-                             "-q", "--shutdown-timeout", "5"], stderr=subprocess.PIPE, text=True)
+    refuses the bodies (503) and closes the idle connections; the process exits 0 at once, well
+    within its bound and before the bodies' own timeout (30 s each; a busy machine's interpreter
+    exit takes a few seconds)."""
+    proc, _, port = start_cli_server(tiny_ce, "--shutdown-timeout", "30")
     held: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
         held = [_partial(port) for _ in range(10)] + [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -94,7 +77,7 @@ def test_sigterm_with_unfinished_bodies_and_idle_connections_exits_within_its_bo
             s.close()
         if proc.poll() is None:
             proc.kill()
-    assert code == 0 and took < 6, f"exit {code} after {took:.1f} s"
+    assert code == 0 and took < 15, f"exit {code} after {took:.1f} s"
     assert refused.startswith("HTTP/1.1 503") and "shutting down" in refused
 
 
