@@ -128,7 +128,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> Any:
 
     async def search(body: SearchRequest, request: Request) -> Any:
         check([], "documents", body.query)
-        return {"results": await service.search(body.query, body.top_n, request.receive)}
+        return {"results": await service.search(body.query, body.top_n or 10, request.receive)}
 
     for path, handler, summary in (
         ("/v1/rerank", v1, "Cohere v1 rerank: {query, documents, top_n?, return_documents?} -> {id, results, meta}"),

@@ -86,7 +86,8 @@ async def read_body(headers: Any, receive: Callable[[], Awaitable[Any]], limits:
 
 def parse_json(body: bytes, limits: Limits) -> Any:
     """``body`` parsed, after its nesting is checked (Python's parser recurses: 1,000 levels overflow it)."""
-    depth = json_depth(body)
+    brackets = body.count(b"[") + body.count(b"{")  # fewer than the limit cannot nest deeper (the usual case: no scan)
+    depth = json_depth(body) if brackets > limits.max_json_depth else 0
     if depth > limits.max_json_depth:
         raise HTTPProblem(400, f"the request body nests {depth} levels deep; the limit is {limits.max_json_depth}")
     try:

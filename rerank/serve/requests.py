@@ -124,4 +124,4 @@ class SearchRequest(_Body):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"query": _EXAMPLE_QUERY, "top_n": 5}]})
     query: StrictStr
-    top_n: int = Field(10, ge=1)
+    top_n: int | None = Field(None, ge=1, description="hits answered [default: 10]")
