@@ -30,7 +30,8 @@ def _httpx() -> Any:
 
 
 class Client:
-    """``rank(query, docs, top_k)`` answered by a server at ``url`` (its ``/v2/rerank``)."""
+    """``rank(query, docs, top_k)`` answered by a server at ``url`` (its ``/v2/rerank``); the scores
+    are the server's ``relevance_score``, in [0, 1] (a local reranker's are its own raw scores)."""
 
     def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None, timeout: float = 60.0,
                  retries: int = 3) -> None:

@@ -259,25 +259,32 @@ def test_load_with_faults_every_valid_request_gets_its_own_scores(ce, requests_d
     assert service.inflight == 0
 
 
-def test_sigterm_under_load_answers_every_accepted_request(tiny_ce, requests_dl19):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def start_cli_server(tiny_ce: str, *options: str) -> tuple[subprocess.Popen[str], str, int]:
+    """``rerank serve`` over the tiny cross-encoder in a process of its own on a free port, once it
+    answers /health: the process, its URL and its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cli = [sys.executable, "-c", "from rerank.cli import main; main()"]
     proc = subprocess.Popen([*cli, "serve", "--reranker", f"cross-encoder:{tiny_ce}", "--port", str(port), "--dtype", "float32",
-                             "-q"], env=env, stderr=subprocess.PIPE, text=True)
+                             "-q", *options], env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url, port
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.stderr.read() if proc.stderr else "the server did not start")
+        time.sleep(0.1)
+
+
+def test_sigterm_under_load_answers_every_accepted_request(tiny_ce, requests_dl19):
+    proc, url, _ = start_cli_server(tiny_ce)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
         query, docs = requests_dl19[1]
         body = {"query": query, "documents": docs * 3}  # 90 documents: each request takes a while
         with ThreadPoolExecutor(16) as pool:
