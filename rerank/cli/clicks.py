@@ -1,4 +1,4 @@
-"""rerank clicks simulate | stats | propensity."""
+"""rerank clicks simulate | stats | propensity | fit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import click
 from ..errors import RerankError
 from ..specs import RETRIEVER, help_text, stage
 from .common import check_writable, friendly, load, setup_logging
+
+FITTED_MODELS = ("pbm", "cm", "ubm", "dcm", "sdbn", "dbn")  # rerank.ultr.click_models.FITTED (not imported: numpy at startup)
 
 
 @click.group()
@@ -27,7 +29,8 @@ def clicks() -> None:
     "--retriever", "-r", default="bm25", show_default=True, help="Logging ranker for --dataset: " + help_text(RETRIEVER)
 )
 @click.option("--model", "click_model", default="pbm", show_default=True,
-              help="Click model: pbm, cascade, ubm (ULTRA's parameters) or an ULTRA ClickModel JSON file.")
+              help="Click model: pbm, cascade, ubm (ULTRA's parameters), an ULTRA ClickModel JSON file, or the parameters "
+                   "'clicks fit' wrote (fitted pairs keep their attractiveness, others click by label).")
 @click.option("--eta", type=float, help="Severity of position bias for named models: θ^eta [default: 1].")
 @click.option("--sessions", default=100_000, type=click.IntRange(min=1), show_default=True)
 @click.option("--top", default=10, type=click.IntRange(min=1), show_default=True, help="Results shown per session.")
@@ -99,6 +102,54 @@ def clicks_stats(log: str, list_size: int) -> None:
     from ..ultr.log import aggregate, iter_sessions
 
     click.echo(json.dumps(aggregate(iter_sessions(log), list_size, source=log).summary(), indent=1))
+
+
+@clicks.command("fit")
+@click.argument("train_log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--test", "test_log", type=click.Path(exists=True, dir_okay=False),
+              help="Sessions to evaluate on (those of queries seen in TRAIN_LOG); default: none, fit only.")
+@click.option("--model", "model_name", required=True, type=click.Choice(FITTED_MODELS),
+              help="pbm, ubm, dbn: EM; cm, dcm, sdbn: maximum likelihood (Chuklin et al., Click Models for Web Search).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "yandex"]), default="auto", show_default=True)
+@click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
+@click.option("--iterations", default=200, type=click.IntRange(min=1), show_default=True, help="EM rounds at most.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the parameters as JSON (clicks simulate --model FILE reads it).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the test measures as JSON.")
+@friendly
+def clicks_fit(train_log: str, test_log: str | None, model_name: str, fmt: str, list_size: int, iterations: int,
+               output: str | None, report: str | None) -> None:
+    """Fit a classic click model on a log; with --test, print its test log-likelihood and perplexity
+    beside the click-through-rate baselines (global, rank, document)."""
+    from ..env import atomic_write
+    from ..ultr.click_models import BASELINES, fit_click_model, fold_sessions
+    from ..ultr.log import iter_sessions
+
+    check_writable(output, report)
+    train = fold_sessions(iter_sessions(train_log, fmt), list_size)
+    model = fit_click_model(model_name, train, iterations=iterations)
+    click.echo(f"{model_name}: fitted on {train.sessions:,} sessions ({len(train.queries):,} queries, "
+               f"{len(train.keys):,} query-document pairs)" + (f", {model.iterations} EM rounds" if model.iterations else ""))
+    if model_name == "pbm":
+        click.echo("θ by rank: " + " ".join(f"{v:.3f}" for v in model.rank)
+                   + "   θ/θ1: " + " ".join(f"{v / model.rank[0]:.3f}" for v in model.rank))
+    if output:
+        with atomic_write(output) as f:
+            json.dump(model.to_json(source=train_log), f)
+        click.echo(f"parameters: {output}")
+    if test_log:
+        test = fold_sessions(iter_sessions(test_log, fmt), list_size, keys=train.keys, queries=train.queries)
+        results = {name: fit_click_model(name, train).evaluate(test) for name in BASELINES}
+        results[model_name] = model.evaluate(test)
+        click.echo(f"test: {test.sessions:,} sessions of queries seen in training; {test.unseen_shown:,} results show "
+                   "a pair training never showed (attractiveness 0.5)")
+        click.echo(f"{'model':<6} {'log-lik.':>9} {'perplexity':>10}  by rank")
+        for name, r in results.items():
+            click.echo(f"{name:<6} {r['log_likelihood']:>9.4f} {r['perplexity']:>10.4f}  "
+                       + " ".join(f"{v:.3f}" for v in r["perplexity_by_rank"]))
+        if report:
+            with atomic_write(report) as f:
+                json.dump(results, f, indent=1)
 
 
 @clicks.command("propensity")
