@@ -198,6 +198,43 @@ def test_ipw_weights_and_loss(tmp_path):
         FeatureScorer(data.subset([0]), stats.groups)
 
 
+@pytest.mark.parametrize("algorithm", ["naive", "ipw", "dla"])
+def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorithm):
+    """The learners see a log folded per (query, shown list) with click counts: its loss and every
+    gradient (ranker and DLA's propensity model) equal those of the same sessions as lists of their own."""
+    from rerank.ultr.log import ClickGroup, ClickStats
+    from rerank.ultr.simulate import letor_lists
+
+    data, logging = synthetic(6, 5)
+    sessions = list(simulate(letor_lists(data, logging, 4), load_click_model("pbm"), 3000, seed=0, randomize=True))
+    folded = aggregate(sessions, 4)
+    single = ClickStats([ClickGroup(s.qid, s.docs, 1, np.asarray(s.clicks, dtype=np.float64)) for s in sessions], 4,
+                        sessions=len(sessions))
+    assert len(folded.groups) < len(sessions) / 4  # what the learners train on: distinct lists, not sessions
+    theta = position_propensities(load_click_model("pbm"), 4) if algorithm == "ipw" else None
+    grads, losses = [], []
+    for stats in (folded, single):
+        task = ClickTask(stats, FeatureScorer(data, stats.groups), algorithm, propensities=theta)
+        torch.manual_seed(0)
+        model = ClickModelPair(FeatureScorer(data, stats.groups).make_ranker(), None, None)
+        if algorithm == "dla":
+            from rerank.ultr.learn import PropensityModel
+
+            model.propensity = PropensityModel(4)
+            with torch.no_grad():
+                model.propensity.logits.copy_(torch.tensor([0.0, -0.3, -0.6, -0.9]))
+        model.eval()  # no dropout: the two passes see the same ranker
+        inputs, counts, mask = task.batch(list(range(len(task))), 0)
+        loss = task.loss(model, inputs, counts, mask)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert len(grads[0]) == len(grads[1]) >= (3 if algorithm == "dla" else 2)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_dla_recovers_known_propensities_and_beats_naive(tmp_path):
     torch.set_num_threads(1)
     data, logging = synthetic()
