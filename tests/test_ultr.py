@@ -158,6 +158,89 @@ def test_yandex_sample_reads_and_malformed_sessions_are_named(shared, tmp_path):
         list(read_yandex(bad))
 
 
+# ----------------------------------------------------------------------------- logging policies
+def _policy_lists(order: list[int], scores: tuple[float, ...] | None = None) -> list[ShownList]:
+    docs = tuple(f"d{j}" for j in order)
+    return [ShownList("q", docs, tuple(float(j % 3) for j in order), "the query", scores)]
+
+
+def test_logging_policies_share_the_sessions_and_are_recorded(tmp_path):
+    from rerank.ultr.simulate import LoggingPolicy
+
+    a, b = _policy_lists([0, 1, 2, 3]), _policy_lists([3, 2, 1, 0])
+    pols = [LoggingPolicy("bm25", a, 0.7), LoggingPolicy("dense:m", b, 0.3),
+            LoggingPolicy("other", [ShownList("r", ("x", "y"), (1.0, 0.0))], 1.0)]  # the only policy for query r
+    sessions = list(simulate(pols, load_click_model("pbm"), 20_000, seed=0))
+    by = {"bm25": a[0].docs, "dense:m": b[0].docs, "other": ("x", "y")}
+    assert all(s.docs == by[s.policy] for s in sessions)
+    on_q = [s.policy for s in sessions if s.qid == "q"]
+    assert {s.policy for s in sessions if s.qid == "r"} == {"other"}
+    assert on_q.count("bm25") / len(on_q) == pytest.approx(0.7, abs=0.02)  # ~10,000 draws: se 0.005
+    assert len(on_q) / len(sessions) == pytest.approx(0.5, abs=0.02)  # queries uniformly
+    write_click_log(sessions[:5], tmp_path / "log.jsonl")
+    assert [s.policy for s in read_click_log(tmp_path / "log.jsonl")] == [s.policy for s in sessions[:5]]
+    with pytest.raises(ValueError, match="share must be > 0"):
+        list(simulate([LoggingPolicy("x", a, 0.0)], load_click_model("pbm"), 10))
+
+
+def test_plackett_luce_logging_samples_by_softmax_of_standardised_scores():
+    from rerank.ultr.simulate import LoggingPolicy
+
+    scores = (3.0, 2.0, 1.0, 0.0)
+    pol = LoggingPolicy("pl", _policy_lists([0, 1, 2, 3], scores), 1.0, temperature=0.5)
+    sessions = list(simulate([pol], load_click_model("pbm"), 20_000, seed=1, top=2))
+    assert {len(s.docs) for s in sessions} == {2} and {s.policy for s in sessions} == {"pl"}
+    z = (np.asarray(scores) - np.mean(scores)) / np.std(scores)
+    want = np.exp(z / 0.5) / np.exp(z / 0.5).sum()
+    first = np.asarray([sum(s.docs[0] == f"d{j}" for s in sessions) for j in range(4)]) / len(sessions)
+    assert np.abs(first - want).max() < 0.015  # 20,000 draws: se <= 0.0035
+    # the second result: P(j second) = Σ_i p_i p_j / (1 - p_i)
+    second = np.asarray([sum(s.docs[1] == f"d{j}" for s in sessions) for j in range(4)]) / len(sessions)
+    want2 = [sum(want[i] * want[j] / (1 - want[i]) for i in range(4) if i != j) for j in range(4)]
+    assert np.abs(second - want2).max() < 0.015
+    with pytest.raises(DataError, match="no score per candidate"):
+        list(simulate([LoggingPolicy("pl", _policy_lists([0, 1]), 1.0, 1.0)], load_click_model("pbm"), 10))
+
+
+def test_randpair_swaps_one_adjacent_pair_in_a_fraction_of_sessions():
+    lists = _policy_lists([0, 1, 2, 3, 4])
+    sessions = list(simulate(lists, load_click_model("pbm"), 10_000, seed=2, randpair=0.3))
+    ranked = lists[0].docs
+    swapped = [s for s in sessions if s.policy == "randpair"]
+    assert len(swapped) / len(sessions) == pytest.approx(0.3, abs=0.02)  # se 0.0046
+    assert all(s.docs == ranked for s in sessions if s.policy is None)
+    at = []
+    for s in swapped:
+        diff = [i for i in range(5) if s.docs[i] != ranked[i]]
+        assert len(diff) == 2 and diff[1] == diff[0] + 1 and s.docs[diff[0]] == ranked[diff[1]]
+        at.append(diff[0])
+    assert np.bincount(at, minlength=4) / len(at) == pytest.approx([0.25] * 4, abs=0.04)  # uniformly chosen pair
+
+
+def test_clicks_cli_simulate_with_several_logging_rankers(scifact_dir, tmp_path):
+    from rerank import load_dataset
+
+    ds = load_dataset(str(scifact_dir), split="train")
+    qrels = ds.require_qrels()
+    run = tmp_path / "other.run"  # a second logging ranker over some queries: their judged documents first
+    with run.open("w") as f:
+        for q in ds.queries[:100]:
+            for r, d in enumerate(list(qrels.get(q.qid, {})) + ["4983", "5836", "7912", "18670", "19238"]):
+                f.write(f"{q.qid} Q0 {d} {r + 1} {10.0 - r} other\n")
+    log = tmp_path / "mixed.jsonl"
+    res = CliRunner().invoke(main, ["clicks", "simulate", "-d", str(scifact_dir), "--logging", f"bm25:0.5,run:{run}:0.5",
+                                    "--randpair", "0.2", "--sessions", "3000", "-o", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "logged by bm25 50%" in res.output and "20% RandPair" in res.output
+    policies = [s.policy for s in read_click_log(log)]
+    assert {p.split("+")[0] for p in policies} == {"bm25", f"run:{run}"}
+    share = sum(p.endswith("+randpair") for p in policies) / len(policies)
+    assert share == pytest.approx(0.2, abs=0.03)
+    bad = CliRunner().invoke(main, ["clicks", "simulate", "-d", str(scifact_dir), "--logging", "bm25:0.5,nosuch:0.5",
+                                    "-o", str(tmp_path / "x.jsonl")])
+    assert bad.exit_code == 2 and "unknown --logging ranker 'nosuch'" in bad.output
+
+
 # ----------------------------------------------------------------------------- learners
 def synthetic(n_queries: int = 300, n_docs: int = 20, seed: int = 0) -> tuple[LetorData, np.ndarray]:
     """Queries of documents whose label is a noisy function of 5 features; the second array is

@@ -38,6 +38,15 @@ def clicks() -> None:
               help="A trained feature ranker folder to log with (--features); default: one trained on --logging-fraction of the "
                    "labels.")
 @click.option("--logging-fraction", default=0.01, type=click.FloatRange(0, 1, min_open=True), show_default=True)
+@click.option("--logging", "logging_spec",
+              help="Several logging rankers sharing the sessions (--dataset): RANKER:SHARE,... with retriever specs, e.g. "
+                   "'bm25:0.4,dense:MODEL:0.3,hybrid:bm25+dense:MODEL:0.3' (shares are normalised; replaces --retriever).")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True),
+              help="Stochastic logging: each session shows a Plackett-Luce sample from softmax(z / T) over the ranker's "
+                   "top --pool, z its scores standardised within the query [default: its top --top as ranked].")
+@click.option("--pool", type=click.IntRange(min=1), help="Candidates a stochastic ranker samples from [default: 2 x --top].")
+@click.option("--randpair", default=0.0, type=click.FloatRange(0, 1), show_default=True,
+              help="Fraction of sessions with one adjacent pair of the shown list swapped (RandPair).")
 @click.option("--randomize", is_flag=True, help="Show each session's list in a uniformly random order (for propensity "
                                                 "estimation).")
 @click.option("--seed", default=0, type=int, show_default=True)
@@ -55,20 +64,28 @@ def clicks_simulate(
     top: int,
     logging_ranker: str | None,
     logging_fraction: float,
+    logging_spec: str | None,
+    temperature: float | None,
+    pool: int | None,
+    randpair: float,
     randomize: bool,
     seed: int,
     output: str,
     encoding_errors: str,
 ) -> None:
-    """Simulate a click log over labelled data with a click model, seeded."""
+    """Simulate a click log over labelled data with a click model, seeded. Each session records the
+    logging policy that showed it when there are several (--logging, --randpair)."""
     import tempfile
 
     from ..ultr.log import write_click_log
-    from ..ultr.simulate import letor_lists, load_click_model, run_lists, simulate
+    from ..ultr.simulate import LoggingPolicy, letor_lists, load_click_model, run_lists, simulate
 
     setup_logging(False)
     check_writable(output)
     model = load_click_model(click_model, eta=eta)
+    depth = top if temperature is None else pool or 2 * top
+    if logging_spec and not dataset:
+        raise click.UsageError("--logging takes retrievers of a --dataset")
     if features_path:
         from ..train.features import FeatureRanker, read_letor
         from ..ultr.learn import train_logging_ranker
@@ -81,16 +98,53 @@ def clicks_simulate(
                        f"--logging-ranker FOLDER uses a trained one):")
             with tempfile.TemporaryDirectory() as tmp:
                 ranker = train_logging_ranker(data, tmp, fraction=logging_fraction, seed=seed)
-        lists = letor_lists(data, ranker.predict(data), top)
+        policies = [LoggingPolicy("feature-mlp", letor_lists(data, ranker.predict(data), depth), 1.0, temperature)]
     elif dataset:
         ds = load(dataset, split, None, encoding_errors)
-        logger = stage(retriever, ds, role=RETRIEVER, k=top, with_text=False)
-        lists = run_lists(ds.queries, logger(ds.queries), ds.require_qrels(), top)
+        qrels = ds.require_qrels()
+        policies = []
+        for spec, share in parse_logging(logging_spec) if logging_spec else [(retriever, 1.0)]:
+            logger = stage(spec, ds, role=RETRIEVER, k=depth, with_text=False)
+            policies.append(LoggingPolicy(spec, run_lists(ds.queries, logger(ds.queries), qrels, depth), share, temperature))
     else:
         raise click.UsageError("give --features FILE or --dataset NAME to simulate on")
-    n = write_click_log(simulate(lists, model, sessions, seed=seed, randomize=randomize), output)
-    click.echo(f"wrote {n} sessions over {len(lists)} queries ({model.name}, top {top}{', randomized' if randomize else ''}) to "
-               f"{output}")
+    several = len(policies) > 1 or temperature is not None or randpair > 0
+    shown = simulate(policies if several else policies[0].lists, model, sessions, seed=seed, randomize=randomize,
+                     randpair=randpair, top=top)
+    n = write_click_log(shown, output)
+    how = ", ".join(f"{p.name} {p.share / sum(q.share for q in policies):.0%}" for p in policies)
+    extras = (f", Plackett-Luce T={temperature} over the top {depth}" if temperature is not None else "") + (
+        f", {randpair:.0%} RandPair" if randpair else "") + (", randomized" if randomize else "")
+    click.echo(f"wrote {n} sessions over {len({s.qid for p in policies for s in p.lists})} queries ({model.name}, top {top}; "
+               f"logged by {how}{extras}) to {output}")
+
+
+def parse_logging(text: str) -> list[tuple[str, float]]:
+    """``bm25:0.4,dense:MODEL:0.3`` -> [(spec, share), ...]: a share is the number after an entry's
+    last colon (an entry without one takes an equal share of what is left); specs are checked."""
+    from ..specs import parse
+
+    entries: list[tuple[str, float | None]] = []
+    for part in text.split(","):
+        part = part.strip()
+        head, colon, tail = part.rpartition(":")
+        try:
+            share: float | None = float(tail) if colon else None
+        except ValueError:
+            share = None
+        spec = head if share is not None else part
+        if not spec:
+            raise RerankError(f"--logging {text!r}: an entry has no ranker (give RANKER:SHARE,...)")
+        if share is not None and not share > 0:
+            raise RerankError(f"--logging {text!r}: the share of {spec!r} must be > 0, got {share}")
+        parse(spec, RETRIEVER, "--logging ranker")
+        entries.append((spec, share))
+    given = sum(s for _, s in entries if s is not None)
+    missing = [spec for spec, s in entries if s is None]
+    if missing and given >= 1:
+        raise RerankError(f"--logging {text!r}: the shares given sum to {given:g}, nothing is left for {missing}")
+    rest = (1 - given) / len(missing) if missing else 0.0
+    return [(spec, s if s is not None else rest) for spec, s in entries]
 
 
 @clicks.command("stats")

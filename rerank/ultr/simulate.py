@@ -27,7 +27,9 @@ other pair (all of them on a dataset the log never saw) clicks with ``click_prob
 relevance label, and a DBN's unseen pairs are satisfied with ``sat_unseen`` (the fitted σ, mean
 weighted by clicks). The rank part (θ, γ, continuation) is what carries over from real users.
 
-:func:`simulate` draws sessions, seeded: a query uniformly at random, its logged top-k list
+:func:`simulate` draws sessions, seeded: a query uniformly at random, a logging policy (one
+deterministic ranker by default; several rankers sharing the sessions, Plackett-Luce sampling
+from a ranker's scores, a fraction of sessions with an adjacent pair swapped), the list it shows
 (optionally shuffled, for propensity estimation by result randomization), and clicks.
 """
 
@@ -355,48 +357,142 @@ def _pair_table(rows: Any, where: str, key: str) -> dict[tuple[str, str], float]
 
 @dataclass(frozen=True)
 class ShownList:
-    """What the logging ranker shows for a query: document ids top first, with their labels."""
+    """What a logging ranker has for a query: document ids best first, with their labels (and its
+    scores, which Plackett-Luce sampling needs)."""
 
     qid: str
     docs: tuple[str, ...]
     labels: tuple[float, ...]
     query: str | None = None
+    scores: tuple[float, ...] | None = None
 
 
-def simulate(lists: Sequence[ShownList], model: ClickModel, sessions: int, *, seed: int = 0,
-             randomize: bool = False, chunk: int = 20_000) -> Iterator[ClickSession]:
-    """``sessions`` simulated sessions, each on a query drawn uniformly from ``lists``; with
-    ``randomize`` each session shows its list in a uniformly random order (RandTop-k)."""
+@dataclass(frozen=True)
+class LoggingPolicy:
+    """One logging ranker and its share of the sessions. ``lists``: its candidates per query, best
+    first. ``temperature`` None shows its top ``top`` as ranked; ``T > 0`` shows a Plackett-Luce
+    sample of ``top`` from ``softmax(z / T)``, ``z`` its scores standardised within the query
+    (so one temperature means the same for BM25 and a dense retriever)."""
+
+    name: str
+    lists: Sequence[ShownList]
+    share: float = 1.0
+    temperature: float | None = None
+
+
+def simulate(lists: Sequence[ShownList] | Sequence[LoggingPolicy], model: ClickModel, sessions: int, *, seed: int = 0,
+             randomize: bool = False, randpair: float = 0.0, top: int | None = None,
+             chunk: int = 20_000) -> Iterator[ClickSession]:
+    """``sessions`` simulated sessions, each on a query drawn uniformly from those with a list.
+    ``lists``: one deterministic logging ranker's lists, or :class:`LoggingPolicy` s sharing the
+    sessions (each session draws one by its share among those with a list for its query, and
+    records its name in ``policy``). ``top``: results shown (default: every candidate).
+    ``randpair``: the fraction of sessions in which one adjacent pair, uniformly chosen, is swapped
+    (RandPair; their policy gains ``+randpair``). ``randomize``: each session shows its list in a
+    uniformly random order (RandTop-k). Seeded; one deterministic ranker without RandPair draws
+    exactly what it always did."""
     if sessions < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
-    lists = [s for s in lists if s.docs]
-    if not lists:
+    if not 0 <= randpair <= 1:
+        raise ValueError(f"randpair must be a fraction in [0, 1], got {randpair}")
+    if top is not None and top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    policies = [p if isinstance(p, LoggingPolicy) else None for p in lists]
+    if not all(policies):
+        if any(policies):
+            raise ValueError("give either lists or logging policies, not both")
+        policies = [LoggingPolicy("", [s for s in lists if isinstance(s, ShownList)])]
+    pols = [p for p in policies if p is not None]
+    for p in pols:
+        if not p.share > 0:
+            raise ValueError(f"logging policy {p.name!r}: its share must be > 0, got {p.share}")
+        if p.temperature is not None and not p.temperature > 0:
+            raise ValueError(f"logging policy {p.name!r}: the temperature must be > 0, got {p.temperature}")
+    qids: dict[str, int] = {}
+    text: dict[str, str | None] = {}
+    for p in pols:
+        for s in p.lists:
+            if s.docs:
+                qids.setdefault(s.qid, len(qids))
+                text.setdefault(s.qid, s.query)
+    if not qids:
         raise DataError("no query has a list to show")
+    tables = [_PolicyTable(p, qids, model, top) for p in pols]
+    width = max(t.shown for t in tables)
+    share = np.stack([t.length > 0 for t in tables], axis=1) * np.asarray([p.share for p in pols])[None, :]
+    cum = np.cumsum(share / share.sum(axis=1, keepdims=True), axis=1)
+    queries = list(qids)
     rng = np.random.default_rng(seed)
-    width = max(len(s.docs) for s in lists)
-    lengths = np.asarray([len(s.docs) for s in lists])
-    labels = np.zeros((len(lists), width))
-    for i, s in enumerate(lists):
-        labels[i, : len(s.labels)] = s.labels
-    table = model.inputs(lists, labels)  # checks the labels before drawing anything
+    draws = np.random.default_rng([seed, 1])  # policies, Plackett-Luce, RandPair: apart from the clicks' stream
+    channels = tables[0].inputs.shape[2]
     done = 0
     while done < sessions:
         n = min(chunk, sessions - done)
-        q = rng.integers(len(lists), size=n)
-        x, ln = table[q], lengths[q]
+        q = rng.integers(len(queries), size=n)
+        pol = (draws.random(n)[:, None] > cum[q, :-1]).sum(axis=1) if len(pols) > 1 else np.zeros(n, dtype=np.int64)
+        order = np.zeros((n, width), dtype=np.int64)
+        x = np.zeros((n, width, channels))
+        ln = np.zeros(n, dtype=np.int64)
+        for i, t in enumerate(tables):
+            rows = np.flatnonzero(pol == i)
+            if len(rows):
+                order[rows, : t.shown], x[rows, : t.shown], ln[rows] = t.draw(q[rows], draws)
+        swapped = np.zeros(n, dtype=bool)
+        if randpair > 0:
+            swapped = (draws.random(n) < randpair) & (ln >= 2)
+            at = (draws.random(n) * np.maximum(ln - 1, 1)).astype(np.int64)
+            r = np.flatnonzero(swapped)
+            for a in (order, x):
+                a[r, at[r]], a[r, at[r] + 1] = a[r, at[r] + 1].copy(), a[r, at[r]].copy()
         if randomize:
             keys = rng.random((n, width)) + (np.arange(width)[None, :] >= ln[:, None])  # padding sorts last
-            order = np.argsort(keys, axis=1)
-            x = np.take_along_axis(x, order[:, :, None], axis=1)
-        else:
-            order = np.broadcast_to(np.arange(width), (n, width))
+            perm = np.argsort(keys, axis=1)
+            order = np.take_along_axis(order, perm, axis=1)
+            x = np.take_along_axis(x, perm[:, :, None], axis=1)
         clicks = model.sample(x, ln, rng)
         for k in range(n):
-            s = lists[q[k]]
-            m = ln[k]
-            docs = tuple(s.docs[j] for j in order[k, :m]) if randomize else s.docs
-            yield ClickSession(s.qid, docs, tuple(int(c) for c in clicks[k, :m]), f"s{done + k}", s.query)
+            t, m = tables[pol[k]], ln[k]
+            pool = t.docs[q[k]]
+            name = t.name + ("+randpair" if swapped[k] else "")
+            yield ClickSession(queries[q[k]], tuple(pool[j] for j in order[k, :m]), tuple(int(c) for c in clicks[k, :m]),
+                               f"s{done + k}", text[queries[q[k]]], policy=name.lstrip("+") or None)
         done += n
+
+
+class _PolicyTable:
+    """A logging policy's candidates as arrays over the queries of a simulation."""
+
+    def __init__(self, policy: LoggingPolicy, qids: dict[str, int], model: ClickModel, top: int | None) -> None:
+        self.name, self.temperature = policy.name, policy.temperature
+        by_q = {s.qid: s for s in policy.lists if s.docs}
+        lists = [by_q.get(q, ShownList(q, (), ())) for q in qids]
+        pool = max(len(s.docs) for s in lists)
+        self.length = np.asarray([len(s.docs) for s in lists])
+        self.shown = min(pool, top) if top else pool
+        labels = np.zeros((len(lists), pool))
+        self.z = np.full((len(lists), pool), -np.inf)
+        for i, s in enumerate(lists):
+            labels[i, : len(s.labels)] = s.labels
+            if self.temperature is not None and s.docs:
+                if s.scores is None or len(s.scores) != len(s.docs):
+                    raise DataError(f"logging policy {self.name!r}: query {s.qid!r} has no score per candidate, which "
+                                    "Plackett-Luce sampling needs")
+                v = np.asarray(s.scores, dtype=np.float64)
+                sd = v.std()
+                self.z[i, : len(v)] = (v - v.mean()) / (sd if sd > 0 else 1.0)
+        self.docs = [s.docs for s in lists]
+        self.inputs = model.inputs(lists, labels)  # checks the labels before drawing anything
+
+    def draw(self, q: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate indices shown [n, shown] (top first), their click-model inputs, and the lengths."""
+        n = len(q)
+        if self.temperature is None:
+            order = np.broadcast_to(np.arange(self.shown), (n, self.shown))
+        else:  # Plackett-Luce by the Gumbel-top-k trick: the order of z/T + Gumbel noise
+            keys = self.z[q] / self.temperature + rng.gumbel(size=self.z[q].shape)
+            order = np.argsort(-keys, axis=1, kind="stable")[:, : self.shown]
+        x = np.take_along_axis(self.inputs[q], order[:, :, None], axis=1)
+        return order, x, np.minimum(self.length[q], self.shown)
 
 
 def letor_lists(data: LetorData, scores: np.ndarray, top: int = 10) -> list[ShownList]:
@@ -408,7 +504,8 @@ def letor_lists(data: LetorData, scores: np.ndarray, top: int = 10) -> list[Show
     for i, q in enumerate(data.qids):
         rows = data.rows(i)
         order = np.argsort(-np.asarray(scores[rows], dtype=np.float64), kind="stable")[:top]
-        out.append(ShownList(q, tuple(str(int(j)) for j in order), tuple(float(data.labels[rows.start + j]) for j in order)))
+        out.append(ShownList(q, tuple(str(int(j)) for j in order), tuple(float(data.labels[rows.start + j]) for j in order),
+                             scores=tuple(float(scores[rows.start + j]) for j in order)))
     return out
 
 
@@ -422,5 +519,6 @@ def run_lists(queries: Sequence[Any], run: Mapping[str, Sequence[Any]], qrels: d
         if hits:
             judged = qrels.get(q.qid, {})
             out.append(ShownList(q.qid, tuple(h.docid for h in hits),
-                                 tuple(float(max(0, judged.get(h.docid, 0))) for h in hits), q.text))
+                                 tuple(float(max(0, judged.get(h.docid, 0))) for h in hits), q.text,
+                                 tuple(float(h.score) for h in hits)))
     return out
