@@ -241,6 +241,66 @@ def test_clicks_cli_simulate_with_several_logging_rankers(scifact_dir, tmp_path)
     assert bad.exit_code == 2 and "unknown --logging ranker 'nosuch'" in bad.output
 
 
+# ----------------------------------------------------------------------------- θ where the log identifies it
+def _mixed_log(tmp_path, sessions: int):
+    """Three logging rankers (the weak logging score plus noise) sharing the sessions, 10% RandPair,
+    ULTRA's PBM, 100 queries of 20 documents: documents move between ranks across policies."""
+    from rerank.ultr.simulate import LoggingPolicy, letor_lists
+
+    data, logging = synthetic(100, 20)
+    rng = np.random.default_rng(5)
+    policies = [LoggingPolicy(f"r{i}", letor_lists(data, logging + rng.normal(scale=1.5, size=len(logging)), 10))
+                for i in range(3)]
+    path = tmp_path / "mixed.jsonl.gz"
+    write_click_log(simulate(policies, load_click_model("pbm"), sessions, seed=1, randpair=0.1), path)
+    return path, policies
+
+
+def test_harvest_and_em_recover_theta_on_a_multi_policy_log_and_refuse_a_deterministic_one(tmp_path):
+    from rerank.ultr.harvest import Cells, bootstrap, harvest_propensities
+
+    path, policies = _mixed_log(tmp_path, 60_000)
+    theta = np.asarray(position_propensities(load_click_model("pbm"), 10))
+    truth = theta / theta[0]
+    cells = Cells.of(fold_ranks(iter_sessions(path), 10))
+    harvest = harvest_propensities(cells)
+    # 60,000 sessions: each (query, document) at a rank ~100-600 times; the bootstrap band measured
+    # here is 0.02-0.08 wide, so 0.05 is about two of its half-widths at the worst rank
+    assert np.abs(harvest - truth).max() < 0.05
+    assert np.abs(pbm_em_propensities(cells) - truth).max() < 0.05
+    low, high = bootstrap(cells, harvest_propensities, 60)
+    assert (low <= harvest).all() and (harvest <= high).all()
+    # ten 95% bands from 60 resamplings of 100 queries: the truth may sit just outside one or two
+    assert ((low - 0.02 <= truth) & (truth <= high + 0.02)).all() and ((low <= truth) & (truth <= high)).sum() >= 7
+    assert (high - low)[1:].max() < 0.2
+    # one deterministic ranker: no document moves, nothing identifies θ
+    det = tmp_path / "det.jsonl"
+    write_click_log(simulate(policies[0].lists, load_click_model("pbm"), 5000, seed=1), det)
+    with pytest.raises(DataError, match="does not identify θ"):
+        harvest_propensities(Cells.of(fold_ranks(iter_sessions(det), 10)))
+    # swaps of ranks 1-2 only: rank 2 is linked to rank 1, the others are not
+    only = [ClickSession("q", ("a", "b", "c"), (1, 0, 0)), ClickSession("q", ("b", "a", "c"), (1, 1, 0)),
+            ClickSession("q", ("a", "b", "c"), (0, 1, 1))]
+    partial = harvest_propensities(Cells.of(fold_ranks(only, 3)))
+    assert partial[0] == 1.0 and np.isfinite(partial[1]) and np.isnan(partial[2])
+    for method in ("harvest", "em"):
+        res = CliRunner().invoke(main, ["clicks", "propensity", "--clicks", str(det), "--method", method])
+        assert res.exit_code == 2 and "does not identify θ" in res.output
+
+
+def test_clicks_cli_propensity_harvest_prints_a_band(tmp_path):
+    path, _ = _mixed_log(tmp_path, 20_000)
+    out = tmp_path / "h.json"
+    res = CliRunner().invoke(main, ["clicks", "propensity", "--clicks", str(path), "--method", "harvest", "--bootstrap",
+                                    "30", "--truth", "pbm", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "95% band (bootstrap over queries)" in res.output and "max relative error" in res.output
+    got = json.loads(out.read_text())
+    assert got["bootstrap_rounds"] == 30 and len(got["band_95"]) == 10
+    assert all(lo <= v <= hi for v, (lo, hi) in zip(got["propensity"], got["band_95"], strict=True))
+    assert got["error"]["max_relative_error"] < 0.3
+
+
 # ----------------------------------------------------------------------------- learners
 def synthetic(n_queries: int = 300, n_docs: int = 20, seed: int = 0) -> tuple[LetorData, np.ndarray]:
     """Queries of documents whose label is a noisy function of 5 features; the second array is

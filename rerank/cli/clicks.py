@@ -208,9 +208,12 @@ def clicks_fit(train_log: str, test_log: str | None, model_name: str, fmt: str, 
 
 @clicks.command("propensity")
 @click.option("--clicks", "log", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--method", type=click.Choice(["dla", "em", "randomization"]), default="dla", show_default=True,
+@click.option("--method", type=click.Choice(["dla", "em", "harvest", "randomization"]), default="dla", show_default=True,
               help="dla: learnt jointly with a ranker (any log); em: a position-based click model fitted by EM; "
-                   "randomization: click rates of a log shown in random order.")
+                   "harvest: intervention harvesting (documents shown at several ranks); randomization: click rates "
+                   "of a log shown in random order. em and harvest need result variation and say when the log has none.")
+@click.option("--bootstrap", "rounds", default=100, type=click.IntRange(min=1), show_default=True,
+              help="em, harvest: resamplings of the queries for the 95% band.")
 @click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False),
               help="DLA's ranker: a feature MLP over these LETOR rows (default: one score per query-document pair).")
 @click.option("--list-size", default=10, type=click.IntRange(min=1), show_default=True)
@@ -237,6 +240,7 @@ def clicks_propensity(
     lr: float,
     propensity_lr: float,
     seed: int,
+    rounds: int,
     truth: str | None,
     output: str | None,
     plot: str | None,
@@ -244,20 +248,33 @@ def clicks_propensity(
     """Estimate the examination propensity of each rank, relative to rank 1."""
     import tempfile
 
+    import numpy as np
+
     from ..ultr.learn import pbm_em_propensities, propensity_error, randomization_propensities
     from ..ultr.log import aggregate, fold_ranks, iter_sessions
 
     setup_logging(False)
     check_writable(output, plot)
     se: list[float] | None = None
+    band: tuple[Any, Any] | None = None
     stats: Any
-    if method in ("randomization", "em"):  # counts per rank and per (query, document, rank), folded as the log streams
+    if method in ("randomization", "em", "harvest"):  # counts per rank and per (query, document, rank), as the log streams
         stats = fold_ranks(iter_sessions(log), list_size, source=log)
         if method == "randomization":
             est, err = randomization_propensities(stats)
             estimate, se = est.tolist(), err.tolist()
         else:
-            estimate = pbm_em_propensities(stats).tolist()
+            from ..errors import DataError
+            from ..ultr.harvest import NOT_IDENTIFIED, Cells, bootstrap, harvest_propensities
+            from ..ultr.learn import moved_pairs
+
+            if moved_pairs(stats) == 0:
+                raise DataError(f"{log}: {NOT_IDENTIFIED}")
+            cells = Cells.of(stats)
+            fn = harvest_propensities if method == "harvest" else pbm_em_propensities
+            est = fn(cells)
+            band = bootstrap(cells, fn, rounds, seed)
+            estimate = [None if not np.isfinite(v) else float(v) for v in est]
     else:
         stats = aggregate(iter_sessions(log), list_size, source=log)
         import torch
@@ -278,7 +295,12 @@ def clicks_propensity(
     result: dict[str, Any] = {"log": log, "method": method, "sessions": stats.sessions, "propensity": estimate}
     if se is not None:
         result["stderr"] = se
-    click.echo("rank  θ/θ1" + ("   ±se" if se else "") + ("   truth" if truth else ""))
+    if band is not None:
+        result["band_95"] = [[None if not np.isfinite(a) else round(float(a), 6), None if not np.isfinite(b) else
+                              round(float(b), 6)] for a, b in zip(*band, strict=True)]
+        result["bootstrap_rounds"] = rounds
+    click.echo("rank  θ/θ1" + ("   ±se" if se else "") + ("   95% band (bootstrap over queries)" if band else "")
+               + ("   truth" if truth else ""))
     true_rel = None
     if truth:
         from ..ultr.simulate import load_click_model, position_propensities
@@ -286,9 +308,17 @@ def clicks_propensity(
         t = position_propensities(load_click_model(truth), len(estimate))
         true_rel = [v / t[0] for v in t]
         result["truth"] = true_rel
-        result["error"] = propensity_error(estimate, true_rel)
+        if None not in estimate:
+            result["error"] = propensity_error(estimate, true_rel)
     for i, v in enumerate(estimate):
-        click.echo(f"{i + 1:>4}  {v:.3f}" + (f"  {se[i]:.3f}" if se else "") + (f"  {true_rel[i]:.3f}" if true_rel else ""))
+        interval = ""
+        if band is not None:
+            lo, hi = band[0][i], band[1][i]
+            interval = f"  {lo:.3f}-{hi:.3f}" if np.isfinite(lo) and np.isfinite(hi) else "  (unstable)"
+        click.echo(f"{i + 1:>4}  " + (f"{v:.3f}" if v is not None else "not identified") + (f"  {se[i]:.3f}" if se else "")
+                   + interval + (f"  {true_rel[i]:.3f}" if true_rel else ""))
+    if None in estimate:
+        click.echo("ranks no chain of moved documents links to rank 1 are not identified by this log")
     if "error" in result:
         click.echo(f"max relative error {result['error']['max_relative_error']:.3f}, Pearson r {result['error']['pearson']:.4f}")
     if output:
@@ -297,7 +327,8 @@ def clicks_propensity(
         with atomic_write(output) as f:
             json.dump(result, f, indent=1)
     if plot:
-        _plot_propensity(plot, {f"{method} estimate": (estimate, se)} | ({"truth": (true_rel, None)} if true_rel else {}),
+        shown = [np.nan if v is None else v for v in estimate]
+        _plot_propensity(plot, {f"{method} estimate": (shown, se)} | ({"truth": (true_rel, None)} if true_rel else {}),
                          f"{Path(log).name}: {stats.sessions:,} sessions")
         click.echo(f"plot: {plot}")
 

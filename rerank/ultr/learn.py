@@ -39,6 +39,7 @@ from ..env import atomic_write
 from ..errors import DataError
 from ..train.features import FeatureMLP, FeatureRanker, LetorData, dev_ndcg
 from ..train.losses import softmax
+from .harvest import Cells
 from .log import ClickGroup, ClickStats, RankStats
 
 log = logging.getLogger("rerank")
@@ -446,7 +447,7 @@ def randomization_propensities(stats: ClickStats | RankStats) -> tuple[np.ndarra
     return rel, se
 
 
-def pbm_em_propensities(stats: ClickStats | RankStats, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
+def pbm_em_propensities(stats: ClickStats | RankStats | Cells, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
     """``θ̂_i / θ̂_1`` of a position-based click model fitted by expectation-maximisation (the
     classic click-model estimator, as in PyClick): ``P(click) = α_qd θ_r`` with one α per
     query-document pair; like DLA's table ranker it identifies θ only through documents shown
