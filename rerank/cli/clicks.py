@@ -17,7 +17,8 @@ FITTED_MODELS = ("pbm", "cm", "ubm", "dcm", "sdbn", "dbn")  # rerank.ultr.click_
 
 @click.group()
 def clicks() -> None:
-    """Click logs: simulate them, summarise them, estimate position bias (train on them: rerank train --clicks)."""
+    """Click logs: simulate them, summarise them, fit click models, estimate position bias (train on them: rerank
+    train --clicks)."""
 
 
 @clicks.command("simulate")
