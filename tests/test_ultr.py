@@ -158,6 +158,149 @@ def test_yandex_sample_reads_and_malformed_sessions_are_named(shared, tmp_path):
         list(read_yandex(bad))
 
 
+# ----------------------------------------------------------------------------- logging policies
+def _policy_lists(order: list[int], scores: tuple[float, ...] | None = None) -> list[ShownList]:
+    docs = tuple(f"d{j}" for j in order)
+    return [ShownList("q", docs, tuple(float(j % 3) for j in order), "the query", scores)]
+
+
+def test_logging_policies_share_the_sessions_and_are_recorded(tmp_path):
+    from rerank.ultr.simulate import LoggingPolicy
+
+    a, b = _policy_lists([0, 1, 2, 3]), _policy_lists([3, 2, 1, 0])
+    pols = [LoggingPolicy("bm25", a, 0.7), LoggingPolicy("dense:m", b, 0.3),
+            LoggingPolicy("other", [ShownList("r", ("x", "y"), (1.0, 0.0))], 1.0)]  # the only policy for query r
+    sessions = list(simulate(pols, load_click_model("pbm"), 20_000, seed=0))
+    by = {"bm25": a[0].docs, "dense:m": b[0].docs, "other": ("x", "y")}
+    assert all(s.docs == by[s.policy] for s in sessions)
+    on_q = [s.policy for s in sessions if s.qid == "q"]
+    assert {s.policy for s in sessions if s.qid == "r"} == {"other"}
+    assert on_q.count("bm25") / len(on_q) == pytest.approx(0.7, abs=0.02)  # ~10,000 draws: se 0.005
+    assert len(on_q) / len(sessions) == pytest.approx(0.5, abs=0.02)  # queries uniformly
+    write_click_log(sessions[:5], tmp_path / "log.jsonl")
+    assert [s.policy for s in read_click_log(tmp_path / "log.jsonl")] == [s.policy for s in sessions[:5]]
+    with pytest.raises(ValueError, match="share must be > 0"):
+        list(simulate([LoggingPolicy("x", a, 0.0)], load_click_model("pbm"), 10))
+
+
+def test_plackett_luce_logging_samples_by_softmax_of_standardised_scores():
+    from rerank.ultr.simulate import LoggingPolicy
+
+    scores = (3.0, 2.0, 1.0, 0.0)
+    pol = LoggingPolicy("pl", _policy_lists([0, 1, 2, 3], scores), 1.0, temperature=0.5)
+    sessions = list(simulate([pol], load_click_model("pbm"), 20_000, seed=1, top=2))
+    assert {len(s.docs) for s in sessions} == {2} and {s.policy for s in sessions} == {"pl"}
+    z = (np.asarray(scores) - np.mean(scores)) / np.std(scores)
+    want = np.exp(z / 0.5) / np.exp(z / 0.5).sum()
+    first = np.asarray([sum(s.docs[0] == f"d{j}" for s in sessions) for j in range(4)]) / len(sessions)
+    assert np.abs(first - want).max() < 0.015  # 20,000 draws: se <= 0.0035
+    # the second result: P(j second) = Σ_i p_i p_j / (1 - p_i)
+    second = np.asarray([sum(s.docs[1] == f"d{j}" for s in sessions) for j in range(4)]) / len(sessions)
+    want2 = [sum(want[i] * want[j] / (1 - want[i]) for i in range(4) if i != j) for j in range(4)]
+    assert np.abs(second - want2).max() < 0.015
+    with pytest.raises(DataError, match="no score per candidate"):
+        list(simulate([LoggingPolicy("pl", _policy_lists([0, 1]), 1.0, 1.0)], load_click_model("pbm"), 10))
+
+
+def test_randpair_swaps_one_adjacent_pair_in_a_fraction_of_sessions():
+    lists = _policy_lists([0, 1, 2, 3, 4])
+    sessions = list(simulate(lists, load_click_model("pbm"), 10_000, seed=2, randpair=0.3))
+    ranked = lists[0].docs
+    swapped = [s for s in sessions if s.policy == "randpair"]
+    assert len(swapped) / len(sessions) == pytest.approx(0.3, abs=0.02)  # se 0.0046
+    assert all(s.docs == ranked for s in sessions if s.policy is None)
+    at = []
+    for s in swapped:
+        diff = [i for i in range(5) if s.docs[i] != ranked[i]]
+        assert len(diff) == 2 and diff[1] == diff[0] + 1 and s.docs[diff[0]] == ranked[diff[1]]
+        at.append(diff[0])
+    assert np.bincount(at, minlength=4) / len(at) == pytest.approx([0.25] * 4, abs=0.04)  # uniformly chosen pair
+
+
+def test_clicks_cli_simulate_with_several_logging_rankers(scifact_dir, tmp_path):
+    from rerank import load_dataset
+
+    ds = load_dataset(str(scifact_dir), split="train")
+    qrels = ds.require_qrels()
+    run = tmp_path / "other.run"  # a second logging ranker over some queries: their judged documents first
+    with run.open("w") as f:
+        for q in ds.queries[:100]:
+            for r, d in enumerate(list(qrels.get(q.qid, {})) + ["4983", "5836", "7912", "18670", "19238"]):
+                f.write(f"{q.qid} Q0 {d} {r + 1} {10.0 - r} other\n")
+    log = tmp_path / "mixed.jsonl"
+    res = CliRunner().invoke(main, ["clicks", "simulate", "-d", str(scifact_dir), "--logging", f"bm25:0.5,run:{run}:0.5",
+                                    "--randpair", "0.2", "--sessions", "3000", "-o", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "logged by bm25 50%" in res.output and "20% RandPair" in res.output
+    policies = [s.policy for s in read_click_log(log)]
+    assert {p.split("+")[0] for p in policies} == {"bm25", f"run:{run}"}
+    share = sum(p.endswith("+randpair") for p in policies) / len(policies)
+    assert share == pytest.approx(0.2, abs=0.03)
+    bad = CliRunner().invoke(main, ["clicks", "simulate", "-d", str(scifact_dir), "--logging", "bm25:0.5,nosuch:0.5",
+                                    "-o", str(tmp_path / "x.jsonl")])
+    assert bad.exit_code == 2 and "unknown --logging ranker 'nosuch'" in bad.output
+
+
+# ----------------------------------------------------------------------------- θ where the log identifies it
+def _mixed_log(tmp_path, sessions: int):
+    """Three logging rankers (the weak logging score plus noise) sharing the sessions, 10% RandPair,
+    ULTRA's PBM, 100 queries of 20 documents: documents move between ranks across policies."""
+    from rerank.ultr.simulate import LoggingPolicy, letor_lists
+
+    data, logging = synthetic(100, 20)
+    rng = np.random.default_rng(5)
+    policies = [LoggingPolicy(f"r{i}", letor_lists(data, logging + rng.normal(scale=1.5, size=len(logging)), 10))
+                for i in range(3)]
+    path = tmp_path / "mixed.jsonl.gz"
+    write_click_log(simulate(policies, load_click_model("pbm"), sessions, seed=1, randpair=0.1), path)
+    return path, policies
+
+
+def test_harvest_and_em_recover_theta_on_a_multi_policy_log_and_refuse_a_deterministic_one(tmp_path):
+    from rerank.ultr.harvest import Cells, bootstrap, harvest_propensities
+
+    path, policies = _mixed_log(tmp_path, 60_000)
+    theta = np.asarray(position_propensities(load_click_model("pbm"), 10))
+    truth = theta / theta[0]
+    cells = Cells.of(fold_ranks(iter_sessions(path), 10))
+    harvest = harvest_propensities(cells)
+    # 60,000 sessions: each (query, document) at a rank ~100-600 times; the bootstrap band measured
+    # here is 0.02-0.08 wide, so 0.05 is about two of its half-widths at the worst rank
+    assert np.abs(harvest - truth).max() < 0.05
+    assert np.abs(pbm_em_propensities(cells) - truth).max() < 0.05
+    low, high = bootstrap(cells, harvest_propensities, 60)
+    assert (low <= harvest).all() and (harvest <= high).all()
+    # ten 95% bands from 60 resamplings of 100 queries: the truth may sit just outside one or two
+    assert ((low - 0.02 <= truth) & (truth <= high + 0.02)).all() and ((low <= truth) & (truth <= high)).sum() >= 7
+    assert (high - low)[1:].max() < 0.2
+    # one deterministic ranker: no document moves, nothing identifies θ
+    det = tmp_path / "det.jsonl"
+    write_click_log(simulate(policies[0].lists, load_click_model("pbm"), 5000, seed=1), det)
+    with pytest.raises(DataError, match="does not identify θ"):
+        harvest_propensities(Cells.of(fold_ranks(iter_sessions(det), 10)))
+    # swaps of ranks 1-2 only: rank 2 is linked to rank 1, the others are not
+    only = [ClickSession("q", ("a", "b", "c"), (1, 0, 0)), ClickSession("q", ("b", "a", "c"), (1, 1, 0)),
+            ClickSession("q", ("a", "b", "c"), (0, 1, 1))]
+    partial = harvest_propensities(Cells.of(fold_ranks(only, 3)))
+    assert partial[0] == 1.0 and np.isfinite(partial[1]) and np.isnan(partial[2])
+    for method in ("harvest", "em"):
+        res = CliRunner().invoke(main, ["clicks", "propensity", "--clicks", str(det), "--method", method])
+        assert res.exit_code == 2 and "does not identify θ" in res.output
+
+
+def test_clicks_cli_propensity_harvest_prints_a_band(tmp_path):
+    path, _ = _mixed_log(tmp_path, 20_000)
+    out = tmp_path / "h.json"
+    res = CliRunner().invoke(main, ["clicks", "propensity", "--clicks", str(path), "--method", "harvest", "--bootstrap",
+                                    "30", "--truth", "pbm", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "95% band (bootstrap over queries)" in res.output and "max relative error" in res.output
+    got = json.loads(out.read_text())
+    assert got["bootstrap_rounds"] == 30 and len(got["band_95"]) == 10
+    assert all(lo <= v <= hi for v, (lo, hi) in zip(got["propensity"], got["band_95"], strict=True))
+    assert got["error"]["max_relative_error"] < 0.3
+
+
 # ----------------------------------------------------------------------------- learners
 def synthetic(n_queries: int = 300, n_docs: int = 20, seed: int = 0) -> tuple[LetorData, np.ndarray]:
     """Queries of documents whose label is a noisy function of 5 features; the second array is
@@ -196,6 +339,70 @@ def test_ipw_weights_and_loss(tmp_path):
         ClickTask(stats, FeatureScorer(data, stats.groups), "ipw")
     with pytest.raises(DataError, match="not in synthetic"):
         FeatureScorer(data.subset([0]), stats.groups)
+
+
+@pytest.mark.parametrize("algorithm", ["naive", "ipw", "dla"])
+def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorithm):
+    """The learners see a log folded per (query, shown list) with click counts: its loss and every
+    gradient (ranker and DLA's propensity model) equal those of the same sessions as lists of their own."""
+    from rerank.ultr.log import ClickGroup, ClickStats
+    from rerank.ultr.simulate import letor_lists
+
+    data, logging = synthetic(6, 5)
+    sessions = list(simulate(letor_lists(data, logging, 4), load_click_model("pbm"), 3000, seed=0, randomize=True))
+    folded = aggregate(sessions, 4)
+    single = ClickStats([ClickGroup(s.qid, s.docs, 1, np.asarray(s.clicks, dtype=np.float64)) for s in sessions], 4,
+                        sessions=len(sessions))
+    assert len(folded.groups) < len(sessions) / 4  # what the learners train on: distinct lists, not sessions
+    theta = position_propensities(load_click_model("pbm"), 4) if algorithm == "ipw" else None
+    grads, losses = [], []
+    for stats in (folded, single):
+        task = ClickTask(stats, FeatureScorer(data, stats.groups), algorithm, propensities=theta)
+        torch.manual_seed(0)
+        model = ClickModelPair(FeatureScorer(data, stats.groups).make_ranker(), None, None)
+        if algorithm == "dla":
+            from rerank.ultr.learn import PropensityModel
+
+            model.propensity = PropensityModel(4)
+            with torch.no_grad():
+                model.propensity.logits.copy_(torch.tensor([0.0, -0.3, -0.6, -0.9]))
+        model.eval()  # no dropout: the two passes see the same ranker
+        inputs, counts, mask = task.batch(list(range(len(task))), 0)
+        loss = task.loss(model, inputs, counts, mask)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert len(grads[0]) == len(grads[1]) >= (3 if algorithm == "dla" else 2)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_dla_starts_from_given_propensities(tmp_path):
+    """DLA can begin from a click-model-free θ̂ (a log that identifies θ) instead of flat: with the
+    propensity model frozen (learning rate ~0) it ends where it started, and the ranker learnt with
+    those weights (the IPW loss), not the naive one."""
+    from rerank.ultr.simulate import letor_lists
+
+    data, logging = synthetic(20, 12)
+    stats = aggregate(simulate(letor_lists(data, logging, 10), load_click_model("pbm"), 2000, seed=0), 10)
+    start = [0.9 / (1 + r) for r in range(10)]  # absolute: it is the shape that counts
+    res = train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "d", cfg(epochs=2),
+                            algorithm="dla", propensity_lr=1e-12, propensity_start=start, ranker_first=0.5)
+    assert res["propensity"] == pytest.approx([1 / (1 + r) for r in range(10)], rel=1e-5)
+    ipw = train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "i", cfg(epochs=2),
+                            algorithm="ipw", propensities=start)
+    naive = train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "n", cfg(epochs=2), algorithm="naive")
+    scores = {k: FeatureRanker.load(tmp_path / k).predict(data) for k in ("d", "i", "n")}
+    to_ipw, to_naive = np.abs(scores["d"] - scores["i"]).max(), np.abs(scores["d"] - scores["n"]).max()
+    assert to_ipw < 0.1 * to_naive, (to_ipw, to_naive)  # not equal: the trainer clips the gradient norm of both models
+    assert res["history"] and ipw and naive
+    with pytest.raises(DataError, match="10 positive numbers"):
+        train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "x", cfg(epochs=2), algorithm="dla",
+                          propensity_start=[1.0, 0.0] + [0.5] * 8)
+    with pytest.raises(ValueError, match="no propensity model"):
+        train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "y", cfg(epochs=2), algorithm="naive",
+                          propensity_start=start)
 
 
 def test_dla_recovers_known_propensities_and_beats_naive(tmp_path):

@@ -39,6 +39,7 @@ from ..env import atomic_write
 from ..errors import DataError
 from ..train.features import FeatureMLP, FeatureRanker, LetorData, dev_ndcg
 from ..train.losses import softmax
+from .harvest import Cells
 from .log import ClickGroup, ClickStats, RankStats
 
 log = logging.getLogger("rerank")
@@ -218,9 +219,17 @@ class TextScorer:
 class PropensityModel(torch.nn.Module):
     """One logit per rank; ``θ̂ = softmax`` over the ranks a session showed."""
 
-    def __init__(self, list_size: int) -> None:
+    def __init__(self, list_size: int, start: Sequence[float] | None = None) -> None:
+        """``start``: θ̂ to begin from (per rank, relative or absolute; default flat)."""
         super().__init__()
-        self.logits = torch.nn.Parameter(torch.zeros(list_size))
+        logits = torch.zeros(list_size)
+        if start is not None:
+            theta = np.asarray(start, dtype=np.float64)
+            if len(theta) < list_size or not np.all(np.isfinite(theta[:list_size])) or not (theta[:list_size] > 0).all():
+                raise DataError(f"DLA's starting propensities must be {list_size} positive numbers (one per rank), got "
+                                f"{list(start)}")
+            logits = torch.from_numpy(np.log(theta[:list_size] / theta[0])).float()
+        self.logits = torch.nn.Parameter(logits)
 
     def forward(self, width: int) -> torch.Tensor:
         return self.logits[:width]
@@ -377,7 +386,7 @@ class ClickTask:
 def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, config: Any, *, algorithm: str = "dla",
                       propensities: Propensities | None = None, max_weight: float | None = None,
                       propensity_lr: float | None = 0.05, ranker_first: float = RANKER_FIRST, device: str = "cpu",
-                      overwrite: bool = False) -> dict[str, Any]:
+                      overwrite: bool = False, propensity_start: Sequence[float] | None = None) -> dict[str, Any]:
     """Train a ranker (and for DLA a propensity model) on a click log's ``stats``. ``config.loss``
     must be ``softmax``. For DLA the result gains ``propensity`` (``θ̂_i / θ̂_1`` at the end of
     training: the ranker saved is the best dev epoch's, but on small sets it peaks long before the
@@ -389,7 +398,11 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
     ``ρ``), so its first fit is θ̂ ∝ click rate per rank, relevance gap included; a slow ranker
     (a cross-encoder) then learns from those over-corrected weights and the pair settles there.
     Started after the ranker, it begins from the flat side and moves only as far as the ranker's
-    scores explain the clicks (see docs/clicks.md)."""
+    scores explain the clicks (see docs/clicks.md).
+
+    ``propensity_start``: θ̂ for DLA to begin from instead of flat, e.g. the click-model-free
+    estimate of a log that identifies θ (:func:`rerank.ultr.harvest.harvest_propensities`); the
+    ranker's first epochs then learn with those weights, and joint training refines them."""
     from ..train.trainer import Trainer
 
     if config.loss != "softmax":
@@ -403,7 +416,10 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
     if len(task) == 0:
         raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
     torch.manual_seed(config.seed)
-    model = ClickModelPair(scorer.make_ranker(), PropensityModel(stats.list_size) if algorithm == "dla" else None,
+    if propensity_start is not None and algorithm != "dla":
+        raise ValueError(f"propensity_start is DLA's starting θ̂; {algorithm} has no propensity model")
+    model = ClickModelPair(scorer.make_ranker(),
+                           PropensityModel(stats.list_size, propensity_start) if algorithm == "dla" else None,
                            propensity_lr)
     result = Trainer(model.to(device), task, config, output, device=device, overwrite=overwrite).train()
     if model.propensity is not None:
@@ -446,7 +462,7 @@ def randomization_propensities(stats: ClickStats | RankStats) -> tuple[np.ndarra
     return rel, se
 
 
-def pbm_em_propensities(stats: ClickStats | RankStats, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
+def pbm_em_propensities(stats: ClickStats | RankStats | Cells, iterations: int = 500, tol: float = 1e-7) -> np.ndarray:
     """``θ̂_i / θ̂_1`` of a position-based click model fitted by expectation-maximisation (the
     classic click-model estimator, as in PyClick): ``P(click) = α_qd θ_r`` with one α per
     query-document pair; like DLA's table ranker it identifies θ only through documents shown

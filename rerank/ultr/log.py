@@ -6,7 +6,8 @@ Our format is JSON lines (``.jsonl``, or ``.jsonl.gz``), one session a line::
 
 ``docs`` are the results shown, top first; ``clicks`` the clicked flags in the same order.
 Optional fields: ``"query"`` (the query text) and ``"texts"`` (one text per shown result) for
-text rankers, ``"features"`` (one feature vector per shown result). Documents of a LETOR set are
+text rankers, ``"features"`` (one feature vector per shown result), ``"policy"`` (the logging
+policy that showed the list). Documents of a LETOR set are
 named by their row inside the query (``"0"``, ``"1"``, ... as in ``LetorData.qrels``).
 
 :func:`read_yandex` reads the Yandex WSCD 2012 session format as PyClick ships it: sessions
@@ -46,6 +47,7 @@ class ClickSession:
     texts: tuple[str, ...] | None = None
     features: tuple[tuple[float, ...], ...] | None = None
     unshown_clicks: int = 0  # clicks the log records on results that were not in ``docs``
+    policy: str | None = None  # the logging policy that showed the list (simulated logs with several)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"session": self.session, "qid": self.qid, "docs": list(self.docs),
@@ -56,6 +58,8 @@ class ClickSession:
             out["texts"] = list(self.texts)
         if self.features is not None:
             out["features"] = [list(f) for f in self.features]
+        if self.policy is not None:
+            out["policy"] = self.policy
         return out
 
 
@@ -99,8 +103,11 @@ def _session_from_json(obj: Any, where: str) -> ClickSession:
             feats = tuple(tuple(float(v) for v in f) for f in feats)
         except (TypeError, ValueError):
             raise DataError(f"{where}: 'features' must be numbers") from None
+    policy = obj.get("policy")
+    if policy is not None and not isinstance(policy, str):
+        raise DataError(f"{where}: 'policy' must be a text, got {type(policy).__name__}")
     return ClickSession(qid, tuple(docs), tuple(int(c) for c in clicks), str(obj.get("session", "")),
-                        query, tuple(texts) if texts is not None else None, feats)
+                        query, tuple(texts) if texts is not None else None, feats, policy=policy)
 
 
 def read_click_log(path: str | Path) -> Iterator[ClickSession]:
