@@ -625,3 +625,26 @@ def test_clicks_on_text_train_a_cross_encoder(scifact_dir, tiny_bert, tmp_path):
 
     ce = CrossEncoder(str(tmp_path / "ce"))
     assert len(ce.score([("a query", "a passage"), ("another", "text")])) == 2
+
+
+def test_clicks_cli_train_dla_starts_from_the_logs_own_estimate(shared, tmp_path):
+    lgb = shared / "ltr" / "lightgbm-lambdarank"
+    run = CliRunner().invoke
+    truth = position_propensities(load_click_model("pbm"))
+    moved, fixed = tmp_path / "moved.jsonl.gz", tmp_path / "fixed.jsonl.gz"
+    for log, extra in ((moved, ["--randpair", "0.5"]), (fixed, [])):
+        res = run(main, ["clicks", "simulate", "--features", str(lgb / "rank.train"), "--model", "pbm", "--sessions", "20000",
+                         "--seed", "3", *extra, "-o", str(log)])
+        assert res.exit_code == 0, res.output
+    res = run(main, ["train", "--clicks", str(moved), "--features", str(lgb / "rank.train"), "--dla-start", "harvest",
+                     "--epochs", "2", "--no-baseline", "-o", str(tmp_path / "dla")])
+    assert res.exit_code == 0, res.output
+    start = [float(v) for v in re.search(r"DLA starts from θ̂ \(harvest\): (.*)", res.output).group(1).split(", ")]
+    assert len(start) == 10 and start[0] == 1.0
+    assert max(abs(a - b / truth[0]) for a, b in zip(start[:3], truth[:3], strict=True)) < 0.1, start  # RandPair links ranks 1-3 well
+    res = run(main, ["train", "--clicks", str(fixed), "--features", str(lgb / "rank.train"), "--dla-start", "em",
+                     "-o", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "does not identify" in res.output, res.output
+    res = run(main, ["train", "--clicks", str(moved), "--algorithm", "naive", "--features", str(lgb / "rank.train"),
+                     "--dla-start", "em", "-o", str(tmp_path / "naive")])
+    assert res.exit_code == 2 and "--dla-start is DLA's" in res.output, res.output

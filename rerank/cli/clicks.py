@@ -265,16 +265,11 @@ def clicks_propensity(
             est, err = randomization_propensities(stats)
             estimate, se = est.tolist(), err.tolist()
         else:
-            from ..errors import DataError
-            from ..ultr.harvest import NOT_IDENTIFIED, Cells, bootstrap, harvest_propensities
-            from ..ultr.learn import moved_pairs
+            from ..ultr.harvest import bootstrap, harvest_propensities
+            from ..ultr.learn import log_propensities
 
-            if moved_pairs(stats) == 0:
-                raise DataError(f"{log}: {NOT_IDENTIFIED}")
-            cells = Cells.of(stats)
-            fn = harvest_propensities if method == "harvest" else pbm_em_propensities
-            est = fn(cells)
-            band = bootstrap(cells, fn, rounds, seed)
+            est, cells = log_propensities(stats, method, log)
+            band = bootstrap(cells, harvest_propensities if method == "harvest" else pbm_em_propensities, rounds, seed)
             estimate = [None if not np.isfinite(v) else float(v) for v in est]
     else:
         stats = aggregate(iter_sessions(log), list_size, source=log)

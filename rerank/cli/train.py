@@ -166,6 +166,7 @@ class ClickArgs:
     max_weight: float | None = None
     propensity_lr: float = 0.05
     ranker_first: float = 0.5
+    dla_start: str = "flat"
     baseline: bool = True
 
 
@@ -235,6 +236,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--ranker-first", default=0.5, type=click.FloatRange(min=0), show_default=True,
               help="DLA: epochs in which the ranker learns from the clicks alone before the propensity model starts "
                    "(0: both from the start, as in the DLA paper).")
+@click.option("--dla-start", type=click.Choice(["flat", "harvest", "em"]), default="flat", show_default=True,
+              help="DLA: the propensities it starts from: flat, or estimated from the log itself by intervention "
+                   "harvesting or PBM EM (needs documents shown at several ranks: several logging rankers, --randpair).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="dla/ipw: also train the naive learner on the same clicks into OUTPUT/naive-baseline and warn when "
                    "the result's dev metric is below it (twice the training time).")
@@ -323,6 +327,25 @@ def _hold_out(stats: Any, dev_ids: set[str]) -> None:
         click.echo(f"{before - len(stats.groups)} shown lists of dev queries left out of training")
 
 
+def _dla_start(log: str, clicks: ClickArgs) -> list[float]:
+    """DLA's starting θ̂ from the log (``--dla-start harvest|em``); a rank the log does not link to
+    rank 1 starts at the nearest linked rank above it."""
+    import numpy as np
+
+    from ..ultr.learn import log_propensities
+    from ..ultr.log import fold_ranks, iter_sessions
+
+    if clicks.algorithm != "dla":
+        raise click.UsageError(f"--dla-start is DLA's; --algorithm {clicks.algorithm} has no propensity model")
+    est, _ = log_propensities(fold_ranks(iter_sessions(log), clicks.list_size, source=log), clicks.dla_start, log)
+    theta = [float(v) for v in est]
+    for r in range(1, len(theta)):
+        if not np.isfinite(theta[r]) or theta[r] <= 0:
+            theta[r] = theta[r - 1]
+    click.echo(f"DLA starts from θ̂ ({clicks.dla_start}): " + ", ".join(f"{v:.3f}" for v in theta))
+    return theta
+
+
 def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: FeatureArgs, schedule: TrainArgs, device: str) -> None:
     import torch
 
@@ -332,6 +355,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     if clicks.algorithm == "ipw" and not clicks.propensities:
         raise click.UsageError("--algorithm ipw needs --propensities")
     theta = propensity_spec(clicks.propensities) if clicks.propensities else None
+    start = _dla_start(log, clicks) if clicks.dla_start != "flat" else None
     stats = aggregate(iter_sessions(log), clicks.list_size, source=log)
     click.echo(json.dumps(stats.summary()))
     make_scorer: Callable[[], Any]
@@ -371,7 +395,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     where = device if not clicks.features_path else "cpu"
     result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
                                max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
-                               ranker_first=clicks.ranker_first, device=where,
+                               ranker_first=clicks.ranker_first, device=where, propensity_start=start,
                                overwrite=schedule.overwrite)
     report(result, schedule.output)
     if "propensity" in result:

@@ -503,6 +503,20 @@ def moved_pairs(stats: ClickStats | RankStats) -> int:
     return int((np.bincount(distinct) > 1).sum())
 
 
+def log_propensities(stats: RankStats, method: str, where: str = "") -> tuple[np.ndarray, Cells]:
+    """``θ̂_r / θ̂_1`` from the log itself, by ``method`` (``harvest``: intervention harvesting;
+    ``em``: a PBM fitted by EM), with the cells it rests on (for a bootstrap band); ``nan`` at ranks
+    the log does not link to rank 1. Refuses a log that shows no document at two ranks."""
+    from .harvest import NOT_IDENTIFIED, harvest_propensities
+
+    if method not in ("harvest", "em"):
+        raise ValueError(f"method must be harvest or em, not {method!r}")
+    if moved_pairs(stats) == 0:
+        raise DataError(f"{where}: {NOT_IDENTIFIED}" if where else NOT_IDENTIFIED)
+    cells = Cells.of(stats)
+    return (harvest_propensities if method == "harvest" else pbm_em_propensities)(cells), cells
+
+
 def propensity_error(estimate: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
     """Max relative error and Pearson correlation of ``θ̂_i / θ̂_1`` against ``θ_i / θ_1``."""
     est = np.asarray(estimate, dtype=np.float64)
