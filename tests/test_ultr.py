@@ -641,7 +641,8 @@ def test_clicks_cli_train_dla_starts_from_the_logs_own_estimate(shared, tmp_path
     assert res.exit_code == 0, res.output
     start = [float(v) for v in re.search(r"DLA starts from θ̂ \(harvest\): (.*)", res.output).group(1).split(", ")]
     assert len(start) == 10 and start[0] == 1.0
-    assert max(abs(a - b / truth[0]) for a, b in zip(start[:3], truth[:3], strict=True)) < 0.1, start  # RandPair links ranks 1-3 well
+    # RandPair links ranks 1-3 well
+    assert max(abs(a - b / truth[0]) for a, b in zip(start[:3], truth[:3], strict=True)) < 0.1, start
     res = run(main, ["train", "--clicks", str(fixed), "--features", str(lgb / "rank.train"), "--dla-start", "em",
                      "-o", str(tmp_path / "none")])
     assert res.exit_code == 2 and "does not identify" in res.output, res.output
