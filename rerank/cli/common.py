@@ -169,9 +169,10 @@ class ModelArgs:
 
 
 model_options = options(
-    click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+    click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino", "vllm"]),
                  help="Where cross-encoders, SPLADE and dense encoders run: auto (the default: PyTorch on GPUs and "
-                      "bf16 CPUs, else OpenVINO or ONNX Runtime when installed), torch, onnx, openvino."),
+                      "bf16 CPUs, else OpenVINO or ONNX Runtime when installed), torch, onnx, openvino; "
+                      "LLM rerankers: auto (vLLM on a GPU where installed), torch, vllm."),
     click.option("--quantize", type=click.Choice(["none", "int8"]),
                  help="int8: dynamic int8 quantization on onnx/openvino (faster, scores change a little) "
                       "[default: none]."),
