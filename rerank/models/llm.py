@@ -90,7 +90,9 @@ class ChatLM(PromptModel):
             raise DataError(f"{self.name}: {text!r} is {len(ids)} tokens in this tokenizer, but must be one")
         return int(ids[0])
 
-    def _check_fits(self, prompts: Sequence[list[int]], new_tokens: int = 0) -> None:
+    def _check_fits(self, prompts: Sequence[list[int]], new_tokens: int = 0, generate: bool = False) -> None:
+        if generate and new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {new_tokens}")
         too_long = [len(p) for p in prompts if len(p) + new_tokens > self.window]
         if not too_long:
             return
@@ -159,9 +161,7 @@ class LLM(ChatLM):
 
         if not prompts:
             return []
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        self._check_fits(prompts, max_new_tokens)
+        self._check_fits(prompts, max_new_tokens, generate=True)
         t0 = time.perf_counter()
         outputs: list[str] = [""] * len(prompts)
         lengths = [len(p) + max_new_tokens for p in prompts]
@@ -188,9 +188,10 @@ LLM_BACKENDS = ("auto", "torch", "vllm")
 
 
 def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[str, str]:
-    """The engine an LLM reranker runs on, and why. ``auto``: vLLM where it is installed and the
-    model runs on a GPU; on a CPU the torch engine (benchmarks/llm_engines.py measured it faster
-    there, docs/benchmarks.md). ``$RERANK_BACKEND`` (torch or vllm) names what ``auto`` takes."""
+    """The engine an LLM reranker runs on, and why. ``auto``: vLLM wherever it is installed (on a
+    2-core CPU it was 1.1-3.7x the torch engine with the same rankings, benchmarks/llm_engines.py;
+    vLLM is built for GPUs), else the torch engine. ``$RERANK_BACKEND`` (torch or vllm) names what
+    ``auto`` takes (the test suite sets torch)."""
     import importlib.util
 
     backend = backend or "auto"
@@ -202,9 +203,8 @@ def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[
         return backend, "as asked (--backend)"
     if importlib.util.find_spec("vllm") is None:
         return "torch", "auto: vLLM is not installed"
-    if not pick_device(device).startswith("cuda"):
-        return "torch", "auto: on a CPU the torch engine was the faster (benchmarks/llm_engines.py)"
-    return "vllm", "auto: vLLM on a GPU"
+    where = "a GPU" if pick_device(device).startswith("cuda") else "a CPU, where it was measured faster (docs/benchmarks.md)"
+    return "vllm", f"auto: vLLM is installed, on {where}"
 
 
 def load_llm(name: str, *, backend: str | None = "auto", device: str = "auto", dtype: str = "auto",

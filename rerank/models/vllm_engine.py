@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -121,9 +122,7 @@ class VLLM(ChatLM):
         """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
         if not prompts:
             return []
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        self._check_fits(prompts, max_new_tokens)
+        self._check_fits(prompts, max_new_tokens, generate=True)
         params = self._vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True,
                                            stop=list(stop) or None)
         texts = []
@@ -156,9 +155,17 @@ def _engine(name: str, path: str, fingerprint: str, dtype: str, window: int, dev
     try:
         engine = vllm.LLM(**options)
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for a model it cannot run
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise EngineUnavailable(f"vLLM cannot load {name} ({path}): {reason}") from e
+        raise EngineUnavailable(f"vLLM cannot load {name} ({path}): {_reason(e)}") from e
     log.info("%s: vLLM engine started in %.0f s (%s, %s, context %d, prefix caching)", name, time.perf_counter() - t0,
              device, dtype, window)
     _engines[key] = engine
     return engine
+
+
+def _reason(e: BaseException) -> str:
+    """vLLM's reason in one line: a config validation error's own message (not its header), cut
+    before the list of every supported architecture."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = [line for line in lines if not re.match(r"\d+ validation errors? for ", line)] or [type(e).__name__]
+    reason = lines[0].removeprefix("Value error, ").split(" Supported architectures")[0]
+    return reason if len(reason) <= 300 else reason[:297] + "..."
