@@ -16,6 +16,7 @@ from conftest import offline_model
 
 from rerank import load_dataset
 from rerank.models.llm import LLM, load_llm, pick_llm_backend
+from rerank.models.vllm_engine import VLLM
 from rerank.rerankers.listwise import First, ListwiseGenerate
 from rerank.rerankers.pairwise import PRP
 from rerank.rerankers.pointwise import LLMPointwise
@@ -25,6 +26,7 @@ if importlib.util.find_spec("vllm") is None and os.environ.get("RERANK_REQUIRE_V
                 allow_module_level=True)
 
 pytestmark = pytest.mark.vllm
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for 2,048-token prompts of a 135M model
 
 #: fp32 on both engines: the candidate logits agree to this (absolute; they are 5 to 35 in size)
 FP32_TOL = 2e-3
@@ -60,8 +62,6 @@ def _first_prompts(reranker: First, lists) -> list[list[int]]:
 
 
 def test_engine_is_vllm_and_shared(on_vllm, smol):
-    from rerank.models.vllm_engine import VLLM
-
     assert isinstance(on_vllm, VLLM)
     again = load_llm(smol, backend="vllm", **SETUP)
     assert again.engine is on_vllm.engine  # one engine per (weights, dtype, context) in a process
@@ -152,8 +152,11 @@ def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch)
     assert "vLLM cannot load" in caplog.text and "runs on the torch engine instead" in caplog.text
 
 
-def test_backend_choices(monkeypatch):
+def test_backend_choices(smol, monkeypatch):
     monkeypatch.setenv("RERANK_BACKEND", "auto")
+    for backend, engine in (("torch", LLM), ("vllm", VLLM)):  # an explicit choice holds where auto would pick another
+        assert type(First(smol, backend=backend, **SETUP).llm) is engine
+        assert (LLMPointwise(smol, backend=backend, **SETUP).llm is None) == (engine is LLM)
     assert pick_llm_backend("auto", "cpu")[0] == "vllm"  # measured faster on a CPU too: benchmarks/llm_engines.py
     monkeypatch.setenv("RERANK_BACKEND", "torch")  # what the rest of the suite runs
     assert pick_llm_backend("auto", "cpu")[0] == "torch"

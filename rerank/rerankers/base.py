@@ -261,10 +261,10 @@ class ListReranker(Reranker):
             raise ValueError(f"max_passage_tokens must be positive, got {max_passage_tokens}")
         self.max_passage_tokens = max_passage_tokens
         options: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens, "max_length": max_length}
-        if backend not in (None, "auto", "torch"):
-            if self.model_kind != "causal-lm":
-                raise ValueError(f"{self.kind} runs on the torch engine only, not backend {backend!r}")
+        if self.model_kind == "causal-lm":
             options["backend"] = backend  # the causal LLM's engine (rerank.models.llm.load_llm)
+        elif backend not in (None, "auto", "torch"):
+            raise ValueError(f"{self.kind} runs on the torch engine only, not backend {backend!r}")
         self.llm = self._load(name, **options)
         self.model_name = name
         self.name = f"{self.kind}:{name}"
