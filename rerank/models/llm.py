@@ -231,7 +231,7 @@ def on_vllm(name: str, backend: str | None, *, device: str = "auto", dtype: str 
             raise
         log.warning("%s; it runs on the torch engine instead (--backend torch skips the attempt)", e)
         return None
-    log.info("%s runs on vLLM (%s)", name, why)
+    log.info("%s runs on vLLM: %s", name, why)
     return llm
 
 
