@@ -216,8 +216,8 @@ def test_cli_backend_and_quantize_options(dl19, tiny_ce, tmp_path, monkeypatch):
     assert "--quantize" in CliRunner().invoke(main, ["serve", "--help"]).output
 
 
-def test_the_llm_judge_runs_on_pytorch_only(tiny_smol):
+def test_the_llm_judge_runs_on_pytorch_or_vllm_only(tiny_smol):
     from rerank.rerankers.pointwise import LLMPointwise
 
-    with pytest.raises(ValueError, match="runs on PyTorch only"):
+    with pytest.raises(ValueError, match="LLM rerankers run on auto, torch, vllm, not backend 'onnx'"):
         LLMPointwise(tiny_smol, backend="onnx")

@@ -227,8 +227,8 @@ class ModelArgs:
 
 
 model_options = options(
-    click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
-                 help="Encoders' runtime [auto: OpenVINO on CPUs if installed]."),
+    click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino", "vllm"]),
+                 help="Runtime [auto: OpenVINO for encoders on CPUs if installed, vLLM for LLMs if installed]."),
     click.option("--quantize", type=click.Choice(["none", "int8"]),
                  help="int8 on onnx/openvino [default: none]."),
     click.option("--batch-tokens", type=click.IntRange(min=1), help="Tokens per model batch [default: 4096 on CPU]."),

