@@ -227,3 +227,26 @@ def test_train_labels_and_full_rank_training_from_the_cli(tiny_smol, scifact_dir
     res = runner.invoke(main, ["train", "-m", tiny_smol, "-d", str(scifact_dir), "--objective", "full-rank", "--loss",
                                "listnet", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "lm or importance" in res.output
+
+
+def test_rerank_run_with_window_all_prints_what_windows_would_have_cost(tiny_smol, dl19, tmp_path):
+    import shutil
+
+    from rerank.cli import main
+
+    long = tmp_path / "tiny-8k"  # the tiny Llama with an 8k context (rotary positions: no weights change)
+    shutil.copytree(tiny_smol, long)
+    config = json.loads((long / "config.json").read_text())
+    (long / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8192}))
+    out = tmp_path / "m.json"
+    runner = CliRunner()
+    r = runner.invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{long}", "--rerank-depth", "40", "--window", "all",
+                             "-d", str(dl19), "--metrics-json", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    cost = json.loads(out.read_text())["cost"]["rerank"]
+    # one prompt of 40 a query where windows of 20 by 10 take 3
+    assert cost["model_calls"] == 43 and cost["full_ranked_lists"] == 43 and cost["sliding_window_prompts"] == 3 * 43
+    assert cost["prompts_saved"] == 2 * 43 and cost["prompt_tokens_saved"] > 0
+    assert "full ranking: 43 lists in 43 prompts" in r.output and "86 prompts and" in r.output
+    r = runner.invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{tiny_smol}", "--window", "most", "-d", str(dl19)])
+    assert r.exit_code == 2 and "neither a number of passages nor 'all'" in r.output
