@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora", type=int, default=16)
     ap.add_argument("--max-passage-tokens", type=int, default=100)
-    ap.add_argument("--losses", default="lm,importance")
+    ap.add_argument("--losses", default="lm,importance", help="fine-tuning losses ('': zero-shot part only)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "full_ranking.json"))
@@ -129,6 +129,10 @@ def main() -> None:
                 result["zero_shot"].append(row)
                 print(json.dumps(row), flush=True)
 
+    losses = [x for x in args.losses.split(",") if x]
+    if not losses:
+        write_result(result, args.out)
+        return
     train = load_dataset("scifact", split="train")
     test = load_dataset("scifact", split="test")
     test_q = [q for q in test.queries if q.qid in test.require_qrels()][: args.scifact_queries]
@@ -140,7 +144,7 @@ def main() -> None:
     labels = random.Random(0).sample(labels, min(args.train_lists, len(labels)))
     lists = label_lists(labels, train.docs)
     base_model = offline(args.train_model)
-    for loss in args.losses.split(","):
+    for loss in losses:
         settings = {"model": args.train_model, "loss": loss, "lists": [r["qid"] for r in labels], "steps": args.steps,
                     "lr": args.lr, "lora": args.lora, **common, "seed": 0, "objective": "full-rank"}
         folder = WORK / f"full-ranking-{args.train_model}-{loss}-{key(settings)}"
