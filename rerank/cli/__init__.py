@@ -1,7 +1,7 @@
 """The ``rerank`` command line: thin commands over the library (rerank.specs builds every stage).
 
 * :mod:`.run`: run, eval, index, reproduce, kinds, datasets
-* :mod:`.train`: train, train-ltr
+* :mod:`.train`: train, train-ltr, train-labels
 * :mod:`.clicks`: clicks simulate | stats | propensity
 * :mod:`.serve`: serve (HTTP)
 * :mod:`.common`: logging, one-line errors, option groups
@@ -19,7 +19,7 @@ from ..progress import set_progress
 from .clicks import clicks
 from .run import datasets, eval_, index, kinds, reproduce, run
 from .serve import serve
-from .train import train, train_ltr
+from .train import train, train_labels, train_ltr
 
 
 class Rerank(click.Group):
@@ -55,7 +55,7 @@ def main() -> None:
     """Neural retrieval and reranking: first stages, rerankers, evaluation."""
 
 
-for command in (run, eval_, index, reproduce, train, train_ltr, clicks, kinds, datasets, serve):
+for command in (run, eval_, index, reproduce, train, train_ltr, train_labels, clicks, kinds, datasets, serve):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -39,6 +39,25 @@ from .common import (
 
 log = logging.getLogger("rerank")
 
+
+class _Window(click.ParamType):
+    """--window: a number of passages (2-26) or 'all' (full ranking)."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or str(value).strip().isdigit():
+            n = int(value)
+            if 2 <= n <= 26:
+                return n
+            self.fail(f"{n} is not in the range 2<=x<=26 (or 'all')", param, ctx)
+        if str(value).strip().lower() in ("all", "full"):
+            return "all"
+        self.fail(f"{value!r} is neither a number of passages nor 'all'", param, ctx)
+
+
+WINDOW = _Window()
+
 #: a config's keys and the type of each value
 CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -116,7 +135,7 @@ class RerankArgs:
 
     reranker: str | None = None
     rerank_depth: int | None = None
-    window: int | None = None
+    window: int | str | None = None  # "all": full ranking
     stride: int | None = None
     block_queries: int | None = None
     score_cache: str | None = None
@@ -151,7 +170,8 @@ RUN_GROUPS = {
 @dataset_options
 @click.option("--top-k", "-k", type=click.IntRange(min=1), help="Hits kept per query [default: 100].")
 @click.option("--rerank-depth", type=click.IntRange(min=1), help="Hits per query reranked [default: 100].")
-@click.option("--window", type=click.IntRange(min=2, max=26), help="Listwise window [default: 20].")
+@click.option("--window", type=WINDOW, help="Listwise window, or 'all': every candidate in one prompt (full ranking; "
+                                           "first, listwise-gen) [default: 20].")
 @click.option("--stride", type=click.IntRange(min=1), help="Listwise stride [default: 10].")
 @click.option("--template", help="llm-pointwise: prompt template, name or JSON file.")
 @click.option("--instruction", help="llm-pointwise: the template's task instruction.")
@@ -265,6 +285,8 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
         result["cost"]["rerank"] = c.as_dict()
         click.echo(f"reranker: {c.calls} {c.unit} through the model ({c.tokens} tokens, {c.batches} batches, "
                    f"{c.cached} from cache) in {c.seconds:.2f}s")
+        if callable(getattr(c, "summary", None)):  # full ranking: what sliding windows would have cost
+            click.echo(c.summary())
     if ds.qrels is not None:
         from ..evaluate import evaluate
 

@@ -1,11 +1,12 @@
-"""rerank train | train-ltr: rankers from labels (LTR losses, PG-Rank, FIRST) and from clicks."""
+"""rerank train | train-ltr | train-labels: rankers from labels (LTR losses, PG-Rank, FIRST, full
+ranking) and from clicks; complete listwise labels for full-ranking training."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -148,6 +149,7 @@ class ObjectiveArgs:
     objective: str = "listwise"
     first_lambda: float = 10.0
     window: int = 20
+    labels: str | None = None
     lora: int | None = None
     pg_samples: int = 8
     pg_k: int = 10
@@ -202,13 +204,18 @@ def report(result: dict[str, Any], output: str) -> None:
                    "(scale 20 x cosine), saved for --retriever dense:OUTPUT.")
 @click.option(
     "--objective",
-    type=click.Choice(["listwise", "pgrank", "contrastive", "first"]),
+    type=click.Choice(["listwise", "pgrank", "contrastive", "first", "full-rank"]),
     default="listwise",
     show_default=True,
     help="listwise: the --loss; pgrank: policy gradient on sampled rankings (PG-Rank, utility nDCG@--pg-k); "
     "contrastive: softmax cross-entropy of the positives against the list (InfoNCE); first: fine-tune a "
-    "causal LM (-m) as a FIRST listwise reranker on windows of --negatives (LM loss + --first-lambda x RankNet).",
+    "causal LM (-m) as a FIRST listwise reranker on windows of --negatives (LM loss + --first-lambda x RankNet); "
+    "full-rank: fine-tune a causal LM to write the whole permutation of --negatives in one answer (--loss lm or "
+    "importance; complete labels from --labels or the qrels).",
 )
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="full-rank: complete listwise labels (JSON lines of `rerank train-labels`) [default: qrels grades, "
+                   "first-stage order within a grade].")
 @click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
               help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
 @click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
@@ -268,6 +275,11 @@ def train(**kw: Any) -> None:
     from ..train.crossencoder import train_cross_encoder
 
     loss = schedule.loss
+    if goal.labels and goal.objective != "full-rank":
+        raise click.UsageError("--labels is for --objective full-rank")
+    if goal.objective == "full-rank":
+        _train_full_rank(text, goal, schedule, device)
+        return
     if goal.objective != "listwise" and loss:
         raise click.UsageError(f"--objective {goal.objective} sets the loss; leave out --loss {loss}")
     loss_options: dict[str, Any] = {}
@@ -305,6 +317,73 @@ def train(**kw: Any) -> None:
                        f"last {tenth} steps {sum(utility[-tenth:]) / tenth:.4f}")
     kind = "--retriever dense" if goal.encoder == "bi" else "--reranker cross-encoder"
     click.echo(f"use it: rerank run {kind}:{schedule.output} ...")
+
+
+def _train_full_rank(text: TextArgs, goal: ObjectiveArgs, schedule: TrainArgs, device: str) -> None:
+    from ..train.full_ranking import OBJECTIVE_LOSSES, train_full_ranking
+
+    loss = schedule.loss or "importance"
+    if loss not in OBJECTIVE_LOSSES:
+        raise click.UsageError(f"--objective full-rank takes --loss {' or '.join(OBJECTIVE_LOSSES)}, not {loss!r}")
+    ds = load(text.dataset or "", text.split, None, text.encoding_errors)
+    cfg = replace(schedule, loss=None).config(text.precision, defaults=("task", 1, 1, 1e-5))  # --loss is the task's
+    result = train_full_ranking(text.model or "", ds, schedule.output, cfg, labels=goal.labels, candidates=text.negatives,
+                                loss=loss, lora=goal.lora, dev_queries=text.dev_queries, device=device,
+                                overwrite=schedule.overwrite)
+    report(result, schedule.output)
+    click.echo(f"use it: rerank run --reranker listwise-gen:{schedule.output} --window all ...")
+
+
+@click.command("train-labels")
+@click.option("--dataset", "-d", required=True, help="Dataset with the queries (alias, ir_datasets id or path).")
+@click.option("--split", default="train", show_default=True)
+@click.option("--candidates", default="bm25:100", show_default=True, help="RETRIEVER:DEPTH: the lists to label.")
+@click.option("--teacher", help="A reranker spec whose ranking of the candidates orders them within a grade (or wholly, "
+                                "with --no-qrels), e.g. cross-encoder:MODEL or listwise-gen:MODEL.")
+@click.option("--teacher-run", type=click.Path(exists=True, dir_okay=False), help="A run file (TREC) as the teacher.")
+@click.option("--qrels/--no-qrels", "use_qrels", default=True, show_default=True,
+              help="Order by the judged grade first (queries without a relevant candidate are left out).")
+@click.option("--window", help="Teacher listwise rerankers: window (a number, or 'all').")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The labels file (JSON lines).")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@verbose_option
+@progress_option
+@friendly
+def train_labels(dataset: str, split: str, candidates: str, teacher: str | None, teacher_run: str | None, use_qrels: bool,
+                 window: str | None, device: str, output: str, encoding_errors: str, verbose: bool) -> None:
+    """Complete listwise labels for full-ranking training: every candidate of each query ordered by
+    its grade, then by a teacher's ranking (a reranker, a run file, or the first stage's order)."""
+    from ..data.formats import read_run
+    from ..specs import RERANKER
+    from ..train.full_ranking import complete_labels, write_labels
+
+    setup_logging(False, verbose)
+    if teacher and teacher_run:
+        raise click.UsageError("give --teacher or --teacher-run, not both")
+    if not use_qrels and not (teacher or teacher_run):
+        raise click.UsageError("--no-qrels needs a --teacher or --teacher-run to order the candidates")
+    check_writable(output)
+    spec, _, depth_s = candidates.rpartition(":")
+    if not spec or not depth_s.isdigit() or int(depth_s) < 1:
+        raise click.UsageError(f"--candidates takes RETRIEVER:DEPTH (e.g. bm25:100), not {candidates!r}")
+    ds = load(dataset, split, None, encoding_errors)
+    qrels = ds.require_qrels() if use_qrels else None
+    queries = [q for q in ds.queries if qrels is None or q.qid in qrels]
+    cands = stage(spec, ds, role=RETRIEVER, k=int(depth_s), with_text=teacher is not None)(queries)
+    taught = None
+    if teacher_run:
+        taught = read_run(teacher_run, encoding_errors)
+    elif teacher:
+        opts: dict[str, Any] = {"device": device, "depth": int(depth_s)}
+        if window:
+            opts["window"] = window if not window.isdigit() else int(window)
+        taught = stage(teacher, role=RERANKER, **opts)(queries, cands)
+    rows = complete_labels(queries, cands, qrels=qrels, teacher=taught, depth=int(depth_s), rel=ds.rel)
+    write_labels(output, rows)
+    click.echo(f"wrote {len(rows)} complete labels ({rows[0]['source'] if rows else 'none'}) of up to {depth_s} candidates "
+               f"to {output} ({len(queries) - len(rows)} queries left out)")
+    click.echo(f"train on them: rerank train --objective full-rank --labels {output} --negatives {candidates} ...")
 
 
 def propensity_spec(spec: str) -> list[float]:

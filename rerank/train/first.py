@@ -98,7 +98,7 @@ class FirstTask:
         if not windows:
             raise DataError("no training windows: no query has a relevant passage among its candidates")
         too_big = max(len(w.passages) for w in windows)
-        if too_big > reranker.window:
+        if too_big > reranker.window and not getattr(reranker, "full", False):
             raise DataError(f"a window of {too_big} passages exceeds the reranker's window of {reranker.window}")
         self.reranker, self.windows, self.lam, self.seed = reranker, list(windows), lam, seed
         self.dev, self.rel, self.shuffle = dev, rel, shuffle
@@ -148,28 +148,32 @@ class FirstTask:
     def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
         raise NotImplementedError("FirstTask brings its own loss")
 
-    def loss(self, model: Any, inputs: Any, ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, model: Any, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """One forward pass over (prompt, target) pairs: the hidden states that predict the target
+        tokens (concatenated), the targets, each example's hidden state before its answer, and the
+        output head. Only these rows are projected onto the vocabulary."""
         llm = self.reranker.llm
         device = next(model.parameters()).device
         seqs = [p + t for p, t in inputs]
         length = max(len(s) for s in seqs)
-        pad = llm.engine.pad_id
-        ids = torch.full((len(seqs), length), pad, dtype=torch.long, device=device)
+        ids = torch.full((len(seqs), length), llm.engine.pad_id, dtype=torch.long, device=device)
         att = torch.zeros_like(ids)
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s, device=device)
             att[b, : len(s)] = 1
         hidden = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state
-        head = model.get_output_embeddings()
-        rows, targets, first = [], [], []
-        for b, (p, t) in enumerate(inputs):
-            rows.append(hidden[b, len(p) - 1 : len(p) - 1 + len(t)])  # position k predicts token k + 1
-            targets.append(torch.tensor(t, device=device))
-            first.append(hidden[b, len(p) - 1])
-        lm = torch.nn.functional.cross_entropy(head(torch.cat(rows)).float(), torch.cat(targets))
+        rows = [hidden[b, len(p) - 1 : len(p) - 1 + len(t)] for b, (p, t) in enumerate(inputs)]  # position k predicts k + 1
+        targets = torch.cat([torch.tensor(t, device=device) for _, t in inputs])
+        first = torch.stack([hidden[b, len(p) - 1] for b, (p, _) in enumerate(inputs)])
+        return torch.cat(rows), targets, first, model.get_output_embeddings()
+
+    def loss(self, model: Any, inputs: Any, ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rows, targets, first, head = self._forward(model, inputs)
+        device = rows.device
+        lm = torch.nn.functional.cross_entropy(head(rows).float(), targets)
         ident = self.reranker.identifier_ids[: ranks.shape[1]]
         ids_w = head.weight[ident]
-        z = torch.stack(first).float() @ ids_w.float().T
+        z = first.float() @ ids_w.float().T
         bias = getattr(head, "bias", None)
         if bias is not None:
             z = z + bias[ident].float()

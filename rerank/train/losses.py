@@ -341,3 +341,34 @@ def get_loss(name: str) -> LossFn:
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[key]
+
+
+# ---------------------------------------------------------------- label-token losses (generative rerankers)
+def importance_weights(separator: list[bool]) -> list[float]:
+    """Weights of a generated permutation's tokens for the importance-aware loss of Liu et al.
+    2024 ("Sliding Windows Are Not the End", as their released code computes it): the rank
+    ``r`` starts at 1 and grows by one after each separator token (the one holding ``>``); a
+    separator weighs 1, any other token (the identifier of rank ``r``, and the end of the answer,
+    which keeps the last rank) weighs ``1 + 1 / log2(r + 1)``: 2 for the first identifier, 1.63
+    for the second, about 1.15 at rank 100."""
+    out, rank = [], 1
+    for sep in separator:
+        if sep:
+            out.append(1.0)
+            rank += 1
+        else:
+            out.append(1.0 + 1.0 / math.log2(rank + 1))
+    return out
+
+
+def weighted_token_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``Σ_t w_t · CE(logits_t, target_t) / T`` over the ``T`` label tokens (``logits`` [T, V],
+    ``targets`` [T], ``weights`` [T]): with all weights 1 (``None``) the plain language-modelling
+    loss; with :func:`importance_weights` the importance-aware loss, normalised by the token count
+    (not the weight sum) as in the paper's code, so it is the LM loss plus a top-heavy term."""
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    if weights is None:
+        return ce.mean()
+    if weights.shape != ce.shape:
+        raise ValueError(f"weights shape {tuple(weights.shape)} differs from the {ce.shape[0]} label tokens")
+    return (ce * weights.to(ce.dtype)).sum() / ce.shape[0]

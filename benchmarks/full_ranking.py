@@ -1,0 +1,184 @@
+"""Full ranking vs sliding windows with long-context LLMs (Liu et al. 2024, "Sliding Windows Are Not
+the End"), zero-shot and fine-tuned with complete labels (LM loss vs importance-aware loss).
+
+    python benchmarks/full_ranking.py                      # the acceptance run (GPU: minutes; CPU: days)
+    python benchmarks/full_ranking.py --models SmolLM2-135M-Instruct --train-model SmolLM2-135M-Instruct \\
+        --dl19-queries 2 --scifact-queries 2 --depth 20 --window 10 --train-lists 4 --steps 2 \\
+        --max-passage-tokens 30 --out /tmp/full_ranking-smoke.json   # every path, a few minutes on 2 cores
+
+1. Zero-shot, DL19 BM25 top ``--depth`` (the shared candidates, with texts): each of ``--models``
+   as a generative listwise reranker (``listwise-gen``) over sliding windows of ``--window``
+   (stride half of it) and with full ranking (``window=all``, one prompt a query); nDCG@10,
+   prompt tokens, model calls and seconds per query.
+2. Fine-tuned: ``--train-model`` with LoRA (rank ``--lora``) on SciFact train: complete labels of
+   the BM25 top ``--depth`` (qrels grades, BM25 order within a grade), ``--train-lists`` of them
+   drawn with seed 0, ``--steps`` steps of one list (the same lists and steps for both losses; with
+   fewer lists than steps, whole epochs over them), loss ``lm``
+   and ``importance``; each evaluated on SciFact test (``--scifact-queries``) and DL19 with full
+   ranking and with sliding windows.
+
+Models and runs are cached under benchmarks/work/ by a key of every setting that changes them
+(a changed setting trains again; a killed run resumes from the trainer's checkpoint). Prints the
+CPU model and flags; writes ``--out`` (benchmarks/results/full_ranking.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import RESULTS, WORK, cpu_facts, machine, offline, write_result
+
+from rerank.data import load_dataset
+from rerank.evaluate import evaluate
+from rerank.rerankers.listwise import ListwiseGenerate
+from rerank.retrieve.bm25 import BM25
+from rerank.train.first import add_lora
+from rerank.train.full_ranking import FullRankTask, complete_labels, label_lists
+from rerank.train.trainer import HISTORY, TrainConfig, Trainer
+
+METRIC = "nDCG@10"
+
+
+def key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached(settings: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """A result row computed once per settings (benchmarks/work/full-ranking-runs/KEY.json)."""
+    path = WORK / "full-ranking-runs" / f"{key(settings)}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    row = {**settings, **compute()}
+    write_result(row, path)
+    return row
+
+
+def ndcg(run: dict[str, Any], ds: Any, queries: list[Any]) -> float:
+    """nDCG@10 over ``queries`` (their qrels only: a subset is not scored 0 on the queries left out)."""
+    qrels = ds.require_qrels()
+    return round(evaluate(run, {q.qid: qrels[q.qid] for q in queries}, [METRIC], rel=ds.rel).metrics[METRIC], 4)
+
+
+def rerank_row(model: str, window: Any, ds: Any, queries: list[Any], run: dict[str, Any], args: Any) -> dict[str, Any]:
+    """nDCG@10 and cost of one listwise-gen configuration over ``run``."""
+    stride = max(1, args.window // 2)
+    reranker = ListwiseGenerate(model, window=window, stride=stride, depth=args.depth, device=args.device,
+                                max_passage_tokens=args.max_passage_tokens)
+    t = time.perf_counter()
+    out = reranker(queries, run)
+    seconds = time.perf_counter() - t
+    c = reranker.cost
+    row = {METRIC: ndcg(out, ds, queries),
+           "prompt_tokens": c.tokens, "calls": c.calls, "generated_tokens": c.generated, "repaired": c.repaired,
+           "seconds_per_query": round(seconds / max(1, len(queries)), 2)}
+    if window == "all":
+        d = c.as_dict()
+        row.update({k: d[k] for k in ("full_ranked_lists", "window_fallback_lists", "sliding_window_prompts",
+                                      "sliding_window_tokens")})
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="Qwen2.5-Coder-1.5B-Instruct,Qwen2.5-Coder-0.5B-Instruct", help="zero-shot models")
+    ap.add_argument("--train-model", default="Qwen2.5-Coder-0.5B-Instruct")
+    ap.add_argument("--depth", type=int, default=100, help="candidates reranked (BM25 top N)")
+    ap.add_argument("--window", type=int, default=20, help="sliding window (stride: half)")
+    ap.add_argument("--dl19-queries", type=int, default=43)
+    ap.add_argument("--scifact-queries", type=int, default=300)
+    ap.add_argument("--train-lists", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=400, help="training steps of one list, for each loss")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lora", type=int, default=16)
+    ap.add_argument("--max-passage-tokens", type=int, default=100)
+    ap.add_argument("--losses", default="lm,importance", help="fine-tuning losses ('': zero-shot part only)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--skip-zero-shot", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "full_ranking.json"))
+    args = ap.parse_args()
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; flags {facts['flags']}; {facts['memory_gb']} GB)", flush=True)
+
+    dl19 = load_dataset("trec-dl-19")
+    dl19_q = [q for q in dl19.queries if q.qid in dl19.require_qrels()][: args.dl19_queries]
+    dl19_run = {qid: hits[: args.depth] for qid, hits in dl19.candidate_run("bm25").items() if qid in {q.qid for q in dl19_q}}
+    base = {"bm25": ndcg(dl19_run, dl19, dl19_q)}
+    result: dict[str, Any] = {"benchmark": "full ranking vs sliding windows", "cpu": facts, "machine": machine(),
+                              "args": vars(args), "dl19_bm25": base, "zero_shot": [], "fine_tuned": []}
+    common = {"depth": args.depth, "window": args.window, "max_passage_tokens": args.max_passage_tokens}
+    scored = {"scored_over": "the evaluated queries"}  # rows of an older layout (scored over all judged queries) are not reused
+
+    if not args.skip_zero_shot:
+        for name in args.models.split(","):
+            model = offline(name)
+            for window in (args.window, "all"):
+                settings = {"part": "zero-shot", "model": name, "dataset": "dl19", "queries": len(dl19_q), **common, **scored,
+                            "mode": "full" if window == "all" else "sliding"}
+                row = cached(settings, lambda model=model, window=window: rerank_row(model, window, dl19, dl19_q, dl19_run, args))
+                result["zero_shot"].append(row)
+                print(json.dumps(row), flush=True)
+
+    losses = [x for x in args.losses.split(",") if x]
+    if not losses:
+        write_result(result, args.out)
+        return
+    train = load_dataset("scifact", split="train")
+    test = load_dataset("scifact", split="test")
+    test_q = [q for q in test.queries if q.qid in test.require_qrels()][: args.scifact_queries]
+    test_run = BM25(test, k=args.depth)(test_q)
+    result["scifact_test_bm25"] = {"bm25": ndcg(test_run, test, test_q)}
+    train_qrels = train.require_qrels()
+    train_q = [q for q in train.queries if q.qid in train_qrels]
+    labels = complete_labels(train_q, BM25(train, k=args.depth)(train_q), qrels=train_qrels, depth=args.depth, rel=train.rel)
+    labels = random.Random(0).sample(labels, min(args.train_lists, len(labels)))
+    lists = label_lists(labels, train.docs)
+    base_model = offline(args.train_model)
+    for loss in losses:
+        settings = {"model": args.train_model, "loss": loss, "lists": [r["qid"] for r in labels], "steps": args.steps,
+                    "lr": args.lr, "lora": args.lora, **common, "seed": 0, "objective": "full-rank"}
+        folder = WORK / f"full-ranking-{args.train_model}-{loss}-{key(settings)}"
+        t = time.perf_counter()
+        history = folder / HISTORY
+        if not (history.is_file() and json.loads(history.read_text()).get("finished")):
+            reranker = ListwiseGenerate(base_model, window="all", depth=args.depth, dtype="float32", device=args.device,
+                                        max_passage_tokens=args.max_passage_tokens)
+            wrapped = add_lora(reranker.llm.model, args.lora) if args.lora else None
+            use = lists[: args.steps]  # the budget: --steps lists of one step each, epochs over them when there are fewer
+            task = FullRankTask(reranker, use, loss=loss, lora=wrapped)
+            cfg = TrainConfig(loss="task", epochs=max(1, args.steps // len(use)), batch_size=1, lr=args.lr, warmup=0.1,
+                              checkpoint_every=25)
+            Trainer(reranker.llm.model, task, cfg, folder).train()
+        train_s = time.perf_counter() - t
+        saved = json.loads(history.read_text()) if history.is_file() else {"loss_per_step": []}
+        steps = saved.get("loss_per_step", [])
+        for ds_name, ds, queries, run in (("scifact-test", test, test_q, test_run), ("dl19", dl19, dl19_q, dl19_run)):
+            for window in (args.window, "all"):
+                eval_settings = {"part": "fine-tuned", "model_key": key(settings), "loss": loss, "dataset": ds_name,
+                                 "queries": len(queries), **common, **scored, "mode": "full" if window == "all" else "sliding"}
+                row = cached(eval_settings, lambda ds=ds, queries=queries, run=run, window=window, folder=folder:
+                             rerank_row(str(folder), window, ds, queries, run, args))
+                row.update({"train_s": round(train_s, 1), "steps": len(steps),
+                            "loss_first_last": [round(steps[0]["loss"], 4), round(steps[-1]["loss"], 4)] if steps else None})
+                result["fine_tuned"].append(row)
+                print(json.dumps(row), flush=True)
+    write_result(result, args.out)
+    print(f"\n{'part':<11}{'model/loss':<34}{'data':<14}{'mode':<9}{METRIC:>9}{'tokens':>10}{'calls':>7}{'s/q':>8}")
+    for r in result["zero_shot"] + result["fine_tuned"]:
+        who = r.get("model") or f"{args.train_model} {r['loss']}"
+        print(f"{r['part']:<11}{who[:33]:<34}{r['dataset']:<14}{r['mode']:<9}{r[METRIC]:>9.4f}{r['prompt_tokens']:>10}"
+              f"{r['calls']:>7}{r['seconds_per_query']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
