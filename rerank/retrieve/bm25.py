@@ -209,6 +209,8 @@ class _Disk:
         self._tok: Any = None
         self._shards: list[Any] = []
         self._docids: Any = None
+        self._folder: Path | None = None
+        self.search_with: Callable[..., list[list[tuple[int, float]]]] | None = None
 
     def index_params(self) -> dict[str, Any]:
         return {**_Bm25s.index_params(), "layout": "csr-impacts", "shards": self.shards}
@@ -228,6 +230,7 @@ class _Disk:
         self._tok.load_stopwords(folder)
         self._shards = [bm25disk.Shard(folder, s) for s in range(len(stats["shards"]))]
         self._docids = bm25disk.DocIds(folder)
+        self._folder = folder
 
     def search(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
         import numpy as np
@@ -240,7 +243,10 @@ class _Disk:
         if not keep:
             return out
         terms = [np.asarray(ids[i], dtype=np.int64) for i in keep]
-        found = bm25disk.merge_top_k((s.search(terms, k, self.threads) for s in self._shards), k)
+        if self.search_with is not None:  # the shards searched elsewhere (Ray workers)
+            found = self.search_with(self._folder, terms, k)
+        else:
+            found = bm25disk.merge_top_k((s.search(terms, k, self.threads) for s in self._shards), k)
         for i, hits in zip(keep, found, strict=True):
             out[i] = [(self._docids[d], s) for d, s in hits]
         return out
@@ -402,6 +408,29 @@ class BM25(Stage):
         self._loaded: Path | None = None
         # builds the index into a folder instead of this process (e.g. rerank.distributed's Ray builder)
         self.build_with = build_with
+
+    @property
+    def shards(self) -> int:
+        """bm25:disk: the shards its index is cut into (1 for the other backends)."""
+        return int(getattr(self._impl, "shards", 1))
+
+    @shards.setter
+    def shards(self, n: int) -> None:
+        if self.backend != "disk":
+            raise ValueError("shards apply to the disk backend (bm25:disk)")
+        self._impl.shards = n
+
+    @property
+    def search_with(self) -> Callable[..., list[list[tuple[int, float]]]] | None:
+        """bm25:disk: searches the index's shards somewhere else, e.g. on Ray workers
+        (``(folder, term id arrays, k)`` -> each query's (document number, score) list)."""
+        return getattr(self._impl, "search_with", None)
+
+    @search_with.setter
+    def search_with(self, fn: Callable[..., list[list[tuple[int, float]]]] | None) -> None:
+        if self.backend != "disk":
+            raise ValueError("searching shards elsewhere applies to the disk backend (bm25:disk)")
+        self._impl.search_with = fn
 
     def _params(self) -> dict[str, Any]:
         p = dict(self._impl.index_params())
