@@ -8,7 +8,9 @@ job's own) with each store:
 
   build    reading the corpus into the store (dict: into memory; disk: DiskDocStore.build)
   bm25     a bm25s index over the store's documents (rerank's BM25: streaming tokenization, token ids
-           kept as int32 arrays)
+           kept as int32 arrays), then --queries SciFact queries searched (top 100; queries/s)
+  disk     bm25:disk, the same scores built in bounded memory (--memory-gb) and searched memory-mapped
+  lucene   the anchor: Lucene through pyserini (bm25:lucene, 2 threads), built and searched the same way
   bm25s    the baseline: bm25s as its README uses it (the texts in a list, bm25s.tokenize, then
            BM25.index; token ids as Python lists), same stemmer, stopwords, k1 and b; store "dict" only
   random   100 random documents read by id right after opening the store (cold pages: a disk read
@@ -23,6 +25,11 @@ Prints a table with the CPU, memory and the ratios disk/dict, and writes benchma
     python benchmarks/scale.py --sizes 100000,1000000,5000000 --bm25-max 1000000
     python benchmarks/scale.py --sizes 1000000,5000000 --jobs bm25,bm25s --bm25-max 5000000 --baseline-max 1000000 \
         --stores-at-max disk --out benchmarks/results/scale-bm25.json
+    python benchmarks/scale.py --sizes 1000000 --jobs disk,bm25,lucene --stores-at-max disk --memory-gb 4 \
+        --out benchmarks/results/scale-bm25-disk-1m.json
+
+Build figures are the index build alone (the store already open); "search" rows time the
+queries after one warm-up query (numba's kernel is compiled once and cached on disk).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, WORK, cpu_facts, write_result  # noqa: E402
 
-JOBS = ("build", "bm25", "bm25s", "random", "rerank")
+JOBS = ("build", "bm25", "bm25s", "random", "rerank", "disk", "lucene")
+ENGINES = {"bm25": "bm25s", "disk": "disk", "lucene": "lucene"}  # job: BM25 backend
 
 
 def sentences(shared: Path) -> list[str]:
@@ -70,7 +78,22 @@ def make_corpus(n: int, shared: Path) -> Path:
     return path
 
 
-def job(kind: str, store: str, corpus: Path, root: Path) -> dict[str, float]:
+def queries(shared: Path, n: int) -> list[object]:
+    """The first ``n`` SciFact queries (train and test: 1,109), real questions over these sentences."""
+    from rerank.types import Query
+
+    rows = [json.loads(line) for line in (shared / "beir" / "scifact" / "queries.jsonl").read_text().splitlines() if line]
+    return [Query(str(r["_id"]), r["text"]) for r in rows[:n]]
+
+
+def peaks() -> dict[str, float]:
+    """Peak RSS so far and the anonymous (own, not file-backed) resident memory now, in MB."""
+    status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").is_file() else []
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "anon_rss_mb": next((int(x.split()[1]) / 1024 for x in status if x.startswith("RssAnon:")), float("nan"))}
+
+
+def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Namespace | None = None) -> dict[str, float]:
     """One measurement, in this process: seconds and peak RSS (MB)."""
     from rerank.data.formats import iter_beir_corpus
     from rerank.data.store import DiskDocStore, MemoryDocStore
@@ -90,10 +113,25 @@ def job(kind: str, store: str, corpus: Path, root: Path) -> dict[str, float]:
     t1 = time.perf_counter()
     n = len(docs)  # type: ignore[arg-type]
     rng = random.Random(0)
-    if kind == "bm25":
+    if kind in ENGINES:
         from rerank.retrieve.bm25 import BM25
 
-        BM25(docs, k=10, index_root=root / f"bm25-{store}", rebuild=True).index()  # type: ignore[arg-type]
+        extra = {"memory_gb": options.memory_gb} if kind == "disk" and options else {}
+        stage = BM25(docs, backend=ENGINES[kind], k=100, index_root=root / f"{kind}-{store}", rebuild=True,  # type: ignore[arg-type]
+                     with_text=False, threads=2, **extra)
+        stage.index()
+        out["seconds"] = time.perf_counter() - t1
+        out.update({f"build_{k}": v for k, v in peaks().items()})
+        if options is not None and options.queries:
+            qs = queries(Path(options.shared), options.queries)
+            stage(qs[:1])  # warm-up: the JVM's searcher, numba's compiled kernel
+            t2 = time.perf_counter()
+            run = stage(qs)
+            out["search_seconds"] = time.perf_counter() - t2
+            out["queries_per_s"] = len(qs) / out["search_seconds"]
+            out["hits"] = sum(len(h) for h in run.values())
+            out.update(peaks())
+        return out
     elif kind == "bm25s":
         import bm25s
         import Stemmer
@@ -139,10 +177,12 @@ def main() -> None:
     ap.add_argument("--jobs", default=",".join(j for j in JOBS if j != "bm25s"), help="which jobs to run")
     ap.add_argument("--baseline-max", type=int, default=1_000_000, help="largest N for the bm25s baseline")
     ap.add_argument("--stores-at-max", default="dict,disk", help="stores measured at the largest size")
+    ap.add_argument("--memory-gb", type=float, default=4.0, help="bm25:disk's build memory budget")
+    ap.add_argument("--queries", type=int, default=1000, help="queries searched after each BM25 build (0: none)")
     args = ap.parse_args()
     root = WORK / "scale-indexes"
     if args.job:  # a child process: one job
-        print(json.dumps(job(args.job, args.store, Path(args.corpus), root)))
+        print(json.dumps(job(args.job, args.store, Path(args.corpus), root, args)))
         return
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
@@ -155,9 +195,10 @@ def main() -> None:
         stores = args.stores_at_max.split(",") if n == max(sizes) else ["dict", "disk"]
         for store in stores:
             for kind in jobs:
-                if (kind == "bm25" and n > args.bm25_max) or (kind == "bm25s" and (n > args.baseline_max or store != "dict")):
+                if (kind in ENGINES and n > args.bm25_max) or (kind == "bm25s" and (n > args.baseline_max or store != "dict")):
                     continue
-                r = subprocess.run([sys.executable, __file__, "--job", kind, "--store", store, "--corpus", str(corpus)],
+                r = subprocess.run([sys.executable, __file__, "--job", kind, "--store", store, "--corpus", str(corpus),
+                                    "--memory-gb", str(args.memory_gb), "--queries", str(args.queries), "--shared", args.shared],
                                    capture_output=True, text=True, check=True)
                 result = json.loads(r.stdout.strip().splitlines()[-1])
                 rows.append({"documents": n, "corpus_mb": round(mb, 1), "store": store, "job": kind,
@@ -165,7 +206,9 @@ def main() -> None:
                 print(f"{n:>9,} {store:<5} {kind:<7} {result['seconds']:9.3f} s  peak {result['peak_rss_mb']:8.0f} MB"
                       f"  own {result['anon_rss_mb']:8.0f} MB"
                       + (f"  {result['ms_per_read']:.4f} ms/read ({result['ms_per_read_warm']:.4f} warm)"
-                         if "ms_per_read" in result else ""), flush=True)
+                         if "ms_per_read" in result else "")
+                      + (f"  build peak {result['build_peak_rss_mb']:.0f} MB, {result['queries_per_s']:.1f} queries/s"
+                         if "queries_per_s" in result else ""), flush=True)
     ratios = {}
     for n in sorted({r["documents"] for r in rows}):
         for kind in JOBS:

@@ -157,3 +157,49 @@ def test_cli_indexes_and_runs_bm25_disk(tmp_path, monkeypatch):
     assert_same_run(read_run(tmp_path / "bm25.trec"), read_run(tmp_path / "bm25-disk.trec"), 5)
     r = CliRunner().invoke(main, ["run", "-r", "bm25", "-d", str(tmp_path / "ds"), "--bm25-memory-gb", "1", "-q"])
     assert r.exit_code == 2 and "disk" in r.output
+
+
+def test_mmap_flat_search_is_exact_and_shards_merge_to_it(tmp_path):
+    import faiss
+
+    from rerank.retrieve.dense import FlatShard, shard_bounds, top_k
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((3000, 24)).astype(np.float16)
+    np.save(tmp_path / "embeddings.npy", emb)
+    q = rng.standard_normal((30, 24)).astype(np.float32)
+    scores, rows = FlatShard.open(tmp_path, rows_at_once=700).search(q, 40)
+    exact = faiss.IndexFlatIP(24)
+    exact.add(emb.astype(np.float32))
+    f_scores, f_rows = exact.search(q, 40)
+    assert np.array_equal(rows, f_rows) and np.allclose(scores, f_scores, atol=1e-4)
+    l2 = faiss.IndexFlatL2(24)
+    l2.add(emb.astype(np.float32))
+    d, r = l2.search(q, 40)
+    s2, r2 = FlatShard.open(tmp_path, l2=True, rows_at_once=700).search(q, 40)
+    assert np.array_equal(r2, r) and np.allclose(-s2, d, atol=1e-3)
+    bounds = shard_bounds(3000, 3, 700)
+    assert bounds == [0, 700, 2100, 3000]  # 5 chunks of rows cut 1, 2, 2
+    parts = [FlatShard.open(tmp_path, a, b, rows_at_once=700).search(q, 40) for a, b in zip(bounds, bounds[1:])]
+    m_scores, m_rows = top_k(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1), 40)
+    assert np.array_equal(m_rows, rows) and np.array_equal(m_scores, scores)  # the same chunks: the same bits
+
+
+def test_ivfpq_streams_its_embeddings_and_reports_recall(tmp_path):
+    import faiss
+
+    from rerank.retrieve import dense
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((12000, 32)).astype(np.float16)
+    np.save(tmp_path / "e.npy", emb)
+    mm = np.load(tmp_path / "e.npy", mmap_mode="r")
+
+    index = dense.build_faiss_index("ivfpq", mm, faiss.METRIC_INNER_PRODUCT, nlist=16, pq_m=8)
+    assert index.ntotal == 12000 and index.pq.M == 8 and index.nlist == 16
+    good = dense.exact_recall(index, mm, faiss.METRIC_INNER_PRODUCT, nprobe=16)
+    poor = dense.exact_recall(index, mm, faiss.METRIC_INNER_PRODUCT, nprobe=1)
+    assert 0 < poor < good <= 1 and good > 0.2, (poor, good)  # random vectors: PQ's compression bounds the recall
+    assert dense.default_pq_m(384) == 48 and dense.default_pq_m(100) == 10
+    with pytest.raises(ValueError, match="pq_m must divide"):
+        dense.build_faiss_index("ivfpq", mm, faiss.METRIC_INNER_PRODUCT, nlist=4, pq_m=5)

@@ -159,7 +159,7 @@ RUN_GROUPS = {
 @click.option("--instruction", help="llm-pointwise: the template's task instruction.")
 @click.option("--block-queries", type=click.IntRange(min=1),
               help="Queries reranked together [default: 8; 32 listwise].")
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index [default: flat].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]), help="FAISS index [default: flat].")
 @model_options
 @click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite cache of scores: repeats are free.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format).")
@@ -351,7 +351,7 @@ def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw
               help="bm25, bm25:lucene, bm25:disk, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
 @click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: "
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]), help="FAISS index of a dense retriever [default: "
                                                                                 "flat].")
 @model_options
 @click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
