@@ -391,8 +391,8 @@ def _shard_actors(kind: str, folder: Path, shards: list[Any], options: RayOption
     return [actor.remote(kind, str(folder), shard, threads) for shard in shards]
 
 
-def _search_batches(kind: str, folder: Path, shards: list[Any], queries: Sequence[Any], k: int, options: RayOptions,
-                    merge: Callable[[list[tuple[np.ndarray, ...]]], list[list[tuple[int, float]]]], batch: int,
+def _search_batches(kind: str, folder: Path, shards: list[Any], queries: Sequence[Any] | np.ndarray, k: int,
+                    options: RayOptions, merge: Callable[[list[Any]], list[list[tuple[int, float]]]], batch: int,
                     on_batch: Callable[[int, int, list[Any]], None] | None) -> list[list[tuple[int, float]]]:
     ray = connect(options)
     actors = _shard_actors(kind, folder, shards, options)

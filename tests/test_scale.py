@@ -3,6 +3,7 @@ index, bit for bit; its shards; the memory-mapped exact dense search and IVF-PQ.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_mmap_flat_search_is_exact_and_shards_merge_to_it(tmp_path):
     assert np.array_equal(r2, r) and np.allclose(-s2, d, atol=1e-3)
     bounds = shard_bounds(3000, 3, 700)
     assert bounds == [0, 700, 2100, 3000]  # 5 chunks of rows cut 1, 2, 2
-    parts = [FlatShard.open(tmp_path, a, b, rows_at_once=700).search(q, 40) for a, b in zip(bounds, bounds[1:])]
+    parts = [FlatShard.open(tmp_path, a, b, rows_at_once=700).search(q, 40) for a, b in itertools.pairwise(bounds)]
     m_scores, m_rows = top_k(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1), 40)
     assert np.array_equal(m_rows, rows) and np.array_equal(m_scores, scores)  # the same chunks: the same bits
 

@@ -351,8 +351,8 @@ def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw
               help="bm25, bm25:lucene, bm25:disk, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
 @click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]), help="FAISS index of a dense retriever [default: "
-                                                                                "flat].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]),
+              help="FAISS index of a dense retriever [default: flat].")
 @model_options
 @click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")

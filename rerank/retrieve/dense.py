@@ -80,10 +80,11 @@ def default_pq_m(dim: int) -> int:
 
 
 def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: int | None = None, hnsw_m: int = 32,
-                      ef_construction: int = 200, seed: int = 0, pq_m: int | None = None) -> Any:
+                      ef_construction: int = 200, seed: int = 0, pq_m: int | None = None,
+                      train_rows: int | None = None) -> Any:
     """A CPU FAISS index of ``kind`` (flat, ivf, hnsw, ivfpq) over ``embeddings`` (any float dtype,
     memory-mapped is fine: rows are converted to float32 64k at a time, the IVF ones trained on a
-    sample of at most 256 rows a cell)."""
+    sample of at most 256 rows a cell, and of at most ``train_rows``)."""
     faiss = _faiss()
     n, d = embeddings.shape
     if kind == "flat":
@@ -100,7 +101,7 @@ def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: 
             if d % m:
                 raise ValueError(f"pq_m must divide the embeddings' {d} dimensions, got {m}")
             index = faiss.IndexIVFPQ(faiss.IndexFlat(d, metric), d, cells, m, 8, metric)
-        sample = min(n, 256 * index.nlist)
+        sample = min(n, 256 * index.nlist, train_rows or n)
         rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
         # PQ's codebooks need 256 points each (39 x 256 is what FAISS asks for): at least 9,984 rows
         if kind == "ivfpq" and sample < min(n, 9_984):
