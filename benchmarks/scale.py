@@ -11,6 +11,8 @@ job's own) with each store:
            kept as int32 arrays), then --queries SciFact queries searched (top 100; queries/s)
   disk     bm25:disk, the same scores built in bounded memory (--memory-gb) and searched memory-mapped
   lucene   the anchor: Lucene through pyserini (bm25:lucene, 2 threads), built and searched the same way
+  stream   bm25:disk's builder fed straight from the JSONL (no document store open: the peak is the
+           builder's own, not the pages of a memory-mapped store it read), then searched
   ray      bm25:disk built in 2 shards and searched by a local Ray cluster of 2 workers (one a shard)
 
 --dense-sizes N,...: dense beyond memory, on synthetic unit vectors (384 dimensions, 1,000 Gaussian
@@ -54,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, WORK, cpu_facts, write_result  # noqa: E402
 
-JOBS = ("build", "bm25", "bm25s", "random", "rerank", "disk", "lucene")
+JOBS = ("build", "bm25", "bm25s", "random", "rerank", "disk", "lucene", "stream", "ray")
 ENGINES = {"bm25": "bm25s", "disk": "disk", "lucene": "lucene"}  # job: BM25 backend
 
 
@@ -132,6 +134,36 @@ def dense_job(n: int, options: argparse.Namespace) -> dict[str, float]:
     out_["nprobe"] = options.nprobe
     out_.update(peaks())
     return out_
+
+
+def stream_job(corpus: Path, root: Path, options: argparse.Namespace) -> dict[str, float]:
+    """bm25:disk built from the JSONL as it is read, then searched: the builder's own memory."""
+    import shutil
+
+    from rerank.data.formats import iter_beir_corpus
+    from rerank.retrieve import bm25disk
+    from rerank.retrieve.bm25 import _Disk, bm25s_tokenizer
+
+    n = int(corpus.stem.rsplit("-", 1)[1])
+    folder = root / "stream"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t0 = time.perf_counter()
+    stats = bm25disk.build(folder, iter_beir_corpus(corpus, unique=False), bm25s_tokenizer(), k1=0.9, b=0.4,
+                           memory_bytes=int(options.memory_gb * 2**30), n_docs=n)
+    out = {"seconds": time.perf_counter() - t0, "postings": stats["postings"], "terms": stats["terms"]}
+    out.update({f"build_{k}": v for k, v in peaks().items()})
+    index = _Disk(0.9, 0.4, 2, options.memory_gb, 1)
+    index.load(folder)
+    texts = [q.text for q in queries(Path(options.shared), options.queries)]  # type: ignore[attr-defined]
+    index.search(texts[:1], 100)
+    t1 = time.perf_counter()
+    found = index.search(texts, 100)
+    out["search_seconds"] = time.perf_counter() - t1
+    out["queries_per_s"] = len(texts) / out["search_seconds"]
+    out["hits"] = sum(len(h) for h in found)
+    out.update(peaks())
+    return out
 
 
 def ray_job(docs: object, root: Path, options: argparse.Namespace) -> dict[str, float]:
@@ -266,6 +298,9 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=64, help="IVF-PQ cells searched")
     args = ap.parse_args()
     root = WORK / "scale-indexes"
+    if args.job == "stream":
+        print(json.dumps(stream_job(Path(args.corpus), root, args)))
+        return
     if args.job == "ivfpq":
         print(json.dumps(dense_job(int(args.corpus), args)))
         return

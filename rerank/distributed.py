@@ -650,14 +650,13 @@ def use_ray(stage: Stage, options: RayOptions) -> list[Stage]:
         if isinstance(s, Dense):
             s.encode_with = builder.encode_dense
             if s.index_type == "mmap":
-                s.search_with = functools.partial(search_dense_shards, options=options)
+                builder.shard_search(s)
             changed.append(s)
         elif isinstance(s, BM25) and s.backend == "bm25s":
             s.build_with = builder.build_bm25
             changed.append(s)
         elif isinstance(s, BM25) and s.backend == "disk":
-            s.shards = max(s.shards, options.workers)
-            s.search_with = functools.partial(search_bm25_shards, options=options)
+            builder.shard_search(s)
             changed.append(s)
     return changed
 
@@ -674,3 +673,14 @@ class RayIndexBuilder:
 
     def build_bm25(self, bm25: Any, folder: Path) -> None:
         _bm25_on_ray(bm25, folder, self.options)
+
+    def shard_search(self, stage: Any) -> None:
+        """A bm25:disk stage (built in ``workers`` shards) or a dense ``mmap`` one: its shards
+        searched by one Ray worker each."""
+        from .retrieve.bm25 import BM25
+
+        if isinstance(stage, BM25):
+            stage.shards = max(stage.shards, self.options.workers)
+            stage.search_with = functools.partial(search_bm25_shards, options=self.options)
+        else:
+            stage.search_with = functools.partial(search_dense_shards, options=self.options)

@@ -236,6 +236,11 @@ def test_sharded_search_on_ray_gives_the_single_index_run_and_survives_a_killed_
     single = BM25(scifact, backend="disk", k=100, index_root=tmp_path)
     sharded = BM25(scifact, backend="disk", k=100, index_root=tmp_path)
     assert use_ray(sharded, OPTIONS) == [sharded] and sharded.shards == 2
+    from rerank.distributed import RayIndexBuilder
+    from rerank.specs import Context
+
+    built = Context(scifact, index_builder=RayIndexBuilder(OPTIONS)).build("bm25:disk")  # as `rerank run --ray` builds it
+    assert built.shards == 2 and built.search_with.func is search_bm25_shards
     pids: list[int] = []
 
     def kill_one(done: int, total: int, actors: list) -> None:

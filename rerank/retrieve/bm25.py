@@ -368,8 +368,12 @@ class BM25(Stage):
                      "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
             return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % ctx.k
         build_with = ctx.index_builder.build_bm25 if ctx.index_builder is not None and backend == "bm25s" else None
-        return cls(ctx.full_corpus(spec), backend=backend, k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
-                   with_text=ctx.with_text, build_with=build_with, **options)
+        stage = cls(ctx.full_corpus(spec), backend=backend, k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                    with_text=ctx.with_text, build_with=build_with, **options)
+        shard = getattr(ctx.index_builder, "shard_search", None)
+        if backend == "disk" and shard is not None:  # its shards searched by workers (rerank.distributed)
+            shard(stage)
+        return stage
 
     def write_index(self, folder: Path, docids: list[str], tokens: Sequence[list[int]], tokenizer: Any) -> None:
         """Write a bm25s index of documents already tokenized (by :func:`bm25s_tokenizer`) into ``folder``."""

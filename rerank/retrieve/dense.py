@@ -235,8 +235,12 @@ class Dense(Stage):
         if "dense_index" in options:
             options["index"] = options.pop("dense_index")
         encode_with = ctx.index_builder.encode_dense if ctx.index_builder is not None else None
-        return cls(spec.arg, ctx.full_corpus(spec), k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
-                   with_text=ctx.with_text, encode_with=encode_with, **options)
+        stage = cls(spec.arg, ctx.full_corpus(spec), k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                    with_text=ctx.with_text, encode_with=encode_with, **options)
+        shard = getattr(ctx.index_builder, "shard_search", None)
+        if stage.index_type == "mmap" and shard is not None:  # its rows searched by workers (rerank.distributed)
+            shard(stage)
+        return stage
 
     def __init__(self, model: str | Encoder, docs: DocStore | Dataset, *, index: str = "flat", k: int = 1000,
                  nlist: int | None = None, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 200,
