@@ -187,7 +187,8 @@ def ray_job(docs: object, root: Path, options: argparse.Namespace) -> dict[str, 
     ray_options = RayOptions(workers=2)
     connect(ray_options)
     tok = stage._impl._tok  # noqa: SLF001 - the index's own tokenizer, as the stage uses it
-    terms = [np.asarray(t, dtype=np.int64) for t in query_ids(tok, [q.text for q in qs]) if t is not None]  # type: ignore[attr-defined]
+    ids, keep = query_ids(tok, [q.text for q in qs])  # type: ignore[attr-defined]
+    terms = [np.asarray(ids[i], dtype=np.int64) for i in keep]
     search_bm25_shards(folder, terms[:2], 100, ray_options)  # warm-up: the workers start, map their shards
     t2 = time.perf_counter()
     found = search_bm25_shards(folder, terms, 100, ray_options, batch=250)

@@ -173,14 +173,11 @@ class _Bm25s:
         import bm25s
 
         self._model = bm25s.BM25.load(folder, mmap=True)
-        self._tok = self._tokenizer()
-        self._tok.load_vocab(folder)
-        self._tok.load_stopwords(folder)
+        self._tok = tokenizer_of(folder)
         self._docids = json.loads((folder / "docids.json").read_text())
 
     def search(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
-        ids = query_ids(self._tok, texts)
-        keep = [i for i, t in enumerate(ids) if t is not None]
+        ids, keep = query_ids(self._tok, texts)
         out: list[list[tuple[str, float]]] = [[] for _ in texts]
         if not keep:
             return out
@@ -192,11 +189,19 @@ class _Bm25s:
         return out
 
 
-def query_ids(tok: Any, texts: list[str]) -> list[list[int] | None]:
-    """The token ids of queries in an index's vocabulary (None for a query with no indexed term)."""
+def tokenizer_of(folder: Path) -> Any:
+    """The bm25s tokenizer an index in ``folder`` was built with (its vocabulary and stopwords)."""
+    tok = _Bm25s._tokenizer()
+    tok.load_vocab(folder)
+    tok.load_stopwords(folder)
+    return tok
+
+
+def query_ids(tok: Any, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The token ids of queries in an index's vocabulary, and which queries have an indexed term."""
     ids = tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
     empty_id = tok.word_to_id.get("")
-    return [t if any(x != empty_id for x in t) else None for t in ids]
+    return ids, [i for i, t in enumerate(ids) if any(x != empty_id for x in t)]
 
 
 class _Disk:
@@ -225,9 +230,7 @@ class _Disk:
         from . import bm25disk
 
         stats = bm25disk.read_stats(folder)
-        self._tok = _Bm25s._tokenizer()
-        self._tok.load_vocab(folder)
-        self._tok.load_stopwords(folder)
+        self._tok = tokenizer_of(folder)
         self._shards = [bm25disk.Shard(folder, s) for s in range(len(stats["shards"]))]
         self._docids = bm25disk.DocIds(folder)
         self._folder = folder
@@ -237,19 +240,16 @@ class _Disk:
 
         from . import bm25disk
 
-        ids = query_ids(self._tok, texts)
-        keep = [i for i, t in enumerate(ids) if t is not None]
-        out: list[list[tuple[str, float]]] = [[] for _ in texts]
-        if not keep:
-            return out
+        ids, keep = query_ids(self._tok, texts)
         terms = [np.asarray(ids[i], dtype=np.int64) for i in keep]
-        if self.search_with is not None:  # the shards searched elsewhere (Ray workers)
+        if not terms:
+            found: list[list[tuple[int, float]]] = []
+        elif self.search_with is not None:  # the shards searched elsewhere (Ray workers)
             found = self.search_with(self._folder, terms, k)
         else:
             found = bm25disk.merge_top_k((s.search(terms, k, self.threads) for s in self._shards), k)
-        for i, hits in zip(keep, found, strict=True):
-            out[i] = [(self._docids[d], s) for d, s in hits]
-        return out
+        by_query = dict(zip(keep, found, strict=True))
+        return [[(self._docids[d], s) for d, s in by_query.get(i, [])] for i in range(len(texts))]
 
 
 # ---------------------------------------------------------------- Lucene
