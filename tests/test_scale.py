@@ -204,3 +204,37 @@ def test_ivfpq_streams_its_embeddings_and_reports_recall(tmp_path):
     assert dense.default_pq_m(384) == 48 and dense.default_pq_m(100) == 10
     with pytest.raises(ValueError, match="pq_m must divide"):
         dense.build_faiss_index("ivfpq", mm, faiss.METRIC_INNER_PRODUCT, nlist=4, pq_m=5)
+
+
+def test_an_interrupted_build_resumes_from_its_checkpoint(tmp_path):
+    store = MemoryDocStore(dict(SYNTHETIC), name="synthetic")
+    whole = tmp_path / "whole"
+    bm25disk.build(whole, store.items(), bm25s_tokenizer(), k1=0.9, b=0.4, memory_bytes=2000, n_docs=len(store),
+                   chunk_docs=7, shards=2)
+
+    def stops_at(n):
+        yield from itertools.islice(store.items(), n)
+        raise KeyboardInterrupt
+
+    folder = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        bm25disk.build(folder, stops_at(100), bm25s_tokenizer(), k1=0.9, b=0.4, memory_bytes=2000, n_docs=len(store),
+                       chunk_docs=7, shards=2, checkpoint_s=0)
+    assert json.loads((folder / bm25disk.CHECKPOINT).read_text())["documents"] == 98  # 14 segments of 7
+    tok = bm25s_tokenizer()
+    seen: list[int] = []
+    tokenize = tok.tokenize
+    tok.tokenize = lambda texts, **kw: (seen.append(len(texts)), tokenize(texts, **kw))[1]
+    bm25disk.build(folder, store.items(), tok, k1=0.9, b=0.4, memory_bytes=2000, n_docs=len(store), chunk_docs=7, shards=2,
+                   checkpoint_s=0)
+    assert sum(seen) == len(store) - 98  # only the documents after the checkpoint were tokenized
+    for name in ("shard-000/offsets.npy", "shard-000/docs.npy", "shard-001/scores.npy", "docids.ends.npy", "df.npy"):
+        assert np.array_equal(np.load(whole / name), np.load(folder / name)), name
+    assert (whole / "docids.bin").read_bytes() == (folder / "docids.bin").read_bytes()
+    assert not (folder / bm25disk.CHECKPOINT).exists()
+    # through the stage: a killed build's .partial folder is resumed by the next one
+    broken = BM25(MemoryDocStore(dict(SYNTHETIC), name="synthetic"), backend="disk", index_root=tmp_path / "idx")
+    broken._impl.build = lambda tmp, docs: (_ for _ in ()).throw(KeyboardInterrupt)  # noqa: SLF001
+    with pytest.raises(KeyboardInterrupt):
+        broken.index()
+    assert [p.name.endswith(".partial") for p in (tmp_path / "idx").iterdir()] == [True]

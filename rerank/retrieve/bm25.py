@@ -459,7 +459,7 @@ class BM25(Stage):
             else:
                 self._impl.build(tmp, self.docs)
 
-        build_or_reuse(path, expected, build, rebuild=self.rebuild)
+        build_or_reuse(path, expected, build, rebuild=self.rebuild, resumable=self.backend == "disk")
         self.rebuild = False
         self._impl.load(path)
         self._loaded = path

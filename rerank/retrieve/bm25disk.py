@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..env import atomic_write
 from ..errors import DataError, IndexStateError
 
+log = logging.getLogger("rerank")
 STATS = "stats.json"
+CHECKPOINT = "checkpoint.json"
 #: bytes of build memory a document of a chunk takes at most (text, Python token lists, sort keys)
 _BYTES_PER_CHUNK_DOC = 48 * 1024
 #: bytes a posting takes while a block of terms is merged (ids, positions, tf, impacts)
@@ -73,10 +78,42 @@ def _chunk_postings(ids: list[list[int]], first: int) -> tuple[np.ndarray, np.nd
     return lengths.astype(np.int32), (key >> 32), (key & 0xFFFFFFFF).astype(np.int32), tfs
 
 
+def _save_checkpoint(folder: Path, tokenizer: Any, n: int, segments: list[tuple[int, int]], df: list[np.ndarray],
+                     files: list[Any]) -> None:
+    """What the segments written so far need to be resumed from: the tokenizer's vocabulary as it
+    grew, the documents done, the document frequencies and how long each growing file was."""
+    for f in files:
+        f.flush()
+    with atomic_write(folder / "checkpoint.df.npz", "wb") as f:
+        np.savez(f, *df)
+    state = {"documents": n, "segments": segments, "bytes": [f.tell() for f in files],
+             "vocab": [tokenizer.word_to_stem, tokenizer.stem_to_sid, tokenizer.word_to_id]}
+    with atomic_write(folder / CHECKPOINT) as f:
+        json.dump(state, f)
+
+
+def _resume(folder: Path, tokenizer: Any, shards: int) -> tuple[int, list[tuple[int, int]], list[np.ndarray], list[int]]:
+    """The state a checkpoint in ``folder`` saved (nothing done when there is none), the
+    tokenizer's vocabulary restored."""
+    try:
+        state = json.loads((folder / CHECKPOINT).read_text())
+        with np.load(folder / "checkpoint.df.npz") as z:
+            df = [z[f"arr_{i}"] for i in range(shards)]
+    except (OSError, ValueError, KeyError):
+        return 0, [], [np.zeros(0, dtype=np.int64) for _ in range(shards)], [0, 0, 0]
+    tokenizer.word_to_stem, tokenizer.stem_to_sid, tokenizer.word_to_id = state["vocab"]
+    log.info("resuming the BM25 build in %s at document %d", folder, state["documents"])
+    return state["documents"], [tuple(x) for x in state["segments"]], df, state["bytes"]
+
+
 def build(folder: Path, docs: Iterable[tuple[str, str]], tokenizer: Any, *, k1: float, b: float, memory_bytes: int,
-          n_docs: int, shards: int = 1, chunk_docs: int | None = None) -> dict[str, Any]:
+          n_docs: int, shards: int = 1, chunk_docs: int | None = None, checkpoint_s: float = 60.0) -> dict[str, Any]:
     """Write the index of ``docs`` (``n_docs`` of them, in order) into ``folder``; ``tokenizer``: a
-    fresh bm25s tokenizer, grown as the corpus streams (the vocabulary is saved beside the index)."""
+    fresh bm25s tokenizer, grown as the corpus streams (the vocabulary is saved beside the index).
+
+    Resumable: every ``checkpoint_s`` seconds the segments written so far are checkpointed; a
+    build that finds a checkpoint in ``folder`` (the same corpus and options: see
+    :func:`rerank.indexes.partial_folder`) skips the documents it covers and goes on from there."""
     if shards < 1:
         raise ValueError(f"shards must be positive, got {shards}")
     if n_docs < 1:
@@ -86,12 +123,20 @@ def build(folder: Path, docs: Iterable[tuple[str, str]], tokenizer: Any, *, k1: 
     per_chunk = chunk_docs or chunk_docs_for(memory_bytes)
     seg = folder / "segments"
     seg.mkdir(parents=True, exist_ok=True)
-    df: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(shards)]  # per shard: documents holding each term
-    segments: list[tuple[int, int]] = []  # per segment: its shard, its vocabulary size
-    n = 0
-    with (folder / "lengths.i32").open("wb") as lf, (folder / "docids.bin").open("wb") as idf, \
-         (folder / "docids.len.i64").open("wb") as ilf:
+    # per shard: documents holding each term; per segment: its shard, its vocabulary size
+    n, segments, df, sizes = _resume(folder, tokenizer, shards)
+    names = ("lengths.i32", "docids.bin", "docids.len.i64")
+    for name, size in zip(names, sizes, strict=True):
+        with (folder / name).open("ab") as kept:
+            kept.truncate(size)  # what was written after the checkpoint goes
+    last = time.monotonic()
+    with (folder / names[0]).open("r+b") as lf, (folder / names[1]).open("r+b") as idf, \
+         (folder / names[2]).open("r+b") as ilf:
+        for handle, size in zip((lf, idf, ilf), sizes, strict=True):
+            handle.seek(size)
         items = iter(docs)
+        if n:
+            next(itertools.islice(items, n - 1, n), None)  # the documents the checkpoint covers
         while n < n_docs:
             shard = next(s for s in range(shards) if bounds[s] <= n < bounds[s + 1])
             chunk = list(itertools.islice(items, min(per_chunk, bounds[shard + 1] - n)))
@@ -118,14 +163,19 @@ def build(folder: Path, docs: Iterable[tuple[str, str]], tokenizer: Any, *, k1: 
             df[shard] = grown + counts
             segments.append((shard, vocab))
             n += len(lengths)
+            if time.monotonic() - last >= checkpoint_s and n < n_docs:
+                _save_checkpoint(folder, tokenizer, n, segments, df, [lf, idf, ilf])
+                last = time.monotonic()
         if next(items, None) is not None or n != n_docs:
             raise DataError(f"the corpus yielded {'more' if n == n_docs else n} documents, but says it has {n_docs}")
     vocab = len(tokenizer.stem_to_sid)
     df = [np.pad(d, (0, vocab - len(d))) for d in df]
     stats = _merge(folder, segments, df, bounds, k1=k1, b=b, memory_bytes=memory_bytes)
-    for f in seg.iterdir():
-        f.unlink()
+    for part in seg.iterdir():
+        part.unlink()
     seg.rmdir()
+    for name in (CHECKPOINT, "checkpoint.df.npz"):
+        (folder / name).unlink(missing_ok=True)
     ends = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(np.fromfile(folder / "docids.len.i64", dtype=np.int64), out=ends[1:])
     np.save(folder / "docids.ends.npy", ends)
