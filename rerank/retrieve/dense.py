@@ -74,6 +74,17 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
+def release_pages(embeddings: np.ndarray) -> None:
+    """Drop the pages of memory-mapped ``embeddings`` this process has read: a pass over a file
+    larger than memory then holds one chunk of it, not every page it read (file-backed pages are
+    the kernel's to drop anyway, but they count in the process's resident memory until then)."""
+    mm = getattr(embeddings, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        import mmap
+
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def default_pq_m(dim: int) -> int:
     """IVF-PQ sub-quantizers: about one per 8 dimensions (48 for 384), a divisor of ``dim``."""
     return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
@@ -111,6 +122,7 @@ def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: 
         raise ValueError(f"unknown dense index {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
     for start in range(0, n, ROWS_AT_ONCE):
         index.add(np.ascontiguousarray(embeddings[start : start + ROWS_AT_ONCE], dtype=np.float32))
+        release_pages(embeddings)
     return index
 
 
@@ -173,6 +185,7 @@ class FlatShard:
             scores = np.concatenate([best_s, s], axis=1)
             rows = np.concatenate([best_r, np.broadcast_to(np.arange(start, stop), s.shape)], axis=1)
             best_s, best_r = top_k(scores, rows, k)
+            release_pages(self.embeddings)
         return best_s, best_r
 
 
