@@ -113,6 +113,7 @@ def dense_job(n: int, options: argparse.Namespace) -> dict[str, float]:
             v = centers[rng.integers(0, 1000, m)] + 0.8 * rng.standard_normal((m, 384)).astype(np.float32)
             out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
             out.flush()
+            dense.release_pages(out)  # written: not this job's memory
         del out
         tmp.replace(path)
     emb = np.load(path, mmap_mode="r")
