@@ -117,7 +117,10 @@ def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: 
         # PQ's codebooks need 256 points each (39 x 256 is what FAISS asks for): at least 9,984 rows
         if kind == "ivfpq" and sample < min(n, 9_984):
             rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 9_984), replace=False))
-        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+        sample_rows = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+        release_pages(embeddings)  # a sample from all over the file: the kernel mapped pages around each row
+        index.train(sample_rows)
+        del sample_rows
     else:
         raise ValueError(f"unknown dense index {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
     for start in range(0, n, ROWS_AT_ONCE):
@@ -204,6 +207,7 @@ def exact_recall(index: Any, embeddings: np.ndarray, metric: int, *, queries: in
     n = len(embeddings)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
     q = np.asarray(embeddings[rows], dtype=np.float32)
+    release_pages(embeddings)
     k = min(k, n)
     _, exact = FlatShard(embeddings, l2=metric == faiss.METRIC_L2).search(q, k)
     set_search_params(index, "ivf", k, nprobe, 0)
