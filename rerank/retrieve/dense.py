@@ -85,6 +85,19 @@ def release_pages(embeddings: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED)
 
 
+def take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``embeddings[rows]`` (sorted rows) as float32, gathered a window of the file at a time with
+    the pages read dropped after each: a sample from all over a memory-mapped file does not map
+    the whole file (the kernel maps the pages around every row it faults in)."""
+    out = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
+    bounds = np.searchsorted(rows, np.arange(0, len(embeddings) + ROWS_AT_ONCE, ROWS_AT_ONCE))
+    for a, b in itertools.pairwise(bounds.tolist()):
+        if b > a:
+            out[a:b] = embeddings[rows[a:b]]
+            release_pages(embeddings)
+    return out
+
+
 def default_pq_m(dim: int) -> int:
     """IVF-PQ sub-quantizers: about one per 8 dimensions (48 for 384), a divisor of ``dim``."""
     return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
@@ -117,10 +130,7 @@ def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: 
         # PQ's codebooks need 256 points each (39 x 256 is what FAISS asks for): at least 9,984 rows
         if kind == "ivfpq" and sample < min(n, 9_984):
             rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 9_984), replace=False))
-        sample_rows = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
-        release_pages(embeddings)  # a sample from all over the file: the kernel mapped pages around each row
-        index.train(sample_rows)
-        del sample_rows
+        index.train(take_rows(embeddings, rows))
     else:
         raise ValueError(f"unknown dense index {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
     for start in range(0, n, ROWS_AT_ONCE):
@@ -206,8 +216,7 @@ def exact_recall(index: Any, embeddings: np.ndarray, metric: int, *, queries: in
     faiss = _faiss()
     n = len(embeddings)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
-    q = np.asarray(embeddings[rows], dtype=np.float32)
-    release_pages(embeddings)
+    q = take_rows(embeddings, rows)
     k = min(k, n)
     _, exact = FlatShard(embeddings, l2=metric == faiss.METRIC_L2).search(q, k)
     set_search_params(index, "ivf", k, nprobe, 0)
