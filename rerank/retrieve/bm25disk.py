@@ -9,8 +9,8 @@ time (a block fits the budget), computes each posting's BM25 impact with the col
 statistics (N, average length, document frequencies: exactly bm25s's float32 arithmetic) and
 appends them to the index: per shard, CSR by term (``offsets``: int64, ``docs``: int32 global
 document numbers, ``scores``: float32 impacts). Peak memory is the budget plus the per-document
-arrays (4 bytes a document for lengths, 8 for the BM25 length norm during the merge), not the
-corpus: 10M documents need 120 MB of those.
+arrays (4 bytes a document for lengths, 8 for the BM25 length norm during the merge, 8 for where
+each document id ends), not the corpus: 10M documents need 200 MB of those.
 
 Searching memory-maps the arrays: a query adds the impacts of its terms' postings into a float32
 accumulator (numba, one accumulator per thread, queries spread over threads), in query-term
