@@ -150,17 +150,21 @@ def build(folder: Path, docs: Iterable[tuple[str, str]], tokenizer: Any, *, k1: 
             lengths, terms, doc_rows, tfs = _chunk_postings(ids, n)
             del ids
             vocab = len(tokenizer.stem_to_sid)
-            counts = np.bincount(terms, minlength=vocab)
-            offsets = np.zeros(vocab + 1, dtype=np.int64)
+            # the terms the segment holds and where each one's postings start: a vocabulary of
+            # millions is not written again for every segment
+            present, counts = np.unique(terms, return_counts=True)
+            offsets = np.zeros(len(present) + 1, dtype=np.int64)
             np.cumsum(counts, out=offsets[1:])
             i = len(segments)
+            present.astype(np.int32).tofile(seg / f"{i:05d}.terms.i32")
             offsets.tofile(seg / f"{i:05d}.offsets.i64")
             doc_rows.tofile(seg / f"{i:05d}.docs.i32")
             tfs.tofile(seg / f"{i:05d}.tfs.i32")
             lengths.tofile(lf)
             grown = np.zeros(vocab, dtype=np.int64)
             grown[: len(df[shard])] = df[shard]
-            df[shard] = grown + counts
+            grown[present] += counts
+            df[shard] = grown
             segments.append((shard, vocab))
             n += len(lengths)
             if time.monotonic() - last >= checkpoint_s and n < n_docs:
@@ -250,22 +254,24 @@ def _merge_block(seg: Path, mine: list[int], segments: list[tuple[int, int]], sh
     tfs = np.empty(int(start[-1]), dtype=np.int32)
     written = np.zeros(width, dtype=np.int64)
     for i in mine:
-        seg_vocab = segments[i][1]
-        if t0 >= seg_vocab:
+        if t0 >= segments[i][1]:
             continue
-        hi = min(t1, seg_vocab)
-        off = _read(seg / f"{i:05d}.offsets.i64", np.int64, t0, hi + 1)
+        held = np.memmap(seg / f"{i:05d}.terms.i32", dtype=np.int32, mode="r")  # sorted: two binary searches
+        a, b = (int(x) for x in np.searchsorted(held, [t0, t1]))
+        if a == b:
+            continue
+        present = np.array(held[a:b], dtype=np.int64) - t0
+        del held
+        off = _read(seg / f"{i:05d}.offsets.i64", np.int64, a, b + 1)
         counts = np.diff(off)
-        if not off[-1] - off[0]:
-            continue
         d = _read(seg / f"{i:05d}.docs.i32", np.int32, int(off[0]), int(off[-1]))
         tf = _read(seg / f"{i:05d}.tfs.i32", np.int32, int(off[0]), int(off[-1]))
-        term = np.repeat(np.arange(hi - t0), counts)
+        term = np.repeat(present, counts)
         rank = np.arange(len(d)) - np.repeat(off[:-1] - off[0], counts)
         pos = start[term] + written[term] + rank
         docs[pos] = d
         tfs[pos] = tf
-        written[: hi - t0] += counts
+        written[present] += counts
     terms = np.repeat(np.arange(t0, t1), np.diff(start))
     return docs, impacts(tfs, norms[docs], idf[terms])
 
