@@ -12,6 +12,12 @@ same code on those units:
 * BM25 (bm25s): document shards are tokenized by workers with bm25s's own tokenizer; their
   vocabularies are merged in corpus order into the one a single process would build, and bm25s
   indexes the result on the driver: the index, and so every score, is the single-machine one;
+* sharded search: an index cut into shards (``bm25:disk`` built with ``shards``, or a dense
+  ``mmap`` index's embeddings cut into ranges of rows) is searched by one Ray actor per shard,
+  each memory-mapping its shard and answering batches of queries with its top k; the driver
+  merges them into the global top k. BM25 shards hold impacts computed with the collection's
+  statistics, and both merges order by score then document number: the run is the single
+  index's. A killed actor is restarted by Ray, reopens its shard from disk and answers the batch again;
 * reranking: the query blocks of :func:`rerank.rerankers.base.query_blocks` (the unit a reranker
   scores at once) go to an actor pool of rerankers (pointwise, PRP, FIRST: any stage). Results
   stream back into a journal beside the output run (a killed driver resumes from it); Ray
@@ -351,6 +357,89 @@ def _bm25_on_ray(bm25: Any, folder: Path, options: RayOptions) -> None:
     bm25.write_index(folder, docids, tokens, tok)
 
 
+# ------------------------------------------------------------------ sharded search
+class ShardSearcher:
+    """A Ray actor holding one shard, memory-mapped: ``("bm25", folder, shard)`` a shard of a
+    ``bm25:disk`` index, ``("dense", folder, (first, end, l2, rows_at_once))`` rows of a dense
+    index's embeddings. Built again from disk when Ray restarts it."""
+
+    def __init__(self, kind: str, folder: str, shard: Any, threads: int) -> None:
+        self.kind, self.threads = kind, threads
+        if kind == "bm25":
+            from .retrieve.bm25disk import Shard
+
+            self.shard: Any = Shard(Path(folder), int(shard))
+        else:
+            from .retrieve.dense import FlatShard
+
+            first, end, l2, rows = shard
+            self.shard = FlatShard.open(Path(folder), first, end, l2, rows)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, ...]:
+        if self.kind == "bm25":
+            return self.shard.search(queries, k, self.threads)
+        return self.shard.search(queries, k)  # type: ignore[no-any-return]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _shard_actors(kind: str, folder: Path, shards: list[Any], options: RayOptions) -> list[Any]:
+    ray = connect(options)
+    actor = ray.remote(num_cpus=options.cpus_per_worker, num_gpus=0, max_restarts=-1, max_task_retries=-1)(ShardSearcher)
+    threads = max(1, int(options.cpus_per_worker))
+    return [actor.remote(kind, str(folder), shard, threads) for shard in shards]
+
+
+def _search_batches(kind: str, folder: Path, shards: list[Any], queries: Sequence[Any] | np.ndarray, k: int,
+                    options: RayOptions, merge: Callable[[list[Any]], list[list[tuple[int, float]]]], batch: int,
+                    on_batch: Callable[[int, int, list[Any]], None] | None) -> list[list[tuple[int, float]]]:
+    ray = connect(options)
+    actors = _shard_actors(kind, folder, shards, options)
+    out: list[list[tuple[int, float]]] = []
+    try:
+        for start in range(0, len(queries), batch):
+            part = queries[start : start + batch]
+            payload = ray.put(part)
+            out.extend(merge(ray.get([a.search.remote(payload, k) for a in actors])))
+            if on_batch is not None:
+                on_batch(len(out), len(queries), actors)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return out
+
+
+def search_bm25_shards(folder: Path, queries: Sequence[np.ndarray], k: int, options: RayOptions, *, batch: int = 1024,
+                       on_batch: Callable[[int, int, list[Any]], None] | None = None) -> list[list[tuple[int, float]]]:
+    """Top ``k`` (document number, score) of each query (its term ids) in a ``bm25:disk`` index at
+    ``folder``, one Ray actor per shard; ``on_batch(done, total, actors)`` after each batch."""
+    from .retrieve.bm25disk import merge_top_k, read_stats
+
+    shards = list(range(len(read_stats(folder)["shards"])))
+    return _search_batches("bm25", folder, shards, queries, k, options, lambda parts: merge_top_k(parts, k), batch,
+                           on_batch)
+
+
+def search_dense_shards(folder: Path, vectors: np.ndarray, k: int, options: RayOptions, *, l2: bool = False,
+                        rows_at_once: int | None = None, batch: int = 1024,
+                        on_batch: Callable[[int, int, list[Any]], None] | None = None) -> list[list[tuple[int, float]]]:
+    """Exact top ``k`` (row, score) of each query vector over a dense index's embeddings at
+    ``folder``, cut into ``options.workers`` shards of rows, one Ray actor each."""
+    from .retrieve.dense import EMBEDDINGS, ROWS_AT_ONCE, shard_bounds, top_k
+
+    rows = rows_at_once or ROWS_AT_ONCE
+    n = len(np.load(folder / EMBEDDINGS, mmap_mode="r"))
+    bounds = shard_bounds(n, options.workers, rows)
+    shards = [(bounds[i], bounds[i + 1], l2, rows) for i in range(len(bounds) - 1)]
+
+    def merge(parts: list[tuple[np.ndarray, ...]]) -> list[list[tuple[int, float]]]:
+        scores, ids = top_k(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1), k)
+        return [list(zip(i.tolist(), s.tolist(), strict=True)) for s, i in zip(scores, ids, strict=True)]
+
+    return _search_batches("dense", folder, shards, vectors, k, options, merge, batch, on_batch)
+
+
 # ------------------------------------------------------------------ reranking
 def _stage_cost(stage: Any) -> Cost | None:
     try:
@@ -543,8 +632,10 @@ class RayReranker(Stage):
 # ------------------------------------------------------------------ pipelines
 def use_ray(stage: Stage, options: RayOptions) -> list[Stage]:
     """Make the index builds of ``stage`` (a retriever or a pipeline) run on Ray: dense corpus
-    encoding and bm25s tokenization. Returns the stages changed (Lucene BM25 and prebuilt runs
-    stay as they are: Lucene indexes with its own threads)."""
+    encoding and bm25s tokenization; and the searches of sharded indexes: bm25:disk (built in
+    ``options.workers`` shards) and dense ``mmap`` (its rows cut into as many), one worker a
+    shard. Returns the stages changed (Lucene BM25 and prebuilt runs stay as they are: Lucene
+    indexes with its own threads)."""
     from .retrieve.bm25 import BM25
     from .retrieve.dense import Dense
 
@@ -558,9 +649,14 @@ def use_ray(stage: Stage, options: RayOptions) -> list[Stage]:
             todo.extend(s.stages)
         if isinstance(s, Dense):
             s.encode_with = builder.encode_dense
+            if s.index_type == "mmap":
+                builder.shard_search(s)
             changed.append(s)
         elif isinstance(s, BM25) and s.backend == "bm25s":
             s.build_with = builder.build_bm25
+            changed.append(s)
+        elif isinstance(s, BM25) and s.backend == "disk":
+            builder.shard_search(s)
             changed.append(s)
     return changed
 
@@ -577,3 +673,14 @@ class RayIndexBuilder:
 
     def build_bm25(self, bm25: Any, folder: Path) -> None:
         _bm25_on_ray(bm25, folder, self.options)
+
+    def shard_search(self, stage: Any) -> None:
+        """A bm25:disk stage (built in ``workers`` shards) or a dense ``mmap`` one: its shards
+        searched by one Ray worker each."""
+        from .retrieve.bm25 import BM25
+
+        if isinstance(stage, BM25):
+            stage.shards = max(stage.shards, self.options.workers)
+            stage.search_with = functools.partial(search_bm25_shards, options=self.options)
+        else:
+            stage.search_with = functools.partial(search_dense_shards, options=self.options)

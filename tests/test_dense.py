@@ -104,6 +104,17 @@ def test_dense_matches_exhaustive_search_and_reuses_its_embeddings(enc32, sci_sm
     again.index()
     assert enc32.cost.calls - calls == 2 * len(queries)
     assert again.paths == hnsw.paths
+    # beyond memory: exact search over the memory-mapped embeddings, and IVF-PQ with its recall measured
+    mmap = Dense(enc32, store, k=10, index="mmap", index_root=tmp_path)
+    assert {q: [(h.docid, round(h.score, 4)) for h in hits] for q, hits in mmap(queries).items()} == \
+           {q: [(h.docid, round(h.score, 4)) for h in hits] for q, hits in run.items()}
+    assert "faiss" not in mmap.paths and mmap.name.endswith("@mmap")
+    pq = Dense(enc32, store, k=10, index="ivfpq", nlist=4, nprobe=4, index_root=tmp_path)
+    got = pq(queries)
+    recall = json.loads((pq.paths["faiss"] / "recall.json").read_text())
+    assert recall["nprobe"] == 4 and 0.5 < recall["recall@100"] <= 1
+    overlap = np.mean([len({h.docid for h in got[q]} & {h.docid for h in run[q]}) / 10 for q in run])
+    assert overlap > 0.5
 
 
 def test_a_changed_corpus_is_detected_and_reencoded(enc32, sci_small, tmp_path, caplog):

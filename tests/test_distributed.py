@@ -220,3 +220,50 @@ def test_cli_ray_runs_the_same_pipeline(dl19, tiny_ce, tmp_path, monkeypatch):
     assert r.exit_code != 0 and "pip install 'rerank[distributed]'" in r.output
     with pytest.raises(MissingDependency, match="distributed"):
         use_ray(BM25(load_dataset(str(dl19)).docs), OPTIONS)
+
+
+def test_sharded_search_on_ray_gives_the_single_index_run_and_survives_a_killed_worker(scifact, tmp_path):
+    """bm25:disk cut into 2 shards, one Ray worker each, scores with the collection's statistics:
+    the run file is the single index's, byte for byte, though a worker is killed mid-run (Ray
+    restarts it, it reopens its shard from disk and answers the batch again). Dense: the rows of
+    the embeddings cut into 2 shards give the exact top k of the whole matrix, bit for bit."""
+    import ray
+
+    from rerank.data.formats import write_trec_run
+    from rerank.distributed import search_bm25_shards, search_dense_shards
+    from rerank.retrieve.dense import FlatShard
+
+    single = BM25(scifact, backend="disk", k=100, index_root=tmp_path)
+    sharded = BM25(scifact, backend="disk", k=100, index_root=tmp_path)
+    assert use_ray(sharded, OPTIONS) == [sharded] and sharded.shards == 2
+    from rerank.distributed import RayIndexBuilder
+    from rerank.specs import Context
+
+    built = Context(scifact, index_builder=RayIndexBuilder(OPTIONS)).build("bm25:disk")  # as `rerank run --ray` builds it
+    assert built.shards == 2 and built.search_with.func is search_bm25_shards
+    pids: list[int] = []
+
+    def kill_one(done: int, total: int, actors: list) -> None:
+        pid = ray.get(actors[0].pid.remote())
+        if not pids:
+            os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+
+    sharded.search_with = functools.partial(search_bm25_shards, options=OPTIONS, batch=64, on_batch=kill_one)
+    write_trec_run(single(scifact.queries), tmp_path / "single.trec", "bm25")
+    write_trec_run(sharded(scifact.queries), tmp_path / "sharded.trec", "bm25")
+    assert single.index() != sharded.index()  # two indexes: one whole, one of 2 shards
+    assert len(pids) == -(-len(scifact.queries) // 64) and pids[1] != pids[0]  # restarted: a new process
+    assert (tmp_path / "single.trec").read_bytes() == (tmp_path / "sharded.trec").read_bytes()
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "dense"
+    folder.mkdir()
+    np.save(folder / "embeddings.npy", rng.standard_normal((5000, 32)).astype(np.float16))
+    queries = rng.standard_normal((40, 32)).astype(np.float32)
+    for l2 in (False, True):
+        scores, rows = FlatShard.open(folder, l2=l2, rows_at_once=1000).search(queries, 50)
+        got = search_dense_shards(folder, queries, 50, OPTIONS, l2=l2, rows_at_once=1000, batch=16)
+        assert [[r for r, _ in hits] for hits in got] == rows.tolist()
+        # BLAS may round a product differently in another batch of queries: equal to float32 rounding
+        assert np.allclose([[s for _, s in hits] for hits in got], scores, rtol=1e-6, atol=1e-5)

@@ -126,7 +126,7 @@ def test_pipeline_text_and_list_forms(dl19):
     ("bm25 % ten >> splade:m", "must cut to a positive whole number"),
     ("bm25 % 0", "must cut to a positive whole number"),
     ("bm25 >>  >> splade:m", "give stage specs joined by ' >> '"),
-    ("monot5:x", "unknown retriever 'monot5:x'; use one of: bm25[:lucene], dense:MODEL"),
+    ("monot5:x", "unknown retriever 'monot5:x'; use one of: bm25[:lucene|disk], dense:MODEL"),
 ])
 def test_bad_pipelines_are_one_line_errors(text, message):
     with pytest.raises(RerankError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -57,6 +57,7 @@ class _Window(click.ParamType):
 
 
 WINDOW = _Window()
+BM25_MEMORY_HELP = "bm25:disk: memory its index build may use [default: 2]."
 
 #: a config's keys and the type of each value
 CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -156,7 +157,7 @@ RUN_GROUPS = {
                             "topic_field", "id_field", "text_fields", "doc_store"],
     "Model": ["window", "stride", "template", "instruction", "dense_index", "device", "dtype", "backend", "quantize"],
     "CUR first stage (cur:SCORER)": ["ce_budget", "cur_rounds", "cur_anchor_items", "cur_init", "anchors_from"],
-    "Performance": ["batch_tokens", "block_queries", "score_cache", "threads", "rebuild", "use_ray", "workers",
+    "Performance": ["batch_tokens", "block_queries", "score_cache", "threads", "rebuild", "bm25_memory_gb", "use_ray", "workers",
                     "gpus_per_worker", "cpus_per_worker"],
     "Output": ["output", "metrics_json", "quiet", "progress", "help"],
 }
@@ -177,13 +178,14 @@ RUN_GROUPS = {
 @click.option("--instruction", help="llm-pointwise: the template's task instruction.")
 @click.option("--block-queries", type=click.IntRange(min=1),
               help="Queries reranked together [default: 8; 32 listwise].")
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index [default: flat].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]), help="FAISS index [default: flat].")
 @model_options
 @click.option("--score-cache", type=click.Path(dir_okay=False), help="SQLite cache of scores: repeats are free.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the run here (TREC format).")
 @click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics and cost here as JSON.")
 @click.option("--threads", default=0, type=int, help="Retrieval threads (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the index even if current.")
+@click.option("--bm25-memory-gb", type=click.FloatRange(min=0, min_open=True), help=BM25_MEMORY_HELP)
 @cur_options
 @ray_options
 @progress_option
@@ -193,7 +195,7 @@ def run(**kw: Any) -> None:
 
     Kinds and their options: `rerank kinds`; every option in full: docs/cli.md."""
     config, retriever, threads, rebuild = kw.pop("config"), kw.pop("retriever"), kw.pop("threads"), kw.pop("rebuild")
-    top_k, dense_index = kw.pop("top_k"), kw.pop("dense_index")
+    top_k, dense_index, memory_gb = kw.pop("top_k"), kw.pop("dense_index"), kw.pop("bm25_memory_gb")
     data, model, cur = take(DatasetArgs, kw), take(ModelArgs, kw), take(CurArgs, kw, **CUR_PARAMS)
     second, out, ray_args = take(RerankArgs, kw), take(OutputArgs, kw), take(RayArgs, kw)
     assert not kw, kw
@@ -201,7 +203,7 @@ def run(**kw: Any) -> None:
     cfg = read_config(config) if config else {}
     result = run_pipeline(cfg, config, retriever=retriever or cfg.get("retriever"), data=data, model=model, cur=cur,
                  second=second, out=out, ray_args=ray_args, top_k=top_k or int(cfg.get("top_k", 100)),
-                 dense_index=dense_index or cfg.get("dense_index"), threads=threads, rebuild=rebuild)
+                 dense_index=dense_index or cfg.get("dense_index"), threads=threads, rebuild=rebuild, memory_gb=memory_gb)
     if result.get("reproduced") is False:
         sys.exit(1)
 
@@ -220,7 +222,7 @@ def _reranker_stage(reranker: str, block: int | None, options: dict[str, Any]) -
 
 def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | None, data: DatasetArgs, model: ModelArgs,
                  cur: CurArgs, second: RerankArgs, out: OutputArgs, ray_args: RayArgs, top_k: int, dense_index: str | None,
-                 threads: int, rebuild: bool) -> dict[str, Any]:
+                 threads: int, rebuild: bool, memory_gb: float | None = None) -> dict[str, Any]:
     """``rerank run``: a config's values fill what the command line left out. The result's
     ``reproduced`` is False when a config's expected scores were not reproduced (the reasons printed)."""
     dataset = data.dataset or cfg.get("dataset")
@@ -258,7 +260,7 @@ def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | No
         builder = RayIndexBuilder(ray)
     ctx = Context(ds, k=top_k, with_text=reranking is not None, threads=threads, rebuild=rebuild, dataset_ref=dataset,
                   split=split, index_builder=builder,
-                  options={"dense_index": dense_index, **model.as_options(), **cur.as_options()})
+                  options={"dense_index": dense_index, "memory_gb": memory_gb, **model.as_options(), **cur.as_options()})
     first = ctx.build(first_spec)
     pipe = first >> reranking if reranking is not None else first
     t1 = time.perf_counter()
@@ -367,21 +369,22 @@ def eval_(runs: tuple[str, ...], per_query: bool, metrics_json: str | None, **kw
 
 @click.command()
 @click.option("--retriever", "-r", default="bm25", show_default=True,
-              help="bm25, bm25:lucene, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
+              help="bm25, bm25:lucene, bm25:disk, dense:MODEL, hybrid:A+B, or cur:SCORER (the anchor score matrix)")
 @click.option("--dataset", "-d", required=True, help="Alias, ir_datasets id, or path.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS index of a dense retriever [default: "
-                                                                                "flat].")
+@click.option("--dense-index", type=click.Choice(["flat", "ivf", "hnsw", "mmap", "ivfpq"]),
+              help="FAISS index of a dense retriever [default: flat].")
 @model_options
 @click.option("--threads", default=0, type=int, help="Indexing threads (0: all cores).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if a current index exists.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@click.option("--bm25-memory-gb", type=click.FloatRange(min=0, min_open=True), help=BM25_MEMORY_HELP)
 @click.option("--anchors-from", help="cur:SCORER: anchor queries: a split of the dataset or a queries file (TSV/JSONL) [default: "
                                      "train].")
 @ray_options
 @friendly
 def index(retriever: str, dataset: str, split: str, dense_index: str | None, threads: int, rebuild: bool, encoding_errors: str,
-          anchors_from: str | None, **kw: Any) -> None:
+          anchors_from: str | None, bm25_memory_gb: float | None, **kw: Any) -> None:
     """Build (or check) the indexes a retriever needs, under indexes/."""
     from ..types import Indexed, leaves
 
@@ -402,7 +405,8 @@ def index(retriever: str, dataset: str, split: str, dense_index: str | None, thr
 
         builder = RayIndexBuilder(ray)
     ctx = Context(ds, k=1000, threads=threads, rebuild=rebuild, dataset_ref=dataset, split=split, index_builder=builder,
-                  options={"dense_index": dense_index, **model.as_options(), "anchors_from": anchors_from})
+                  options={"dense_index": dense_index, **model.as_options(), "anchors_from": anchors_from,
+                           "memory_gb": bm25_memory_gb})
     for part in leaves(ctx.build(spec)):
         if isinstance(part, Indexed):
             t0 = time.perf_counter()

