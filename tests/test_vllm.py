@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from conftest import offline_model
 
 from rerank import load_dataset
-from rerank.models.llm import LLM, load_llm, pick_llm_backend
+from rerank.models.llm import LLM
+from rerank.models.llm_engines import load_llm, pick_llm_backend
 from rerank.models.vllm_engine import VLLM
 from rerank.rerankers.listwise import First, ListwiseGenerate
 from rerank.rerankers.pairwise import PRP

@@ -15,7 +15,6 @@ and grouped by a token budget. Two ways to read the model:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any, ClassVar
 
 from ..errors import DataError
 from .engine import Cost, Engine
-from .loading import batch_budget, load_model, pick_device
+from .loading import batch_budget, load_model
 
 log = logging.getLogger("rerank")
 
@@ -185,54 +184,6 @@ class LLM(ChatLM):
 
 #: where the LLM rerankers' causal LMs run: rerank's own transformers loop, or vLLM
 LLM_BACKENDS = ("auto", "torch", "vllm")
-
-
-def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[str, str]:
-    """The engine an LLM reranker runs on, and why. ``auto``: vLLM wherever it is installed (on a
-    2-core CPU it was 1.1-3.7x the torch engine with the same rankings, benchmarks/llm_engines.py;
-    vLLM is built for GPUs), else the torch engine. ``$RERANK_BACKEND`` (torch or vllm) names what
-    ``auto`` takes (the test suite sets torch)."""
-    import importlib.util
-
-    backend = backend or "auto"
-    if backend == "auto" and os.environ.get("RERANK_BACKEND", "auto") in LLM_BACKENDS:
-        backend = os.environ.get("RERANK_BACKEND", "auto")
-    if backend not in LLM_BACKENDS:
-        raise ValueError(f"the LLM rerankers run on {', '.join(LLM_BACKENDS)}, not backend {backend!r}")
-    if backend != "auto":
-        return backend, "as asked (--backend)"
-    if importlib.util.find_spec("vllm") is None:
-        return "torch", "auto: vLLM is not installed"
-    where = "a GPU" if pick_device(device).startswith("cuda") else "a CPU, where it was measured faster (docs/benchmarks.md)"
-    return "vllm", f"auto: vLLM is installed, on {where}"
-
-
-def load_llm(name: str, *, backend: str | None = "auto", device: str = "auto", dtype: str = "auto",
-             batch_tokens: int | None = None, max_length: int | None = None) -> ChatLM:
-    """The causal LM ``name`` on the engine :func:`pick_llm_backend` picks (see :func:`on_vllm`)."""
-    llm = on_vllm(name, backend, device=device, dtype=dtype, max_length=max_length)
-    return llm or LLM(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
-
-
-def on_vllm(name: str, backend: str | None, *, device: str = "auto", dtype: str = "auto",
-            max_length: int | None = None) -> ChatLM | None:
-    """``name`` on vLLM where :func:`pick_llm_backend` picks vLLM, else None (the torch engine's
-    turn). A model vLLM cannot run: with ``backend="vllm"`` an error naming the model and the reason;
-    with ``auto`` a warning, and None."""
-    chosen, why = pick_llm_backend(backend, device)
-    if chosen != "vllm":
-        return None
-    from .vllm_engine import VLLM, EngineUnavailable
-
-    try:
-        llm = VLLM(name, device=device, dtype=dtype, max_length=max_length)
-    except EngineUnavailable as e:
-        if not why.startswith("auto"):
-            raise
-        log.warning("%s; it runs on the torch engine instead (--backend torch skips the attempt)", e)
-        return None
-    log.info("%s runs on vLLM: %s", name, why)
-    return llm
 
 
 def fit_passages(passages: Sequence[list[int]], budget: int, cap: int | None = None) -> list[list[int]]:

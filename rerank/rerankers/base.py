@@ -289,7 +289,7 @@ class ListReranker(Reranker):
         self.max_passage_tokens = max_passage_tokens
         options: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens, "max_length": max_length}
         if self.model_kind == "causal-lm":
-            options["backend"] = backend  # the causal LLM's engine (rerank.models.llm.load_llm)
+            options["backend"] = backend  # the causal LLM's engine (rerank.models.llm_engines.load_llm)
         elif backend not in (None, "auto", "torch"):
             raise ValueError(f"{self.kind} runs on the torch engine only, not backend {backend!r}")
         self.llm = self._load(name, **options)
@@ -298,7 +298,7 @@ class ListReranker(Reranker):
 
     def _load(self, name: str, **options: Any) -> Any:
         """The model the lists are ordered with (a causal LLM; a subclass may load another kind)."""
-        from ..models.llm import load_llm
+        from ..models.llm_engines import load_llm
 
         return load_llm(name, **options)
 

@@ -183,7 +183,7 @@ class LLMPointwise(_ModelReranker):
             if template is None and chosen:
                 log.info("%s: the %s prompt template (written for this model; --template to change it)", name, chosen)
         kwargs.setdefault("max_length", tpl.max_length or 512)
-        from ..models.llm import on_vllm
+        from ..models.llm_engines import on_vllm
 
         _check_max_length(kwargs["max_length"])  # before any weights load
         self.llm = on_vllm(name, backend, device=kwargs.get("device") or "auto", dtype=kwargs.get("dtype") or "auto",
