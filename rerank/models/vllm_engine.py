@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,7 +52,10 @@ def _import_vllm() -> Any:
     if on_cpu:  # before vLLM is imported: it reads these once
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn, no main guard
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # no core kept for a scheduler process there is none of
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's start-up warnings (no tcmalloc in LD_PRELOAD, thread binding, deprecations) are not the
+    # user's to act on: errors only, unless $VLLM_LOGGING_LEVEL asks for more
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
     try:
         import vllm
     except ModuleNotFoundError as e:
