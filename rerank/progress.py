@@ -128,6 +128,8 @@ class _Tracked:
     def _heartbeat(self, period: float) -> None:
         while not self._stop.wait(period):
             with _lock:
+                if self._stop.is_set():  # closed while this waited for the lock
+                    return
                 if isinstance(self.bar, Lines):
                     self.bar.beat()
                 else:
