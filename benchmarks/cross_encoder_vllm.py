@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,7 +89,9 @@ def main() -> None:
     facts = cpu_facts()
     print(facts)
     write_result({"pairs": args.pairs, "model": "all-MiniLM-L6-v2 body, seeded one-logit head", "cpu": facts,
-                  "machine": machine(), "rows": rows}, RESULTS / "cross-encoder-vllm.json")
+                  "machine": machine(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                  "load_average_at_end": [round(x, 1) for x in os.getloadavg()], "rows": rows},
+                 RESULTS / "cross-encoder-vllm.json")
 
 
 if __name__ == "__main__":

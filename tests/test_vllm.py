@@ -256,7 +256,7 @@ def test_a_cross_encoder_vllm_cannot_run(tmp_path, dl19, monkeypatch):
                                        "--rerank-depth", "4", "-d", str(dl19), "-q"])
     assert result.exit_code == 2 and "vLLM cannot load" in result.output, result.output
     assert len([line for line in result.output.splitlines() if "vLLM" in line]) == 1
-    # auto never tries vLLM for a cross-encoder (PyTorch was faster on a CPU): it runs where it did before
+    # auto never tries vLLM for a cross-encoder (docs/installing.md): it runs where it did before
     monkeypatch.setenv("RERANK_BACKEND", "auto")
     auto = CrossEncoder(str(folder), dtype="float32")
     assert auto.vllm is None and auto.backend in ("torch", "onnx", "openvino")

@@ -139,7 +139,7 @@ class CrossEncoder(_ModelReranker):
 
     ``backend="vllm"``: the model on vLLM's pooling runner (:class:`~rerank.models.vllm_engine.VLLMClassifier`),
     every pair of a block of queries in one submission, the same tokens, logits and scores as on
-    PyTorch; ``auto`` never picks it (on a CPU PyTorch was faster, docs/installing.md)."""
+    PyTorch; ``auto`` never picks it (measured only on a shared CPU so far: docs/installing.md)."""
 
     kind = "cross-encoder"
     spec_help = "any Hugging Face cross-encoder (sequence classification), sigmoid or raw logit"
