@@ -142,7 +142,9 @@ def test_parse_setwise_answer(text, n, expected):
 
 
 def test_rank_r1_messages_is_the_papers_prompt():
-    system, user = rank_r1_messages('what is "x"? {q}', ["first {doc}", "second"])
+    (sys_role, system), (user_role, user) = ((m["role"], m["content"]) for m in rank_r1_messages('what is "x"? {q}',
+                                                                                              ["first {doc}", "second"]))
+    assert (sys_role, user_role) == ("system", "user")
     assert system.startswith("A conversation between User and Assistant.") and "<answer> answer here </answer>." in system
     assert user.startswith('Given the query: "what is "x"? {q}", which of the following documents is most relevant?\n'
                            "[1] first {doc}\n[2] second\nAfter completing the reasoning process")
@@ -165,8 +167,7 @@ def test_the_prompt_is_the_chat_template_over_the_messages(tiny_smol, dl19_top6)
     tok = AutoTokenizer.from_pretrained(tiny_smol)
     r = RankR1(tiny_smol, max_new_tokens=64, dtype="float32")
     passages = [h.text for h in ranking[queries[0].qid][:4]]
-    system, user = rank_r1_messages(queries[0].text, passages)
-    chat = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    chat = rank_r1_messages(queries[0].text, passages)
     assert r.selection_prompt(queries[0].text, passages) == list(tok.apply_chat_template(chat, add_generation_prompt=True,
                                                                                          return_dict=True)["input_ids"])
     short = RankR1(tiny_smol, max_new_tokens=64, max_length=400, max_passage_tokens=None, dtype="float32")

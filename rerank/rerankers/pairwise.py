@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .base import ListReranker, positional_scores
@@ -248,14 +248,26 @@ def _heap_top_k(n: int, k: int) -> Comparison:
             else:
                 return
 
-    for start in range(n // 2 - 1, -1, -1):
+    return (yield from heap_top_k(heap, k, range(n // 2 - 1, -1, -1), sift))
+
+
+def heap_top_k(heap: list[int], k: int, parents: Iterable[int],
+               sift: Callable[[int, int], Generator[Any, Any, None]]) -> Generator[Any, Any, list[int]]:
+    """Heap sort stopped once the top ``k`` are out, over ``heap`` (the indices 0..n-1 in order,
+    rearranged in place) with ``sift(root, size)``, which asks the questions that move ``root``
+    down: the heap is built by sifting ``parents`` (the nodes with children, the last first), then
+    the top is taken out ``k`` times, the last leaf moved up and sifted after each but the k-th.
+    Returns the top ``k`` and then the rest in their first order."""
+    n = len(heap)
+    for start in parents:
         yield from sift(start, n)
     top: list[int] = []
     size = n
     while size and len(top) < k:
         top.append(heap[0])
         size -= 1
-        heap[0] = heap[size]
-        yield from sift(0, size)
+        if len(top) < k:
+            heap[0] = heap[size]
+            yield from sift(0, size)
     chosen = set(top)
     return top + [i for i in range(n) if i not in chosen]

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from ..errors import DataError
 from ..models.llm import LLMCost, fit_passages
 from .base import ListReranker, positional_scores
-from .pairwise import drive, method_suffix
+from .pairwise import drive, heap_top_k, method_suffix
 
 #: the paper's prompt (its repository's prompt_setwise-R1.toml), with passages written "[i] text"
 SYSTEM = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -54,11 +54,13 @@ _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
 _LABEL = re.compile(r"\[\s*(\d+)\s*\]")
 
 
-def rank_r1_messages(query: str, passages: Sequence[str]) -> tuple[str, str]:
-    """Rank-R1's (system, user) messages for one selection among ``passages`` (labelled [1]..[n]
-    in this order). The reranker's prompt is the model's chat template over these two messages."""
+def rank_r1_messages(query: str, passages: Sequence[str]) -> list[dict[str, str]]:
+    """Rank-R1's chat messages (system, then user) for one selection among ``passages``, labelled
+    [1]..[n] in this order. The reranker's prompt is the model's chat template over them, with the
+    assistant turn opened."""
     docs = "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
-    return SYSTEM, USER_HEAD.replace("{query}", query) + docs + USER_TAIL
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": USER_HEAD.replace("{query}", query) + docs + USER_TAIL}]
 
 
 def parse_setwise_answer(text: str, n: int) -> tuple[int | None, bool]:
@@ -107,19 +109,7 @@ def setwise_heap_top_k(n: int, k: int, num_child: int) -> Selection:
             heap[root], heap[best] = heap[best], heap[root]
             root = best
 
-    for start in range((n - 2) // num_child, -1, -1):  # every node with a child, the last first
-        yield from sift(start, n)
-    top: list[int] = []
-    size = n
-    while size and len(top) < k:
-        top.append(heap[0])
-        size -= 1
-        if len(top) == k:
-            break
-        heap[0] = heap[size]
-        yield from sift(0, size)
-    chosen = set(top)
-    return top + [i for i in range(n) if i not in chosen]
+    return (yield from heap_top_k(heap, k, range((n - 2) // num_child, -1, -1), sift))  # every node with a child
 
 
 def setwise_bubble_top_k(n: int, k: int, num_child: int) -> Selection:
@@ -214,7 +204,7 @@ class RankR1(ListReranker):
         dtok = [d for _, d in passages]
         budget = sum(map(len, dtok))
         while True:
-            system, user = rank_r1_messages(query, texts)
+            system, user = (m["content"] for m in rank_r1_messages(query, texts))
             ids = self._encode(self.llm.render(user, system))
             if len(ids) <= room:
                 return ids
