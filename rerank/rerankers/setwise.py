@@ -218,8 +218,9 @@ class RankR1(ListReranker):
 
     # ------------------------------------------------------------ ranking
     def _select(self, jobs: list[tuple[str, list[tuple[str, list[int]]]]]) -> list[int]:
-        """For (query, its set's passage tokens), the position in the set of the passage selected:
-        every prompt in one ``generate`` call; a malformed answer is repaired and counted."""
+        """For (query, its set's passages as (text, token ids)), the position in the set of the
+        passage selected: every prompt in one ``generate`` call; a malformed answer is repaired
+        (None: the first passage) and counted."""
         prompts = [self._fitted(q, d) for q, d in jobs]
         out = []
         for (_, docs), text in zip(jobs, self.llm.generate(prompts, max_new_tokens=self.max_new_tokens), strict=True):
