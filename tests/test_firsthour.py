@@ -67,7 +67,8 @@ def test_the_headline_job_offline_names_the_models_that_rank_first_and_how_to_in
     assert "install: ../shared/tools/offline-models Qwen2.5-Coder-1.5B-Instruct" in best and "passes" in best
     smol = next(x for x in lines if x.strip().startswith("SmolLM2"))
     assert "installed" in smol and "no ranking skill" in smol
-    assert lines[-1].strip() == "then: --reranker first:Qwen2.5-Coder-1.5B-Instruct"
+    assert lines[-2].strip() == "then: --reranker first:Qwen2.5-Coder-1.5B-Instruct"
+    assert "--reranker llm-pointwise:Qwen2.5-Coder-1.5B-Instruct" in lines[-1]  # what ranks best zero-shot at this size
 
 
 def test_a_missing_offline_model_is_fetched_by_its_hub_id(tmp_path, monkeypatch):

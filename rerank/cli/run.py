@@ -217,7 +217,12 @@ def _reranker_stage(reranker: str, block: int | None, options: dict[str, Any]) -
     except ModelNotHere as e:
         if not e.best:
             raise
-        raise ModelNotHere(f"{e}\n  then: --reranker {parse(reranker, RERANKER).kind}:{e.best}", e.best) from None
+        kind = parse(reranker, RERANKER).kind
+        then = f"{e}\n  then: --reranker {kind}:{e.best}"
+        if kind in ("first", "listwise-gen", "prp", "rank-r1"):  # small LLMs zero-shot: listwise/pairwise below BM25 on DL19
+            then += (f"\n  (an LLM of this size ranks better zero-shot as a judge: --reranker llm-pointwise:{e.best}; "
+                     "docs/benchmarks.md)")
+        raise ModelNotHere(then, e.best) from None
 
 
 def run_pipeline(cfg: dict[str, Any], config: str | None, *, retriever: str | None, data: DatasetArgs, model: ModelArgs,
