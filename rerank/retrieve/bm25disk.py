@@ -39,6 +39,10 @@ from ..errors import DataError, IndexStateError
 
 log = logging.getLogger("rerank")
 STATS = "stats.json"
+#: the index's layout: 2 adds each term's largest impact per shard (``maxima.npy``), which pruned
+#: search needs; an index of format 1 (none in its stats) is rebuilt
+FORMAT = 2
+MAXIMA = "maxima.npy"
 CHECKPOINT = "checkpoint.json"
 #: bytes of build memory a document of a chunk takes at most (text, Python token lists, sort keys)
 _BYTES_PER_CHUNK_DOC = 48 * 1024
@@ -204,6 +208,17 @@ def impacts(tfs: np.ndarray, norms: np.ndarray, idf: np.ndarray) -> np.ndarray:
     return (idf * (tf / (norms + tf))).astype(np.float32)
 
 
+def term_maxima(scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The largest impact of each of a run of terms (``counts``: its postings, in ``scores`` one
+    term after another; 0 for a term without any): the bounds pruned search skips by."""
+    out = np.zeros(len(counts), dtype=np.float32)
+    held = counts > 0
+    if held.any():
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out[held] = np.maximum.reduceat(scores, starts[held])
+    return out
+
+
 def _merge(folder: Path, segments: list[tuple[int, int]], df_by_shard: list[np.ndarray], bounds: list[int], *,
            k1: float, b: float, memory_bytes: int) -> dict[str, Any]:
     lengths = np.fromfile(folder / "lengths.i32", dtype=np.int32)
@@ -226,9 +241,11 @@ def _merge(folder: Path, segments: list[tuple[int, int]], df_by_shard: list[np.n
         np.save(out / "offsets.npy", offsets)
         mine = [i for i, (sh, _) in enumerate(segments) if sh == s]
         nnz = int(offsets[-1])
-        with (out / "docs.npy").open("wb") as fd, (out / "scores.npy").open("wb") as fs:
+        with (out / "docs.npy").open("wb") as fd, (out / "scores.npy").open("wb") as fs, \
+             (out / MAXIMA).open("wb") as fm:
             _write_npy_header(fd, "<i4", nnz)
             _write_npy_header(fs, "<f4", nnz)
+            _write_npy_header(fm, "<f4", vocab)
             t0 = 0
             while t0 < vocab:
                 # the next block of terms: as many as fit the budget (at least one)
@@ -237,9 +254,10 @@ def _merge(folder: Path, segments: list[tuple[int, int]], df_by_shard: list[np.n
                 docs, scores = _merge_block(seg, mine, segments, shard_df, t0, t1, norms, idf)
                 fd.write(docs.tobytes())
                 fs.write(scores.tobytes())
+                fm.write(term_maxima(scores, np.diff(offsets[t0 : t1 + 1])).tobytes())
                 t0 = t1
         shard_meta.append({"first": bounds[s], "end": bounds[s + 1], "postings": nnz})
-    return {"documents": n, "avgdl": avgdl, "terms": vocab, "k1": k1, "b": b, "postings": int(total[-1]),
+    return {"format": FORMAT, "documents": n, "avgdl": avgdl, "terms": vocab, "k1": k1, "b": b, "postings": int(total[-1]),
             "shards": shard_meta}
 
 
@@ -281,31 +299,185 @@ def _kernels() -> Any:
     """numba's search kernel (compiled on first use, cached on disk)."""
     import numba
 
+    @numba.njit(cache=True, nogil=True)
+    def find(docs: Any, lo: int, hi: int, d: int) -> int:  # pragma: no cover - numba
+        """The first position in [lo, hi) of a doc-sorted list holding a document >= d (hi: none)."""
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if docs[mid] < d:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    @numba.njit(cache=True, nogil=True)
+    def gallop(docs: Any, lo: int, hi: int, d: int) -> int:  # pragma: no cover - numba
+        """:func:`find` from ``lo`` by steps of 1, 2, 4...: cheap when d is near, as when the
+        candidates looked up in a list come in document order."""
+        step = 1
+        at = lo
+        while at < hi and docs[at] < d:
+            lo = at + 1
+            at = lo + step
+            step *= 2
+        return find(docs, lo, min(at + 1, hi), d)
+
+    @numba.njit(cache=True, nogil=True)
+    def kth(acc: Any, ids: Any, n: int, k: int) -> float:  # pragma: no cover - numba
+        """The k-th largest of acc[ids[:n]] (k <= n)."""
+        vals = np.empty(n, dtype=np.float32)
+        for i in range(n):
+            vals[i] = acc[ids[i]]
+        return float(np.partition(vals, n - k)[n - k])
+
+    @numba.njit(cache=True, nogil=True)
+    def exhaustive(offsets: Any, docs: Any, scores: Any, first: int, qt: Any, acc: Any,
+                   touched: Any) -> tuple[int, int]:  # pragma: no cover - numba
+        """Every posting of every query term added into ``acc``, in query-term order (bm25s's
+        sums, bit for bit); the documents scored in ``touched``: (how many, postings read)."""
+        m = 0
+        read = 0
+        for j in range(len(qt)):
+            term = qt[j]
+            for p in range(offsets[term], offsets[term + 1]):
+                d = docs[p] - first
+                if acc[d] == 0:
+                    touched[m] = d
+                    m += 1
+                acc[d] += scores[p]
+            read += offsets[term + 1] - offsets[term]
+        return m, read
+
+    @numba.njit(cache=True, nogil=True)
+    def pruned(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, qt: Any, k: int, acc: Any,
+               touched: Any) -> tuple[int, int]:  # pragma: no cover - numba
+        """MaxScore, term at a time: what :func:`exhaustive` leaves in ``acc`` for every document
+        that can be in the top k (the others: none), having read only part of the postings.
+
+        The query's distinct terms go by decreasing bound (their largest impact times how often
+        the query holds them). Whole lists are added until the bounds of the terms left sum below
+        theta, a lower bound of the k-th best score: no document outside the lists read can reach
+        the top k any more. The terms left are then only looked up for the candidates (galloping
+        through the document-sorted list), and a candidate whose partial score plus the bounds
+        left falls below theta is dropped. Float32 sums depend on their order, so every bound
+        is widened by ``eps`` (twice the rounding error of a sum of the query's impacts) and the
+        final candidates' scores are added again in query-term order: the exhaustive bits."""
+        m = len(qt)
+        uniq = np.empty(m, dtype=np.int64)
+        mult = np.zeros(m, dtype=np.int64)
+        r = 0
+        for j in range(m):
+            i = 0
+            while i < r and uniq[i] != qt[j]:
+                i += 1
+            if i == r:
+                uniq[r] = qt[j]
+                r += 1
+            mult[i] += 1
+        uniq, mult = uniq[:r], mult[:r]
+        bound = np.empty(r, dtype=np.float64)
+        for i in range(r):
+            bound[i] = mult[i] * np.float64(maxima[uniq[i]])
+        order = np.argsort(-bound, kind="mergesort")
+        rest = np.zeros(r + 1, dtype=np.float64)  # rest[i]: the bounds of order[i:] summed
+        for i in range(r - 1, -1, -1):
+            rest[i] = rest[i + 1] + bound[order[i]]
+        unit = 2.0 ** -24  # float32's unit roundoff
+        gamma = m * unit / (1 - m * unit)  # a float32 sum of m non-negative terms is within gamma of the exact one
+        eps = 4 * gamma + 4 * unit
+        read = 0
+        n = 0
+        theta = 0.0
+        done = r  # terms whose lists are read whole: order[:done]
+        for i in range(r):
+            term, c = uniq[order[i]], mult[order[i]]
+            for p in range(offsets[term], offsets[term + 1]):
+                d = docs[p] - first
+                if acc[d] == 0:
+                    touched[n] = d
+                    n += 1
+                for _ in range(c):
+                    acc[d] += scores[p]
+            read += offsets[term + 1] - offsets[term]
+            # the k-th partial score can beat what is left only once the bounds read do
+            if i + 1 < r and n >= k and (1 + eps) * rest[i + 1] < rest[0] - rest[i + 1]:
+                theta = (1 - eps) * kth(acc, touched, n, k)
+                if (1 + eps) * rest[i + 1] < theta:
+                    done = i + 1
+                    break
+        if done < r:
+            cand = np.empty(n, dtype=np.int32)
+            nc = 0
+            for x in range(n):
+                if (1 + eps) * (acc[touched[x]] + rest[done]) >= theta:
+                    cand[nc] = touched[x]
+                    nc += 1
+            cand = np.sort(cand[:nc])
+            for i in range(done, r):
+                term, c = uniq[order[i]], mult[order[i]]
+                p, end = offsets[term], offsets[term + 1]
+                for x in range(nc):
+                    d = cand[x]
+                    p = gallop(docs, p, end, d + first)
+                    if p == end:
+                        break
+                    if docs[p] == d + first:
+                        for _ in range(c):
+                            acc[d] += scores[p]
+                read += nc
+                if nc >= k:
+                    theta = max(theta, (1 - eps) * kth(acc, cand, nc, k))
+                w = 0
+                for x in range(nc):
+                    if (1 + eps) * (acc[cand[x]] + rest[i + 1]) >= theta:
+                        cand[w] = cand[x]
+                        w += 1
+                nc = w
+        else:
+            cand, nc = touched[:n].copy(), n
+        if nc >= k:
+            theta = max(theta, (1 - eps) * kth(acc, cand, nc, k))
+        keep = 0
+        for x in range(nc):  # every score is complete now: the k-th is at least theta
+            if (1 + eps) * acc[cand[x]] >= theta:
+                cand[keep] = cand[x]
+                keep += 1
+        for x in range(n):
+            acc[touched[x]] = 0
+        for x in range(keep):
+            d = cand[x]
+            s = np.float32(0)
+            for j in range(m):
+                term = qt[j]
+                p = find(docs, offsets[term], offsets[term + 1], d + first)
+                if p < offsets[term + 1] and docs[p] == d + first:
+                    s += scores[p]
+            acc[d] = s
+            touched[x] = d
+        return keep, read
+
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def search(offsets: Any, docs: Any, scores: Any, first: int, n: int, qterms: Any, qstarts: Any, k: int,
-               threads: int, out_docs: Any, out_scores: Any, out_n: Any) -> None:  # pragma: no cover - numba
+    def search(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, n: int, qterms: Any, qstarts: Any, k: int,
+               threads: int, prune: bool, out_docs: Any, out_scores: Any, out_n: Any,
+               out_read: Any) -> None:  # pragma: no cover - numba
         nq = len(qstarts) - 1
         acc = np.zeros((threads, n), dtype=np.float32)
         touched = np.empty((threads, n), dtype=np.int32)
         for t in numba.prange(threads):
             for q in range(t, nq, threads):
-                m = 0
-                for j in range(qstarts[q], qstarts[q + 1]):
-                    term = qterms[j]
-                    for p in range(offsets[term], offsets[term + 1]):
-                        d = docs[p] - first
-                        if acc[t, d] == 0:
-                            touched[t, m] = d
-                            m += 1
-                        acc[t, d] += scores[p]
+                qt = qterms[qstarts[q] : qstarts[q + 1]]
+                if prune:
+                    m, out_read[q] = pruned(offsets, docs, scores, maxima, first, qt, k, acc[t], touched[t])
+                else:
+                    m, out_read[q] = exhaustive(offsets, docs, scores, first, qt, acc[t], touched[t])
                 cand = touched[t, :m].copy()
                 vals = np.empty(m, dtype=np.float32)
                 for i in range(m):
                     vals[i] = acc[t, cand[i]]
                     acc[t, cand[i]] = 0
                 if m > k:  # keep what can be in the top k: above the k-th score, and ties at it
-                    kth = np.partition(-vals, k - 1)[k - 1]
-                    keep = np.flatnonzero(-vals <= kth)
+                    kth_score = np.partition(-vals, k - 1)[k - 1]
+                    keep = np.flatnonzero(-vals <= kth_score)
                     cand, vals = cand[keep], vals[keep]
                 by_doc = np.argsort(cand)
                 cand, vals = cand[by_doc], vals[by_doc]
@@ -328,21 +500,33 @@ class Shard:
         stats = read_stats(folder)
         if not 0 <= shard < len(stats["shards"]):
             raise IndexStateError(f"index {folder} has {len(stats['shards'])} shards, not a shard {shard}")
+        why = outdated(folder)
+        if why:
+            raise IndexStateError(f"index {folder} {why}; rebuild it")
         meta = stats["shards"][shard]
         sub = folder / f"shard-{shard:03d}"
         try:
             self.offsets = np.load(sub / "offsets.npy", mmap_mode="r")
             self.docs = np.load(sub / "docs.npy", mmap_mode="r")
             self.scores = np.load(sub / "scores.npy", mmap_mode="r")
+            self.maxima = np.load(sub / MAXIMA, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise IndexStateError(f"index {folder} is unreadable ({e}); rebuild it") from e
         if len(self.docs) != meta["postings"] or len(self.scores) != meta["postings"]:
             raise IndexStateError(f"index {sub} holds {len(self.docs)} postings, its stats say {meta['postings']}; rebuild it")
+        if len(self.maxima) != len(self.offsets) - 1:
+            raise IndexStateError(f"index {sub} holds {len(self.maxima)} term bounds for {len(self.offsets) - 1} terms; "
+                                  "rebuild it")
         self.first, self.end = int(meta["first"]), int(meta["end"])
+        #: postings read by the searches so far: whole lists, and each lookup of a candidate in a list
+        self.postings_read = 0
 
-    def search(self, queries: list[np.ndarray], k: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, queries: list[np.ndarray], k: int, threads: int = 0,
+               prune: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top ``k`` of each query (an array of term ids): (documents, scores, how many) arrays
-        of shape (queries, k), documents numbered in the whole collection."""
+        of shape (queries, k), documents numbered in the whole collection. ``prune``: skip the
+        postings that cannot change the top k (MaxScore); False reads every posting of the
+        query's terms. Both give the same documents and the same float32 scores."""
         global _SEARCH
         if _SEARCH is None:
             _SEARCH = _kernels()
@@ -354,10 +538,12 @@ class Shard:
         out_docs = np.full((nq, k), -1, dtype=np.int32)
         out_scores = np.zeros((nq, k), dtype=np.float32)
         out_n = np.zeros(nq, dtype=np.int64)
+        read = np.zeros(nq, dtype=np.int64)
         if nq:
             threads = max(1, min(threads or (os.cpu_count() or 1), nq))
-            _SEARCH(self.offsets, self.docs, self.scores, self.first, self.end - self.first, qterms, qstarts, k, threads,
-                    out_docs, out_scores, out_n)
+            _SEARCH(self.offsets, self.docs, self.scores, self.maxima, self.first, self.end - self.first, qterms, qstarts,
+                    k, threads, prune, out_docs, out_scores, out_n, read)
+        self.postings_read += int(read.sum())
         return out_docs, out_scores, out_n
 
 
@@ -372,6 +558,20 @@ def merge_top_k(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], k: i
             c = int(counts[q])
             rows[q].extend(zip(docs[q, :c].tolist(), scores[q, :c].tolist(), strict=True))
     return [sorted(r, key=lambda x: (-x[1], x[0]))[:k] for r in rows]
+
+
+def outdated(folder: Path) -> str | None:
+    """Why the index in ``folder`` cannot be searched by this version (None: it can, or there is
+    no index there yet)."""
+    try:
+        stats = json.loads((folder / STATS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    got = stats.get("format", 1)
+    if got != FORMAT:
+        return (f"is a bm25:disk index of format {got}, this version searches format {FORMAT} (each term's largest "
+                "impact, by which it skips postings)")
+    return None
 
 
 def read_stats(folder: Path) -> dict[str, Any]:
