@@ -323,14 +323,6 @@ def _kernels() -> Any:
         return find(docs, lo, min(at + 1, hi), d)
 
     @numba.njit(cache=True, nogil=True)
-    def kth(acc: Any, ids: Any, n: int, k: int) -> float:  # pragma: no cover - numba
-        """The k-th largest of acc[ids[:n]] (k <= n)."""
-        vals = np.empty(n, dtype=np.float32)
-        for i in range(n):
-            vals[i] = acc[ids[i]]
-        return float(np.partition(vals, n - k)[n - k])
-
-    @numba.njit(cache=True, nogil=True)
     def exhaustive(offsets: Any, docs: Any, scores: Any, first: int, qt: Any, acc: Any,
                    touched: Any) -> tuple[int, int]:  # pragma: no cover - numba
         """Every posting of every query term added into ``acc``, in query-term order (bm25s's
@@ -349,22 +341,44 @@ def _kernels() -> Any:
         return m, read
 
     @numba.njit(cache=True, nogil=True)
-    def pruned(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, qt: Any, k: int, acc: Any,
-               touched: Any) -> tuple[int, int]:  # pragma: no cover - numba
-        """MaxScore, term at a time: what :func:`exhaustive` leaves in ``acc`` for every document
-        that can be in the top k (the others: none), having read only part of the postings.
+    def worse(hs: Any, hd: Any, a: int, b: int) -> bool:  # pragma: no cover - numba
+        """Heap entry a ranks below b: a lower score, or the same score and a later document."""
+        return hs[a] < hs[b] or (hs[a] == hs[b] and hd[a] > hd[b])
 
-        The query's distinct terms go by decreasing bound (their largest impact times how often
-        the query holds them). Whole lists are added until the bounds of the terms left sum below
-        theta, a lower bound of the k-th best score: no document outside the lists read can reach
-        the top k any more. The terms left are then only looked up for the candidates (galloping
-        through the document-sorted list), and a candidate whose partial score plus the bounds
-        left falls below theta is dropped. Float32 sums depend on their order, so every bound
-        is widened by ``eps`` (twice the rounding error of a sum of the query's impacts) and the
-        final candidates' scores are added again in query-term order: the exhaustive bits."""
+    @numba.njit(cache=True, nogil=True)
+    def sift_down(hs: Any, hd: Any, size: int, i: int) -> None:  # pragma: no cover - numba
+        while True:
+            low = i
+            for c in (2 * i + 1, 2 * i + 2):
+                if c < size and worse(hs, hd, c, low):
+                    low = c
+            if low == i:
+                return
+            hs[i], hs[low] = hs[low], hs[i]
+            hd[i], hd[low] = hd[low], hd[i]
+            i = low
+
+    @numba.njit(cache=True, nogil=True)
+    def pruned(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, n: int, qt: Any, k: int, window: int,
+               out_docs: Any, out_scores: Any) -> tuple[int, int]:  # pragma: no cover - numba
+        """MaxScore (Turtle & Flood), document at a time in windows of documents (as Lucene's
+        MaxScoreBulkScorer): the top k of :func:`exhaustive`'s scores, bit for bit, having read
+        only part of the postings; (how many found, postings read).
+
+        theta is the k-th best exact score found so far (a heap of the best k). The query's
+        distinct terms whose bounds (their largest impact times how often the query holds them)
+        sum, smallest first, to at most theta are non-essential: a document in none of the other
+        (essential) lists cannot beat theta. Each window adds the essential lists' impacts of its
+        documents (term at a time, in a window-sized array); a document whose sum plus the bounds
+        of the non-essential terms can beat theta has them looked up (galloping: the cursors only
+        move forward), the largest bound first, until it cannot. Float32 sums depend on their
+        order, so every bound is widened by ``eps`` (twice the rounding error of a float32 sum of
+        the query's impacts) and a document that may enter the top k gets its score summed as
+        :func:`exhaustive` sums it: its impacts in query-term order, in float32."""
         m = len(qt)
         uniq = np.empty(m, dtype=np.int64)
         mult = np.zeros(m, dtype=np.int64)
+        slot = np.empty(m, dtype=np.int64)  # each query term's distinct term
         r = 0
         for j in range(m):
             i = 0
@@ -374,102 +388,109 @@ def _kernels() -> Any:
                 uniq[r] = qt[j]
                 r += 1
             mult[i] += 1
+            slot[j] = i
         uniq, mult = uniq[:r], mult[:r]
         bound = np.empty(r, dtype=np.float64)
         for i in range(r):
             bound[i] = mult[i] * np.float64(maxima[uniq[i]])
-        order = np.argsort(-bound, kind="mergesort")
-        rest = np.zeros(r + 1, dtype=np.float64)  # rest[i]: the bounds of order[i:] summed
-        for i in range(r - 1, -1, -1):
-            rest[i] = rest[i + 1] + bound[order[i]]
-        unit = 2.0 ** -24  # float32's unit roundoff
+        order = np.argsort(bound, kind="mergesort")  # smallest bound first
+        unit = 2.0**-24  # float32's unit roundoff
         gamma = m * unit / (1 - m * unit)  # a float32 sum of m non-negative terms is within gamma of the exact one
-        eps = 4 * gamma + 4 * unit
+        widen = 1 + 2 * gamma + 4 * unit
+        cursor = offsets[uniq].copy()
+        end = offsets[uniq + 1]
+        impact = np.zeros((window, r), dtype=np.float32)  # each document of the window: its impact per term
+        partial = np.zeros(window, dtype=np.float64)
+        hs = np.empty(k, dtype=np.float32)
+        hd = np.empty(k, dtype=np.int64)
+        size = 0
+        theta = -1.0  # no document is refused until k are found
         read = 0
-        n = 0
-        theta = 0.0
-        done = r  # terms whose lists are read whole: order[:done]
+        lead = 0  # terms order[:lead] are non-essential
+        below = np.zeros(r + 1, dtype=np.float64)  # below[i]: the bounds of order[:i] summed
         for i in range(r):
-            term, c = uniq[order[i]], mult[order[i]]
-            for p in range(offsets[term], offsets[term + 1]):
-                d = docs[p] - first
-                if acc[d] == 0:
-                    touched[n] = d
-                    n += 1
-                for _ in range(c):
-                    acc[d] += scores[p]
-            read += offsets[term + 1] - offsets[term]
-            # the k-th partial score can beat what is left only once the bounds read do
-            if i + 1 < r and n >= k and (1 + eps) * rest[i + 1] < rest[0] - rest[i + 1]:
-                theta = (1 - eps) * kth(acc, touched, n, k)
-                if (1 + eps) * rest[i + 1] < theta:
-                    done = i + 1
-                    break
-        if done < r:
-            cand = np.empty(n, dtype=np.int32)
-            nc = 0
-            for x in range(n):
-                if (1 + eps) * (acc[touched[x]] + rest[done]) >= theta:
-                    cand[nc] = touched[x]
-                    nc += 1
-            cand = np.sort(cand[:nc])
-            for i in range(done, r):
-                term, c = uniq[order[i]], mult[order[i]]
-                p, end = offsets[term], offsets[term + 1]
-                for x in range(nc):
-                    d = cand[x]
-                    p = gallop(docs, p, end, d + first)
-                    if p == end:
-                        break
-                    if docs[p] == d + first:
-                        for _ in range(c):
-                            acc[d] += scores[p]
-                read += nc
-                if nc >= k:
-                    theta = max(theta, (1 - eps) * kth(acc, cand, nc, k))
-                w = 0
-                for x in range(nc):
-                    if (1 + eps) * (acc[cand[x]] + rest[i + 1]) >= theta:
-                        cand[w] = cand[x]
-                        w += 1
-                nc = w
-        else:
-            cand, nc = touched[:n].copy(), n
-        if nc >= k:
-            theta = max(theta, (1 - eps) * kth(acc, cand, nc, k))
-        keep = 0
-        for x in range(nc):  # every score is complete now: the k-th is at least theta
-            if (1 + eps) * acc[cand[x]] >= theta:
-                cand[keep] = cand[x]
-                keep += 1
-        for x in range(n):
-            acc[touched[x]] = 0
-        for x in range(keep):
-            d = cand[x]
-            s = np.float32(0)
-            for j in range(m):
-                term = qt[j]
-                p = find(docs, offsets[term], offsets[term + 1], d + first)
-                if p < offsets[term + 1] and docs[p] == d + first:
-                    s += scores[p]
-            acc[d] = s
-            touched[x] = d
-        return keep, read
+            below[i + 1] = below[i] + bound[order[i]]
+        while True:
+            while lead < r and widen * below[lead + 1] <= theta:
+                lead += 1
+            if lead == r:
+                break
+            w0 = n + first
+            for i in range(lead, r):
+                t = order[i]
+                if cursor[t] < end[t] and docs[cursor[t]] < w0:
+                    w0 = docs[cursor[t]]
+            if w0 == n + first:
+                break
+            w1 = w0 + window
+            for i in range(lead, r):  # the essential lists, over the window
+                t = order[i]
+                c = mult[t]
+                p, e = cursor[t], end[t]
+                while p < e and docs[p] < w1:
+                    x = docs[p] - w0
+                    impact[x, t] = scores[p]
+                    partial[x] += c * np.float64(scores[p])
+                    p += 1
+                read += p - cursor[t]
+                cursor[t] = p
+            for x in range(window):
+                if partial[x] == 0:
+                    continue
+                d = w0 + x
+                left = below[lead]
+                i = lead - 1
+                while i >= 0 and widen * (partial[x] + left) > theta:
+                    t = order[i]
+                    p = gallop(docs, cursor[t], end[t], d)
+                    cursor[t] = p
+                    read += 1
+                    if p < end[t] and docs[p] == d:
+                        impact[x, t] = scores[p]
+                        partial[x] += mult[t] * np.float64(scores[p])
+                    left -= bound[t]
+                    i -= 1
+                if i < 0 and widen * partial[x] > theta:
+                    s = np.float32(0)
+                    for j in range(m):
+                        s += impact[x, slot[j]]
+                    if size < k:
+                        hs[size], hd[size] = s, d
+                        size += 1
+                        if size == k:
+                            for h in range(k // 2 - 1, -1, -1):
+                                sift_down(hs, hd, k, h)
+                            theta = np.float64(hs[0])
+                    elif s > hs[0]:  # later documents lose ties
+                        hs[0], hd[0] = s, d
+                        sift_down(hs, hd, k, 0)
+                        theta = np.float64(hs[0])
+                partial[x] = 0
+                impact[x, :] = 0
+        by_doc = np.argsort(hd[:size])
+        hs, hd = hs[:size][by_doc], hd[:size][by_doc]
+        best = np.argsort(-hs, kind="mergesort")  # stable: ties by document number
+        for i in range(size):
+            out_docs[i] = hd[best[i]]
+            out_scores[i] = hs[best[i]]
+        return size, read
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def search(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, n: int, qterms: Any, qstarts: Any, k: int,
-               threads: int, prune: bool, out_docs: Any, out_scores: Any, out_n: Any,
+               threads: int, window: int, out_docs: Any, out_scores: Any, out_n: Any,
                out_read: Any) -> None:  # pragma: no cover - numba
         nq = len(qstarts) - 1
-        acc = np.zeros((threads, n), dtype=np.float32)
-        touched = np.empty((threads, n), dtype=np.int32)
+        prune = window > 0
+        acc = np.zeros((0 if prune else threads, n), dtype=np.float32)
+        touched = np.empty((0 if prune else threads, n), dtype=np.int32)
         for t in numba.prange(threads):
             for q in range(t, nq, threads):
                 qt = qterms[qstarts[q] : qstarts[q + 1]]
                 if prune:
-                    m, out_read[q] = pruned(offsets, docs, scores, maxima, first, qt, k, acc[t], touched[t])
-                else:
-                    m, out_read[q] = exhaustive(offsets, docs, scores, first, qt, acc[t], touched[t])
+                    out_n[q], out_read[q] = pruned(offsets, docs, scores, maxima, first, n, qt, k, window, out_docs[q],
+                                                   out_scores[q])
+                    continue
+                m, out_read[q] = exhaustive(offsets, docs, scores, first, qt, acc[t], touched[t])
                 cand = touched[t, :m].copy()
                 vals = np.empty(m, dtype=np.float32)
                 for i in range(m):
@@ -491,6 +512,8 @@ def _kernels() -> Any:
 
 
 _SEARCH: Any = None
+#: documents a window of the pruned search adds its essential terms' impacts over
+_WINDOW = 4096
 
 
 class Shard:
@@ -542,7 +565,7 @@ class Shard:
         if nq:
             threads = max(1, min(threads or (os.cpu_count() or 1), nq))
             _SEARCH(self.offsets, self.docs, self.scores, self.maxima, self.first, self.end - self.first, qterms, qstarts,
-                    k, threads, prune, out_docs, out_scores, out_n, read)
+                    k, threads, _WINDOW if prune else 0, out_docs, out_scores, out_n, read)
         self.postings_read += int(read.sum())
         return out_docs, out_scores, out_n
 
