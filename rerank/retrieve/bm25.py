@@ -256,7 +256,8 @@ class _Disk:
         else:
             found = bm25disk.merge_top_k((s.search(terms, k, self.threads, self.prune) for s in self._shards), k)
         by_query = dict(zip(keep, found, strict=True))
-        return [[(self._docids[d], s) for d, s in by_query.get(i, [])] for i in range(len(texts))]
+        hits = [by_query.get(i, []) for i in range(len(texts))]
+        return [list(zip(self._docids.many([d for d, _ in h]), [s for _, s in h], strict=True)) for h in hits]
 
 
 # ---------------------------------------------------------------- Lucene

@@ -39,10 +39,14 @@ from ..errors import DataError, IndexStateError
 
 log = logging.getLogger("rerank")
 STATS = "stats.json"
-#: the index's layout: 2 adds each term's largest impact per shard (``maxima.npy``), which pruned
-#: search needs; an index of format 1 (none in its stats) is rebuilt
+#: the index's layout: 2 adds each term's largest impact per shard (``maxima.npy``) and each block's
+#: (``blockmax.npy``), which pruned search needs; an index of format 1 (none in its stats) is rebuilt
 FORMAT = 2
 MAXIMA = "maxima.npy"
+#: the largest impact of each block of BLOCK postings of a shard (blocks cut the whole CSR, so a
+#: block may end one term's list and start the next: a bound for both)
+BLOCK_MAXIMA = "blockmax.npy"
+BLOCK = 128
 CHECKPOINT = "checkpoint.json"
 #: bytes of build memory a document of a chunk takes at most (text, Python token lists, sort keys)
 _BYTES_PER_CHUNK_DOC = 48 * 1024
@@ -242,10 +246,12 @@ def _merge(folder: Path, segments: list[tuple[int, int]], df_by_shard: list[np.n
         mine = [i for i, (sh, _) in enumerate(segments) if sh == s]
         nnz = int(offsets[-1])
         with (out / "docs.npy").open("wb") as fd, (out / "scores.npy").open("wb") as fs, \
-             (out / MAXIMA).open("wb") as fm:
+             (out / MAXIMA).open("wb") as fm, (out / BLOCK_MAXIMA).open("wb") as fb:
             _write_npy_header(fd, "<i4", nnz)
             _write_npy_header(fs, "<f4", nnz)
             _write_npy_header(fm, "<f4", vocab)
+            _write_npy_header(fb, "<f4", -(-nnz // BLOCK))
+            held = np.zeros(0, dtype=np.float32)  # the impacts of a block not full yet
             t0 = 0
             while t0 < vocab:
                 # the next block of terms: as many as fit the budget (at least one)
@@ -255,7 +261,13 @@ def _merge(folder: Path, segments: list[tuple[int, int]], df_by_shard: list[np.n
                 fd.write(docs.tobytes())
                 fs.write(scores.tobytes())
                 fm.write(term_maxima(scores, np.diff(offsets[t0 : t1 + 1])).tobytes())
+                held = np.concatenate((held, scores))
+                full = len(held) // BLOCK * BLOCK
+                fb.write(held[:full].reshape(-1, BLOCK).max(axis=1).tobytes())
+                held = held[full:]
                 t0 = t1
+            if len(held):
+                fb.write(held.max(keepdims=True).tobytes())
         shard_meta.append({"first": bounds[s], "end": bounds[s + 1], "postings": nnz})
     return {"format": FORMAT, "documents": n, "avgdl": avgdl, "terms": vocab, "k1": k1, "b": b, "postings": int(total[-1]),
             "shards": shard_meta}
@@ -359,22 +371,24 @@ def _kernels() -> Any:
             i = low
 
     @numba.njit(cache=True, nogil=True)
-    def pruned(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, n: int, qt: Any, k: int, window: int,
-               out_docs: Any, out_scores: Any) -> tuple[int, int]:  # pragma: no cover - numba
-        """MaxScore (Turtle & Flood), document at a time in windows of documents (as Lucene's
-        MaxScoreBulkScorer): the top k of :func:`exhaustive`'s scores, bit for bit, having read
+    def pruned(offsets: Any, docs: Any, scores: Any, maxima: Any, blockmax: Any, first: int, n: int, qt: Any, k: int,
+               window: int, out_docs: Any, out_scores: Any) -> tuple[int, int]:  # pragma: no cover - numba
+        """Block-max MaxScore (Turtle & Flood; Lucene's MaxScoreBulkScorer), document at a time in
+        windows of documents: the top k of :func:`exhaustive`'s scores, bit for bit, having read
         only part of the postings; (how many found, postings read).
 
-        theta is the k-th best exact score found so far (a heap of the best k). The query's
-        distinct terms whose bounds (their largest impact times how often the query holds them)
-        sum, smallest first, to at most theta are non-essential: a document in none of the other
-        (essential) lists cannot beat theta. Each window adds the essential lists' impacts of its
-        documents (term at a time, in a window-sized array); a document whose sum plus the bounds
-        of the non-essential terms can beat theta has them looked up (galloping: the cursors only
-        move forward), the largest bound first, until it cannot. Float32 sums depend on their
-        order, so every bound is widened by ``eps`` (twice the rounding error of a float32 sum of
-        the query's impacts) and a document that may enter the top k gets its score summed as
-        :func:`exhaustive` sums it: its impacts in query-term order, in float32."""
+        theta is the k-th best exact score found so far (a heap of the best k). A term's bound is
+        its largest impact times how often the query holds it: over the whole list (which
+        documents need a look at all) and over the blocks of postings in a window. In a window,
+        the terms whose bounds sum, smallest first, to at most theta are non-essential: a document
+        in none of the other (essential) lists cannot beat theta, and when every term is, the
+        window is skipped. The essential lists' impacts are added over the window (term at a
+        time); a document whose sum plus the non-essential bounds can beat theta has those terms
+        looked up (galloping: the cursors only move forward), the largest bound first, until it
+        cannot. Float32 sums depend on their order, so every bound is widened by ``widen`` (twice
+        the rounding error of a float32 sum of the query's impacts) and a document that may enter
+        the top k gets its score summed as :func:`exhaustive` sums it: its impacts in query-term
+        order, in float32."""
         m = len(qt)
         uniq = np.empty(m, dtype=np.int64)
         mult = np.zeros(m, dtype=np.int64)
@@ -394,27 +408,29 @@ def _kernels() -> Any:
         for i in range(r):
             bound[i] = mult[i] * np.float64(maxima[uniq[i]])
         order = np.argsort(bound, kind="mergesort")  # smallest bound first
+        below = np.zeros(r + 1, dtype=np.float64)  # below[i]: the bounds of order[:i] summed
+        for i in range(r):
+            below[i + 1] = below[i] + bound[order[i]]
         unit = 2.0**-24  # float32's unit roundoff
         gamma = m * unit / (1 - m * unit)  # a float32 sum of m non-negative terms is within gamma of the exact one
         widen = 1 + 2 * gamma + 4 * unit
         cursor = offsets[uniq].copy()
         end = offsets[uniq + 1]
-        impact = np.zeros((window, r), dtype=np.float32)  # each document of the window: its impact per term
+        stop = np.empty(r, dtype=np.int64)  # each term's first posting past the window
+        wb = np.empty(r, dtype=np.float64)  # each term's bound in the window
+        wbelow = np.zeros(r + 1, dtype=np.float64)
+        exact = np.empty(r, dtype=np.int64)  # each term's cursor for the exact sums, in the window
         partial = np.zeros(window, dtype=np.float64)
+        hits = np.empty(window, dtype=np.int64)
         hs = np.empty(k, dtype=np.float32)
         hd = np.empty(k, dtype=np.int64)
         size = 0
         theta = -1.0  # no document is refused until k are found
         read = 0
-        lead = 0  # terms order[:lead] are non-essential
-        below = np.zeros(r + 1, dtype=np.float64)  # below[i]: the bounds of order[:i] summed
-        for i in range(r):
-            below[i + 1] = below[i] + bound[order[i]]
+        lead = 0  # terms order[:lead] are non-essential everywhere
         while True:
             while lead < r and widen * below[lead + 1] <= theta:
                 lead += 1
-            if lead == r:
-                break
             w0 = n + first
             for i in range(lead, r):
                 t = order[i]
@@ -423,62 +439,89 @@ def _kernels() -> Any:
             if w0 == n + first:
                 break
             w1 = w0 + window
-            for i in range(lead, r):  # the essential lists, over the window
-                t = order[i]
-                c = mult[t]
-                p, e = cursor[t], end[t]
-                while p < e and docs[p] < w1:
-                    x = docs[p] - w0
-                    impact[x, t] = scores[p]
-                    partial[x] += c * np.float64(scores[p])
-                    p += 1
-                read += p - cursor[t]
+            for t in range(r):
+                p = gallop(docs, cursor[t], end[t], w0)
                 cursor[t] = p
-            for x in range(window):
-                if partial[x] == 0:
-                    continue
+                stop[t] = gallop(docs, p, end[t], w1)
+                best = np.float32(0)
+                if stop[t] > p:
+                    for g in range(p // BLOCK, (stop[t] - 1) // BLOCK + 1):
+                        best = max(best, blockmax[g])
+                wb[t] = mult[t] * np.float64(best)
+                exact[t] = p
+            worder = np.argsort(wb)
+            for i in range(r):
+                wbelow[i + 1] = wbelow[i] + wb[worder[i]]
+            wlead = 0
+            while wlead < r and widen * wbelow[wlead + 1] <= theta:
+                wlead += 1
+            cnt = 0
+            for i in range(wlead, r):  # the window's essential lists
+                t = worder[i]
+                c = mult[t]
+                for p in range(cursor[t], stop[t]):
+                    x = docs[p] - w0
+                    if partial[x] == 0:
+                        hits[cnt] = x
+                        cnt += 1
+                    partial[x] += c * np.float64(scores[p])
+                read += stop[t] - cursor[t]
+            if cnt * 16 < window:
+                hits[:cnt].sort()
+            else:
+                cnt = 0
+                for x in range(window):
+                    if partial[x] != 0:
+                        hits[cnt] = x
+                        cnt += 1
+            for h in range(cnt):
+                x = hits[h]
+                got = partial[x]
+                partial[x] = 0
                 d = w0 + x
-                left = below[lead]
-                i = lead - 1
-                while i >= 0 and widen * (partial[x] + left) > theta:
-                    t = order[i]
-                    p = gallop(docs, cursor[t], end[t], d)
-                    cursor[t] = p
-                    read += 1
-                    if p < end[t] and docs[p] == d:
-                        impact[x, t] = scores[p]
-                        partial[x] += mult[t] * np.float64(scores[p])
-                    left -= bound[t]
+                i = wlead - 1
+                while i >= 0 and widen * (got + wbelow[i + 1]) > theta:
+                    t = worder[i]
+                    if stop[t] > cursor[t]:
+                        p = gallop(docs, cursor[t], stop[t], d)
+                        cursor[t] = p
+                        read += 1
+                        if p < stop[t] and docs[p] == d:
+                            got += mult[t] * np.float64(scores[p])
                     i -= 1
-                if i < 0 and widen * partial[x] > theta:
+                if i < 0 and widen * got > theta:  # its impacts again, summed as exhaustive() sums them
                     s = np.float32(0)
                     for j in range(m):
-                        s += impact[x, slot[j]]
+                        t = slot[j]
+                        p = gallop(docs, exact[t], stop[t], d)
+                        exact[t] = p
+                        if p < stop[t] and docs[p] == d:
+                            s += scores[p]
                     if size < k:
                         hs[size], hd[size] = s, d
                         size += 1
                         if size == k:
-                            for h in range(k // 2 - 1, -1, -1):
-                                sift_down(hs, hd, k, h)
+                            for g in range(k // 2 - 1, -1, -1):
+                                sift_down(hs, hd, k, g)
                             theta = np.float64(hs[0])
                     elif s > hs[0]:  # later documents lose ties
                         hs[0], hd[0] = s, d
                         sift_down(hs, hd, k, 0)
                         theta = np.float64(hs[0])
-                partial[x] = 0
-                impact[x, :] = 0
+            cursor[:] = stop
         by_doc = np.argsort(hd[:size])
         hs, hd = hs[:size][by_doc], hd[:size][by_doc]
-        best = np.argsort(-hs, kind="mergesort")  # stable: ties by document number
+        best_first = np.argsort(-hs, kind="mergesort")  # stable: ties by document number
         for i in range(size):
-            out_docs[i] = hd[best[i]]
-            out_scores[i] = hs[best[i]]
+            out_docs[i] = hd[best_first[i]]
+            out_scores[i] = hs[best_first[i]]
         return size, read
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def search(offsets: Any, docs: Any, scores: Any, maxima: Any, first: int, n: int, qterms: Any, qstarts: Any, k: int,
-               threads: int, window: int, out_docs: Any, out_scores: Any, out_n: Any,
+    def search(offsets: Any, docs: Any, scores: Any, maxima: Any, blockmax: Any, first: int, n: int, qterms: Any,
+               qstarts: Any, k: int, threads: int, window: int, out_docs: Any, out_scores: Any, out_n: Any,
                out_read: Any) -> None:  # pragma: no cover - numba
+        """Each query's top k into the out arrays: pruned (``window`` > 0) or exhaustive."""
         nq = len(qstarts) - 1
         prune = window > 0
         acc = np.zeros((0 if prune else threads, n), dtype=np.float32)
@@ -487,8 +530,8 @@ def _kernels() -> Any:
             for q in range(t, nq, threads):
                 qt = qterms[qstarts[q] : qstarts[q + 1]]
                 if prune:
-                    out_n[q], out_read[q] = pruned(offsets, docs, scores, maxima, first, n, qt, k, window, out_docs[q],
-                                                   out_scores[q])
+                    out_n[q], out_read[q] = pruned(offsets, docs, scores, maxima, blockmax, first, n, qt, k, window,
+                                                   out_docs[q], out_scores[q])
                     continue
                 m, out_read[q] = exhaustive(offsets, docs, scores, first, qt, acc[t], touched[t])
                 cand = touched[t, :m].copy()
@@ -533,16 +576,19 @@ class Shard:
             self.docs = np.load(sub / "docs.npy", mmap_mode="r")
             self.scores = np.load(sub / "scores.npy", mmap_mode="r")
             self.maxima = np.load(sub / MAXIMA, mmap_mode="r")
+            self.block_maxima = np.load(sub / BLOCK_MAXIMA, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise IndexStateError(f"index {folder} is unreadable ({e}); rebuild it") from e
         if len(self.docs) != meta["postings"] or len(self.scores) != meta["postings"]:
             raise IndexStateError(f"index {sub} holds {len(self.docs)} postings, its stats say {meta['postings']}; rebuild it")
-        if len(self.maxima) != len(self.offsets) - 1:
-            raise IndexStateError(f"index {sub} holds {len(self.maxima)} term bounds for {len(self.offsets) - 1} terms; "
-                                  "rebuild it")
+        if len(self.maxima) != len(self.offsets) - 1 or len(self.block_maxima) != -(-len(self.scores) // BLOCK):
+            raise IndexStateError(f"index {sub} holds {len(self.maxima)} term bounds and {len(self.block_maxima)} block "
+                                  f"bounds for {len(self.offsets) - 1} terms and {len(self.scores)} postings; rebuild it")
         self.first, self.end = int(meta["first"]), int(meta["end"])
-        #: postings read by the searches so far: whole lists, and each lookup of a candidate in a list
+        #: postings read by the searches so far: those added whole-list, and each lookup of a candidate
         self.postings_read = 0
+        #: documents the pruned search takes at a time (the results do not depend on it)
+        self.window = _WINDOW
 
     def search(self, queries: list[np.ndarray], k: int, threads: int = 0,
                prune: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -564,8 +610,8 @@ class Shard:
         read = np.zeros(nq, dtype=np.int64)
         if nq:
             threads = max(1, min(threads or (os.cpu_count() or 1), nq))
-            _SEARCH(self.offsets, self.docs, self.scores, self.maxima, self.first, self.end - self.first, qterms, qstarts,
-                    k, threads, _WINDOW if prune else 0, out_docs, out_scores, out_n, read)
+            _SEARCH(self.offsets, self.docs, self.scores, self.maxima, self.block_maxima, self.first, self.end - self.first,
+                    qterms, qstarts, k, threads, self.window if prune else 0, out_docs, out_scores, out_n, read)
         self.postings_read += int(read.sum())
         return out_docs, out_scores, out_n
 
@@ -608,14 +654,24 @@ class DocIds:
     """The index's document ids, read from disk on demand (10M ids would take ~700 MB as a list)."""
 
     def __init__(self, folder: Path) -> None:
+        import mmap
+
         self.ends = np.load(folder / "docids.ends.npy", mmap_mode="r")
-        self.blob = np.memmap(folder / "docids.bin", dtype=np.uint8, mode="r") if self.ends[-1] else np.zeros(0, np.uint8)
+        self.blob: Any = b""
+        if self.ends[-1]:
+            with (folder / "docids.bin").open("rb") as f:
+                self.blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def __len__(self) -> int:
         return len(self.ends) - 1
 
     def __getitem__(self, i: int) -> str:
-        return bytes(self.blob[int(self.ends[i]) : int(self.ends[i + 1])]).decode()
+        return self.many([i])[0]
+
+    def many(self, nums: list[int]) -> list[str]:
+        """The ids of documents ``nums`` (their numbers), read at once (a query's hits)."""
+        at = np.asarray(nums, dtype=np.int64)
+        return [self.blob[a:b].decode() for a, b in zip(self.ends[at].tolist(), self.ends[at + 1].tolist(), strict=True)]
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
