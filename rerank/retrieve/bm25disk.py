@@ -12,10 +12,15 @@ document numbers, ``scores``: float32 impacts). Peak memory is the budget plus t
 arrays (4 bytes a document for lengths, 8 for the BM25 length norm during the merge, 8 for where
 each document id ends), not the corpus: 10M documents need 200 MB of those.
 
-Searching memory-maps the arrays: a query adds the impacts of its terms' postings into a float32
-accumulator (numba, one accumulator per thread, queries spread over threads), in query-term
-order as bm25s does, so the sums are bit-identical; the top k is taken by score, ties by document
-number. ``shards`` > 1 cuts the collection into contiguous ranges of documents, each its own CSR
+The merge also writes each term's largest impact (``maxima.npy``) and each block of 128 postings'
+(``blockmax.npy``): the bounds the pruned search skips by (index format 2).
+
+Searching memory-maps the arrays (numba, queries spread over threads). The exhaustive search adds
+the impacts of its terms' postings into a float32 accumulator in query-term order, as bm25s does,
+so the sums are bit-identical; the top k is taken by score, ties by document number. The pruned
+search (the default) is block-max MaxScore over windows of documents and gives that very top k,
+bit for bit, reading a fraction of the postings (see ``pruned`` in :func:`_kernels`).
+``shards`` > 1 cuts the collection into contiguous ranges of documents, each its own CSR
 scored with the global statistics: searching the shards (one process, or Ray workers:
 :func:`rerank.distributed.search_shards`) and merging their top k gives exactly the single index's.
 """
