@@ -426,7 +426,8 @@ def _kernels() -> Any:
         wbelow = np.zeros(r + 1, dtype=np.float64)
         exact = np.empty(r, dtype=np.int64)  # each term's cursor for the exact sums, in the window
         partial = np.zeros(window, dtype=np.float64)
-        hits = np.empty(window, dtype=np.int64)
+        seen = np.zeros(window >> 6, dtype=np.uint64)  # the window's documents hit, a bit each
+        one = np.uint64(1)
         hs = np.empty(k, dtype=np.float32)
         hd = np.empty(k, dtype=np.int64)
         size = 0
@@ -460,59 +461,53 @@ def _kernels() -> Any:
             wlead = 0
             while wlead < r and widen * wbelow[wlead + 1] <= theta:
                 wlead += 1
-            cnt = 0
             for i in range(wlead, r):  # the window's essential lists
                 t = worder[i]
                 c = mult[t]
                 for p in range(cursor[t], stop[t]):
                     x = docs[p] - w0
-                    if partial[x] == 0:
-                        hits[cnt] = x
-                        cnt += 1
+                    seen[x >> 6] |= one << np.uint64(x & 63)
                     partial[x] += c * np.float64(scores[p])
                 read += stop[t] - cursor[t]
-            if cnt * 16 < window:
-                hits[:cnt].sort()
-            else:
-                cnt = 0
-                for x in range(window):
-                    if partial[x] != 0:
-                        hits[cnt] = x
-                        cnt += 1
-            for h in range(cnt):
-                x = hits[h]
-                got = partial[x]
-                partial[x] = 0
-                d = w0 + x
-                i = wlead - 1
-                while i >= 0 and widen * (got + wbelow[i + 1]) > theta:
-                    t = worder[i]
-                    if stop[t] > cursor[t]:
-                        p = gallop(docs, cursor[t], stop[t], d)
-                        cursor[t] = p
-                        read += 1
-                        if p < stop[t] and docs[p] == d:
-                            got += mult[t] * np.float64(scores[p])
-                    i -= 1
-                if i < 0 and widen * got > theta:  # its impacts again, summed as exhaustive() sums them
-                    s = np.float32(0)
-                    for j in range(m):
-                        t = slot[j]
-                        p = gallop(docs, exact[t], stop[t], d)
-                        exact[t] = p
-                        if p < stop[t] and docs[p] == d:
-                            s += scores[p]
-                    if size < k:
-                        hs[size], hd[size] = s, d
-                        size += 1
-                        if size == k:
-                            for g in range(k // 2 - 1, -1, -1):
-                                sift_down(hs, hd, k, g)
+            for word in range(window >> 6):  # the documents hit, in order: each word's set bits, lowest first
+                bits = seen[word]
+                seen[word] = 0
+                while bits != 0:
+                    low = bits & (~bits + one)
+                    bits ^= low
+                    x = (word << 6) + _LOWEST_BIT[(low * _DE_BRUIJN) >> np.uint64(58)]
+                    got = partial[x]
+                    partial[x] = 0
+                    d = w0 + x
+                    i = wlead - 1
+                    while i >= 0 and widen * (got + wbelow[i + 1]) > theta:
+                        t = worder[i]
+                        if stop[t] > cursor[t]:
+                            p = gallop(docs, cursor[t], stop[t], d)
+                            cursor[t] = p
+                            read += 1
+                            if p < stop[t] and docs[p] == d:
+                                got += mult[t] * np.float64(scores[p])
+                        i -= 1
+                    if i < 0 and widen * got > theta:  # its impacts again, summed as exhaustive() sums them
+                        s = np.float32(0)
+                        for j in range(m):
+                            t = slot[j]
+                            p = gallop(docs, exact[t], stop[t], d)
+                            exact[t] = p
+                            if p < stop[t] and docs[p] == d:
+                                s += scores[p]
+                        if size < k:
+                            hs[size], hd[size] = s, d
+                            size += 1
+                            if size == k:
+                                for g in range(k // 2 - 1, -1, -1):
+                                    sift_down(hs, hd, k, g)
+                                theta = np.float64(hs[0])
+                        elif s > hs[0]:  # later documents lose ties
+                            hs[0], hd[0] = s, d
+                            sift_down(hs, hd, k, 0)
                             theta = np.float64(hs[0])
-                    elif s > hs[0]:  # later documents lose ties
-                        hs[0], hd[0] = s, d
-                        sift_down(hs, hd, k, 0)
-                        theta = np.float64(hs[0])
             cursor[:] = stop
         by_doc = np.argsort(hd[:size])
         hs, hd = hs[:size][by_doc], hd[:size][by_doc]
@@ -560,6 +555,11 @@ def _kernels() -> Any:
 
 
 _SEARCH: Any = None
+#: the lowest set bit of a 64-bit word: its index is _LOWEST_BIT[(bit * _DE_BRUIJN) >> 58]
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_LOWEST_BIT = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39,
+                        33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26, 40,
+                        15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 #: documents a window of the pruned search adds its essential terms' impacts over
 _WINDOW = 4096
 
@@ -592,7 +592,7 @@ class Shard:
         self.first, self.end = int(meta["first"]), int(meta["end"])
         #: postings read by the searches so far: those added whole-list, and each lookup of a candidate
         self.postings_read = 0
-        #: documents the pruned search takes at a time (the results do not depend on it)
+        #: documents the pruned search takes at a time, a multiple of 64 (the results do not depend on it)
         self.window = _WINDOW
 
     def search(self, queries: list[np.ndarray], k: int, threads: int = 0,
@@ -602,6 +602,8 @@ class Shard:
         postings that cannot change the top k (MaxScore); False reads every posting of the
         query's terms. Both give the same documents and the same float32 scores."""
         global _SEARCH
+        if self.window < 64 or self.window % 64:
+            raise ValueError(f"the pruned search's window must be a positive multiple of 64, got {self.window}")
         if _SEARCH is None:
             _SEARCH = _kernels()
         nq = len(queries)
