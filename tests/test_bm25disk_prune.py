@@ -90,6 +90,9 @@ def test_pruned_search_keeps_ties_repeated_and_absent_terms(tmp_path, shards):
         merged = bm25disk.merge_top_k((s.search(queries, k) for s in parts), k)
         whole = bm25disk.Shard(one, 0).search(queries, k, prune=False)
         assert merged == [list(zip(d[:c].tolist(), s[:c].tolist(), strict=True)) for d, s, c in zip(*whole, strict=True)]
+    parts[0].window = 100  # the documents hit are kept a 64-bit word at a time
+    with pytest.raises(ValueError, match="multiple of 64"):
+        parts[0].search(queries, 5)
 
 
 def test_an_index_without_term_bounds_is_refused_and_rebuilt(tmp_path, caplog):
