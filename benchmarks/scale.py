@@ -10,6 +10,7 @@ job's own) with each store:
   bm25     a bm25s index over the store's documents (rerank's BM25: streaming tokenization, token ids
            kept as int32 arrays), then --queries SciFact queries searched (top 100; queries/s)
   disk     bm25:disk, the same scores built in bounded memory (--memory-gb) and searched memory-mapped
+           (pruned: MaxScore), then searched again exhaustively (postings read per query, both ways)
   lucene   the anchor: Lucene through pyserini (bm25:lucene, 2 threads), built and searched the same way
   stream   bm25:disk's builder fed straight from the JSONL (no document store open: the peak is the
            builder's own, not the pages of a memory-mapped store it read), then searched
@@ -199,6 +200,30 @@ def ray_job(docs: object, root: Path, options: argparse.Namespace) -> dict[str, 
     return out
 
 
+def postings_read(stage: object, reset: bool = False) -> int:
+    """The postings bm25:disk's shards read in the searches so far (then counted from 0 again)."""
+    shards = stage._impl._shards  # type: ignore[attr-defined]  # noqa: SLF001 - the disk backend's shards
+    total = sum(s.postings_read for s in shards)
+    for s in shards if reset else []:
+        s.postings_read = 0
+    return int(total)
+
+
+def disk_postings(stage: object, qs: list[object], pruned: dict[str, object]) -> dict[str, float]:
+    """bm25:disk's postings read per query as searched (pruned), then the exhaustive search of
+    the same queries: its queries/s and postings, and whether its run is the pruned one."""
+    out = {"postings_read_per_query": postings_read(stage, reset=True) / len(qs)}
+    stage._impl.prune = False  # type: ignore[attr-defined]  # noqa: SLF001
+    t0, c0 = time.perf_counter(), time.process_time()
+    run = stage(qs)  # type: ignore[operator]
+    out["exhaustive_queries_per_s"] = len(qs) / (time.perf_counter() - t0)
+    out["exhaustive_search_cpu_seconds"] = time.process_time() - c0
+    out["exhaustive_postings_read_per_query"] = postings_read(stage) / len(qs)
+    out["exhaustive_same_run"] = float(run == pruned)
+    stage._impl.prune = True  # type: ignore[attr-defined]  # noqa: SLF001
+    return out
+
+
 def peaks() -> dict[str, float]:
     """Peak RSS so far and the anonymous (own, not file-backed) resident memory now, in MB."""
     status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").is_file() else []
@@ -240,11 +265,16 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
         if options is not None and options.queries:
             qs = queries(Path(options.shared), options.queries)
             stage(qs[:1])  # warm-up: the JVM's searcher, numba's compiled kernel
-            t2 = time.perf_counter()
+            if kind == "disk":
+                postings_read(stage, reset=True)
+            t2, c2 = time.perf_counter(), time.process_time()
             run = stage(qs)
             out["search_seconds"] = time.perf_counter() - t2
+            out["search_cpu_seconds"] = time.process_time() - c2  # all the process's threads (the JVM's too)
             out["queries_per_s"] = len(qs) / out["search_seconds"]
             out["hits"] = sum(len(h) for h in run.values())
+            if kind == "disk":  # pruned (as searched above) against every posting of the query terms
+                out.update(disk_postings(stage, qs, run))
             out.update(peaks())
         return out
     elif kind == "bm25s":

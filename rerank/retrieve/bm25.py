@@ -216,6 +216,7 @@ class _Disk:
         self._docids: Any = None
         self._folder: Path | None = None
         self.search_with: Callable[..., list[list[tuple[int, float]]]] | None = None
+        self.prune = True  # False: read every posting of the query terms (the same results, slower)
 
     def index_params(self) -> dict[str, Any]:
         return {**_Bm25s.index_params(), "layout": "csr-impacts", "shards": self.shards}
@@ -225,6 +226,12 @@ class _Disk:
 
         bm25disk.build(folder, store.items(), _Bm25s._tokenizer(), k1=self.k1, b=self.b, memory_bytes=self.memory_bytes,
                        n_docs=len(store), shards=self.shards)
+
+    @staticmethod
+    def outdated(folder: Path) -> str | None:
+        from . import bm25disk
+
+        return bm25disk.outdated(folder)
 
     def load(self, folder: Path) -> None:
         from . import bm25disk
@@ -247,9 +254,10 @@ class _Disk:
         elif self.search_with is not None:  # the shards searched elsewhere (Ray workers)
             found = self.search_with(self._folder, terms, k)
         else:
-            found = bm25disk.merge_top_k((s.search(terms, k, self.threads) for s in self._shards), k)
+            found = bm25disk.merge_top_k((s.search(terms, k, self.threads, self.prune) for s in self._shards), k)
         by_query = dict(zip(keep, found, strict=True))
-        return [[(self._docids[d], s) for d, s in by_query.get(i, [])] for i in range(len(texts))]
+        hits = [by_query.get(i, []) for i in range(len(texts))]
+        return [list(zip(self._docids.many([d for d, _ in h]), [s for _, s in h], strict=True)) for h in hits]
 
 
 # ---------------------------------------------------------------- Lucene
@@ -459,7 +467,12 @@ class BM25(Stage):
             else:
                 self._impl.build(tmp, self.docs)
 
-        build_or_reuse(path, expected, build, rebuild=self.rebuild, resumable=self.backend == "disk")
+        rebuild = self.rebuild
+        why = None if rebuild or self.backend != "disk" else self._impl.outdated(path)
+        if why:
+            log.warning("index %s %s: rebuilding it", path, why)
+            rebuild = True
+        build_or_reuse(path, expected, build, rebuild=rebuild, resumable=self.backend == "disk")
         self.rebuild = False
         self._impl.load(path)
         self._loaded = path
