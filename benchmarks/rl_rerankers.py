@@ -9,7 +9,7 @@
 queries reranked by: BM25 itself; ``llm-pointwise:MODEL`` zero-shot (the yes-no template); after
 ProRank stage 1 (GRPO warm-up on the yes/no prompt: ``--steps`` steps of ``--batch`` prompts,
 ``--group`` completions each, reward = correct judgement + exact format); after stage 2 (the
-yes-no logit trained with ListNet on lists of a relevant passage and 7 BM25 negatives,
+yes-no logit trained with ListNet on lists of a relevant passage and ``--list-size`` - 1 BM25 negatives,
 ``--steps`` steps of ``--batch`` lists); and a MiniLM cross-encoder (all-MiniLM-L6-v2 body)
 trained on the same training queries and negatives (``--ce-steps`` steps of 4 lists). Training
 uses the first ``--train-queries`` judged SciFact train queries, BM25 top-30 negatives, LoRA
@@ -102,11 +102,12 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rows.append(measure(f"llm-pointwise:{args.model} zero-shot", f"llm-pointwise:{model}", queries, candidates, qrels, test.rel))
     settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps, "group": args.group,
                 "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "negatives": "bm25:30",
-                "lora": 16, "beta": args.beta, "seed": 0}
+                "lora": 16, "beta": args.beta, "seed": 0, "list_size": args.list_size}
     folder = cached("prorank", settings)
     cfg = TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0, checkpoint_every=20)
     t0 = time.perf_counter()
     out = train_prorank(model, train, folder, cfg, stages="both", steps=args.steps, negatives="bm25:30",
+                        group_size=args.list_size,
                         grpo=GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta),
                         max_queries=args.train_queries, dev_queries=0, lora=16,
                         device=args.device) if not finished(folder) else {}
@@ -177,6 +178,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.0)
     ap.add_argument("--max-new-tokens", type=int, help="[default: 8 for prorank, 256 for rank-r1]")
     ap.add_argument("--set-size", type=int, default=4, help="rank-r1: candidates per training set")
+    ap.add_argument("--list-size", type=int, default=8, help="ProRank stage 2: passages per list (1 relevant)")
     ap.add_argument("--ce-steps", type=int, default=100, help="cross-encoder training steps (4 lists each)")
     ap.add_argument("--test-queries", type=int, default=100)
     ap.add_argument("--device", default="auto")
