@@ -3,6 +3,8 @@
 * ``bar``: a tqdm bar (count, rate, time left), redrawn in place;
 * ``lines``: a line every ``$RERANK_PROGRESS_EVERY`` seconds (30) with count, rate and time left,
   for logs, nohup and CI, where a bar would print nothing useful; a job shorter than that prints none;
+  a line comes every period even while no unit finishes (one large batch on an engine), so a long
+  job is never silent;
 * ``none``: nothing;
 * ``auto`` (the default): a bar when stderr is a terminal, else lines.
 
@@ -80,6 +82,10 @@ class Lines:
 
     def update(self, n: float = 1) -> None:
         self.n += n
+        self.beat()
+
+    def beat(self) -> None:
+        """A line when the period has passed since the last one (also called with no progress)."""
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
@@ -108,12 +114,26 @@ class Lines:
 
 
 class _Tracked:
-    """A bar registered as the innermost open one while it is open (:func:`tick` moves it)."""
+    """A bar registered as the innermost open one while it is open (:func:`tick` moves it), with a
+    heartbeat thread that reports it every ``period`` seconds even while it does not move."""
 
-    def __init__(self, bar: Any) -> None:
+    def __init__(self, bar: Any, period: float | None = None) -> None:
         self.bar = bar
         with _lock:
             _open.append(self)
+        self._stop = threading.Event()
+        if period is not None and period > 0:
+            threading.Thread(target=self._heartbeat, args=(period,), daemon=True, name="rerank-progress").start()
+
+    def _heartbeat(self, period: float) -> None:
+        while not self._stop.wait(period):
+            with _lock:
+                if self._stop.is_set():  # closed while this waited for the lock
+                    return
+                if isinstance(self.bar, Lines):
+                    self.bar.beat()
+                else:
+                    self.bar.refresh()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.bar, name)
@@ -129,10 +149,11 @@ class _Tracked:
             self.bar.update(n)
 
     def close(self) -> None:
+        self._stop.set()
         with _lock:
             if self in _open:
                 _open.remove(self)
-        self.bar.close()
+            self.bar.close()
 
 
 def progress_bar(total: int, desc: str, unit: str = "doc", initial: int = 0, show: bool | None = None) -> Any:
@@ -140,11 +161,13 @@ def progress_bar(total: int, desc: str, unit: str = "doc", initial: int = 0, sho
     reported as the mode says (:func:`progress_mode`)."""
     mode = progress_mode(show)
     if mode == "lines":
-        return _Tracked(Lines(total, desc, unit, initial))
+        lines = Lines(total, desc, unit, initial)
+        return _Tracked(lines, period=min(lines.every, 5.0))
     from tqdm.auto import tqdm
 
-    return _Tracked(tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=mode == "none", dynamic_ncols=True,
-                         mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"))
+    bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=mode == "none", dynamic_ncols=True,
+               mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+    return _Tracked(bar, period=None if mode == "none" else 1.0)
 
 
 def tick(units: float) -> None:

@@ -49,6 +49,7 @@ STAGES: tuple[str, ...] = (
     "rerank.rerankers.pointwise:LLMPointwise",
     "rerank.rerankers.pointwise:Splade",
     "rerank.rerankers.pairwise:PRP",
+    "rerank.rerankers.setwise:RankR1",
     "rerank.rerankers.listwise:First",
     "rerank.rerankers.listwise:ListwiseGenerate",
     "rerank.rerankers.t5:MonoT5",

@@ -166,6 +166,23 @@ def test_progress_lines_report_windows_within_a_block_with_rate_and_time_left(tm
     assert r.exit_code == 0 and "reranking with" not in r.stderr, r.output
 
 
+def test_progress_lines_keep_coming_while_one_long_batch_moves_nothing(monkeypatch, capsys):
+    import time
+
+    from rerank import progress
+
+    monkeypatch.setenv("RERANK_PROGRESS_EVERY", "0.2")
+    with progress.progress_bar(43, "reranking", unit="query", show=True) as bar:
+        time.sleep(1.3)  # an engine busy with one submission: no unit finishes
+        quiet = capsys.readouterr().err.splitlines()
+        bar.update(43)
+    assert len(quiet) >= 3 and all(x.startswith("rerank: reranking: 0/43 queries (0%) in ") for x in quiet), quiet
+    time.sleep(0.5)
+    end = capsys.readouterr().err.splitlines()
+    assert end[-1].startswith("rerank: reranking: 43/43 queries in "), end  # and the heartbeat stopped with the bar
+    assert len(end) <= 2, end
+
+
 def test_progress_is_lines_when_stderr_is_not_a_terminal_and_the_flag_wins(monkeypatch):
     from rerank import progress
 

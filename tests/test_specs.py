@@ -38,8 +38,8 @@ def same_run(a, b):
 def test_every_registered_kind_has_help_and_a_role():
     reg = specs.registry()
     assert set(specs.kinds("retriever")) == {"bm25", "dense", "hybrid", "run", "candidates", "cur"}
-    assert set(specs.kinds("reranker")) == {"cross-encoder", "llm-pointwise", "splade", "prp", "first", "listwise-gen",
-                                               "monot5", "duot5", "lit5", "colbert", "api", "auto"}
+    assert set(specs.kinds("reranker")) == {"cross-encoder", "llm-pointwise", "splade", "prp", "rank-r1", "first",
+                                               "listwise-gen", "monot5", "duot5", "lit5", "colbert", "api", "auto"}
     for kind, cls in reg.items():
         assert cls.kind == kind and cls.spec_help
     r = CliRunner().invoke(main, ["run", "--help"])
@@ -47,6 +47,7 @@ def test_every_registered_kind_has_help_and_a_role():
         assert kind in r.output  # the help text is generated from the classes
     r = CliRunner().invoke(main, ["kinds"])
     assert r.exit_code == 0 and "prp:MODEL[:allpair|sorting|sliding]" in r.output and "first[:MODEL]" in r.output
+    assert "rank-r1:MODEL[:heapsort|bubblesort]" in r.output
 
 
 def test_retrievers_from_specs_equal_the_cli_stages(dl19, tmp_path):

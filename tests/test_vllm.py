@@ -129,6 +129,21 @@ def test_greedy_generation_is_the_torch_engines(on_vllm, on_torch, smol, dl19_li
     assert same >= 0.95 * total, f"{same} of {total} identical"
 
 
+def test_sampling_on_vllm_is_seeded_and_returns_token_ids(on_vllm, on_torch, dl19_lists):
+    """The one sampler on vLLM: temperature 0 is greedy generate (n copies), n seeded samples repeat
+    with the seed, and their token ids decode to their texts."""
+    prompts = [on_torch.tokens([on_torch.render(f"Say something about: {q}")])[0] for q, _ in dl19_lists[:2]]
+    greedy = on_vllm.sample(prompts, 6, n=2)
+    assert [[c.text for c in row] for row in greedy] == [[t] * 2 for t in on_vllm.generate(prompts, 6)]
+    a = on_vllm.sample(prompts, 8, n=3, temperature=1.0, seed=5)
+    assert a == on_vllm.sample(prompts, 8, n=3, temperature=1.0, seed=5)
+    assert len(a) == 2 and all(len(row) == 3 for row in a) and len({c.text for c in a[0]}) > 1
+    for row in a:
+        for c in row:
+            assert on_torch.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) == c.text
+            assert len(c.token_ids) <= 8
+
+
 def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch):
     import json
     import shutil
@@ -173,3 +188,111 @@ def test_backend_choices(smol, monkeypatch):
         from rerank.rerankers.t5 import LiT5
 
         LiT5("no-such-model", backend="vllm")
+
+
+# ------------------------------------------------------------------ cross-encoders on vLLM's pooling runner
+#: fp32 on both backends: the logits of a cross-encoder agree to this (absolute; measured ~1e-6 here)
+CE_TOL = 1e-4
+CE_SETUP = {"dtype": "float32", "activation": "none"}  # the model's own window (512): one pooling engine for all
+
+
+@pytest.fixture(scope="module")
+def ce_pairs(dl19_requests_30):
+    """DL19 pairs of two queries, and two passages longer than the window (DL19 text repeated)."""
+    pairs = [(q, d) for q, docs in dl19_requests_30[:2] for d in docs]
+    return pairs + [(q, " ".join([d] * 12)) for q, d in pairs[:2]]
+
+
+@pytest.fixture(scope="module")
+def ce_on_vllm(minilm_ce):
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    return CrossEncoder(minilm_ce, backend="vllm", **CE_SETUP)
+
+
+def test_cross_encoder_logits_equal_the_torch_backends(ce_on_vllm, minilm_ce, ce_pairs):
+    import torch
+
+    from rerank.models.vllm_engine import VLLMClassifier
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    on_torch = CrossEncoder(minilm_ce, backend="torch", **CE_SETUP)
+    assert isinstance(ce_on_vllm.vllm, VLLMClassifier) and ce_on_vllm.backend == "vllm"
+    assert ce_on_vllm.model_key != on_torch.model_key  # cached scores keep the backends apart
+    sigmoid = [CrossEncoder(minilm_ce, backend=b, **{**CE_SETUP, "activation": "sigmoid"}) for b in ("vllm", "torch")]
+    for vllm_r, torch_r in ((ce_on_vllm, on_torch), sigmoid):
+        with vllm_r.truncation.job(), torch_r.truncation.job():  # counted, as in a run
+            got, want = vllm_r._score(ce_pairs), torch_r._score(ce_pairs)
+            assert vllm_r.truncation.cut == torch_r.truncation.cut == 2  # the two long passages, cut alike
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= CE_TOL
+        assert max(want) - min(want) > 100 * CE_TOL  # scores that tell the passages apart, not one constant
+    # the pairs of a block in one submission, counted as the torch engine counts them
+    assert (ce_on_vllm.cost.calls, ce_on_vllm.cost.tokens) == (len(ce_pairs), on_torch.cost.tokens)
+    assert ce_on_vllm.cost.batches == 1 and ce_on_vllm.cost.seconds > 0
+    # vLLM's own score task on these weights applies a sigmoid: the raw logits above are what it passes through it
+    short = ce_pairs[:8]
+    scored = ce_on_vllm.vllm.engine.score([q for q, _ in short], [d for _, d in short], use_tqdm=False)
+    raw = torch.tensor(ce_on_vllm._score(short))
+    assert torch.allclose(torch.tensor([o.outputs.score for o in scored]), torch.sigmoid(raw), atol=CE_TOL)
+
+
+def test_cross_encoder_run_on_vllm_ranks_as_on_torch(ce_on_vllm, minilm_ce, dl19, tmp_path):
+    from rerank.cli import main
+
+    runs = {}
+    for backend in ("vllm", "torch"):
+        out = tmp_path / f"{backend}.run"
+        result = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"cross-encoder:{minilm_ce}", "--backend",
+                                           backend, "--dtype", "float32", "--rerank-depth", "6", "-k", "6", "-d",
+                                           str(dl19), "-o", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        rows = [line.split() for line in out.read_text().splitlines()]
+        runs[backend] = {(r[0], int(r[3])): r[2] for r in rows}
+    assert len(runs["vllm"]) == 43 * 6 and runs["vllm"] == runs["torch"]  # every query's order the same
+
+
+def test_a_cross_encoder_vllm_cannot_run(tmp_path, dl19, monkeypatch):
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    from rerank.cli import main
+    from rerank.models.vllm_engine import EngineUnavailable
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    tok = AutoTokenizer.from_pretrained(offline_model("all-MiniLM-L6-v2"))
+    folder = tmp_path / "tiny-distilbert"  # no vLLM implementation, and its Transformers fallback cannot run it
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2,
+                                                         hidden_dim=64, num_labels=1)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    with pytest.raises(EngineUnavailable, match=r"vLLM cannot load .*tiny-distilbert \(DistilBertForSequenceClassification"):
+        CrossEncoder(str(folder), backend="vllm", dtype="float32")
+    result = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"cross-encoder:{folder}", "--backend", "vllm",
+                                       "--rerank-depth", "4", "-d", str(dl19), "-q"])
+    assert result.exit_code == 2 and "vLLM cannot load" in result.output, result.output
+    assert len([line for line in result.output.splitlines() if "vLLM" in line]) == 1
+    # auto never tries vLLM for a cross-encoder (docs/installing.md): it runs where it did before
+    monkeypatch.setenv("RERANK_BACKEND", "auto")
+    auto = CrossEncoder(str(folder), dtype="float32")
+    assert auto.vllm is None and auto.backend in ("torch", "onnx", "openvino")
+
+
+def test_a_decoder_classifier_on_vllm_scores_as_on_torch(tiny_smol, ce_pairs, tmp_path):
+    """A causal LM's *ForSequenceClassification (the class of converted Qwen3-Reranker checkpoints),
+    which vLLM builds from its causal LM: a 2-layer Llama with a one-logit head."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    from rerank.rerankers.pointwise import CrossEncoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_smol)
+    config = AutoConfig.from_pretrained(tiny_smol, num_labels=1, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                                        max_position_embeddings=512)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "llama-cls")
+    tok.save_pretrained(tmp_path / "llama-cls")
+    pairs = ce_pairs[:20]
+    got = CrossEncoder(str(tmp_path / "llama-cls"), backend="vllm", **CE_SETUP)._score(pairs)
+    want = CrossEncoder(str(tmp_path / "llama-cls"), backend="torch", **CE_SETUP)._score(pairs)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= CE_TOL
+    assert max(want) - min(want) > 100 * CE_TOL

@@ -1,4 +1,4 @@
-"""The vLLM engine behind the LLM rerankers (``backend="vllm"``): the same two calls as the torch
+"""The vLLM engine behind the LLM rerankers and cross-encoders (``backend="vllm"``): the same two calls as the torch
 engine (:class:`rerank.models.llm.LLM`), run by vLLM (paged attention, prefix caching, continuous
 batching).
 
@@ -6,13 +6,17 @@ batching).
   exactly the candidate tokens (``logprobs_mode="raw_logits"`` and ``logprob_token_ids``), the
   output layer in fp32 (``head_dtype``) as the torch engine computes it;
 * :meth:`VLLM.sample` (and :meth:`VLLM.generate` on it): greedy decoding, or ``n`` samples per
-  prompt (``SamplingParams(n=..., temperature=..., top_p=..., seed=...)``).
+  prompt (``SamplingParams(n=..., temperature=..., top_p=..., seed=...)``);
+* :class:`VLLMClassifier`: a sequence-classification model (a cross-encoder) on vLLM's pooling
+  runner, the computation of vLLM's score task for cross-encoders (the pair's tokens, the
+  model's pooling and classifier) without its activation: the raw logits of pairs that rerank
+  tokenized and truncated itself.
 
 Every call hands all its prompts to vLLM at once, which schedules them itself; prefix caching is
-on (a query's instruction and text repeat across its windows and pairs). One engine per (model
-weights, dtype, context window) is started per process and shared by every reranker that asks for
-it. On a CPU the engine runs inside the calling process (no ``if __name__ == "__main__"`` guard
-needed), eagerly (no minutes of compilation at start-up), on every core, with a KV cache of
+on for causal LMs (a query's instruction and text repeat across its windows and pairs). One engine
+per (model weights, dtype, context window, runner) is started per process and shared by every
+reranker that asks for it. On a CPU the engine runs inside the calling process (no
+``if __name__ == "__main__"`` guard needed), eagerly (no minutes of compilation at start-up), on every core, with a KV cache of
 ``$VLLM_CPU_KVCACHE_SPACE`` GiB (4 by default).
 """
 
@@ -22,10 +26,12 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import MissingDependency, RerankError
+from .engine import Cost, Encoded
 from .llm import ChatLM, Completion, LLMCost
 from .loading import context_window, import_transformers, model_fingerprint, pick_device, pick_dtype, resolve_model
 
@@ -33,7 +39,7 @@ log = logging.getLogger("rerank")
 
 #: KV cache of a CPU engine, GiB, unless $VLLM_CPU_KVCACHE_SPACE says otherwise
 CPU_KV_CACHE_GIB = 4
-_engines: dict[tuple[str, str, int, str], Any] = {}
+_engines: dict[tuple[str, str, int, str, str], Any] = {}
 
 
 class EngineUnavailable(RerankError, RuntimeError):
@@ -52,7 +58,10 @@ def _import_vllm() -> Any:
     if on_cpu:  # before vLLM is imported: it reads these once
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn, no main guard
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # no core kept for a scheduler process there is none of
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's start-up warnings (no tcmalloc in LD_PRELOAD, thread binding, deprecations) are not the
+    # user's to act on: errors only, unless $VLLM_LOGGING_LEVEL asks for more
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
     try:
         import vllm
     except ModuleNotFoundError as e:
@@ -71,29 +80,46 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class VLLM(ChatLM):
-    """A Hugging Face causal LM by id or path, run by vLLM. Raises :class:`EngineUnavailable`
-    (one line: the model and vLLM's reason) for a model vLLM cannot load or run here."""
+class _OnVLLM:
+    """What a model vLLM runs keeps: its weights, where and in what it runs, its tokenizer."""
 
-    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
-                 max_length: int | None = None) -> None:
-        del batch_tokens  # vLLM schedules its own batches
-        transformers = import_transformers("LLM rerankers")
-        self.name = name
-        self.path = resolve_model(name)
+    name: str
+    path: str
+    device: str
+    dtype: Any
+    tokenizer: Any
+    fingerprint: str
+    architectures: str  # as its config.json names them
+
+    def _place(self, name: str, what: str, device: str, dtype: str) -> Any:
+        """Set where the model is and runs (a device vLLM was not built for is refused); its
+        transformers config."""
+        transformers = import_transformers(what)
+        self.name, self.path = name, resolve_model(name)
         self.device = pick_device(device)
         if self.device.startswith("cuda") != _cuda():
             raise EngineUnavailable(f"{name}: vLLM runs where it was built for ({'GPU' if _cuda() else 'CPU'}), "
                                     f"not on device {self.device!r}")
         self.dtype = pick_dtype(dtype, self.device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+        self.fingerprint = model_fingerprint(self.path)
         config = transformers.AutoConfig.from_pretrained(self.path)
+        self.architectures = ", ".join(getattr(config, "architectures", None) or ()) or "no architecture named"
+        return config
+
+
+class VLLM(ChatLM, _OnVLLM):
+    """A Hugging Face causal LM by id or path, run by vLLM. Raises :class:`EngineUnavailable`
+    (one line: the model and vLLM's reason) for a model vLLM cannot load or run here."""
+
+    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", batch_tokens: int | None = None,
+                 max_length: int | None = None) -> None:
+        del batch_tokens  # vLLM schedules its own batches
+        config = self._place(name, "LLM rerankers", device, dtype)
         self.window = context_window(config, self.tokenizer, max_length, 4096)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.cost = LLMCost()
-        self.fingerprint = model_fingerprint(self.path)
-        self.engine = _engine(name, self.path, self.fingerprint, str(self.dtype).removeprefix("torch."), self.window,
-                              self.device)
+        self.engine = _engine(self, self.window, "generate")
         self._vllm = _import_vllm()
 
     def _run(self, prompts: Sequence[list[int]], params: Any) -> list[Any]:
@@ -135,19 +161,65 @@ class VLLM(ChatLM):
         return rows
 
 
-def _engine(name: str, path: str, fingerprint: str, dtype: str, window: int, device: str) -> Any:
-    """The vLLM engine of these weights, dtype and context window: started once per process."""
-    key = (fingerprint, dtype, window, device)
+class VLLMClassifier(_OnVLLM):
+    """A Hugging Face sequence-classification model (a cross-encoder) by id or path, on vLLM's
+    pooling runner. Raises :class:`EngineUnavailable` (one line: the model and vLLM's reason) for a
+    model vLLM cannot load or cannot run as a classifier."""
+
+    def __init__(self, name: str, *, device: str = "auto", dtype: str = "auto", max_length: int | None = None) -> None:
+        config = self._place(name, "cross-encoders", device, dtype)
+        self.window = context_window(config, self.tokenizer, max_length)
+        self.cost = Cost()
+        self.engine = _engine(self, self.window, "pooling")
+        tasks = tuple(getattr(self.engine, "supported_tasks", ()))
+        if "classify" not in tasks:
+            raise EngineUnavailable(f"vLLM cannot score with {name} ({self.path}): it runs it for {', '.join(tasks)}, "
+                                    "not as a classifier")
+        self._vllm = _import_vllm()
+
+    def logits(self, items: Sequence[Encoded]) -> list[list[float]]:
+        """The classifier's raw logits (no sigmoid or softmax) of each tokenized pair (``input_ids``,
+        and ``token_type_ids`` where the tokenizer makes them), all handed to vLLM in one call."""
+        if not items:
+            return []
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for x in items:
+            prompts.append(TokensPrompt(prompt_token_ids=list(x["input_ids"])))
+            types = list(x.get("token_type_ids") or ())
+            # as vLLM's score task passes a pair's segments: the position where the second begins
+            extra = {"compressed_token_type_ids": types.index(1) if 1 in types else len(types)} if types else None
+            params.append(self._vllm.PoolingParams(use_activation=False, extra_kwargs=extra))
+        t0 = time.perf_counter()
+        outs = self.engine.encode(prompts, pooling_params=params, pooling_task="classify", use_tqdm=False)
+        self.cost.seconds += time.perf_counter() - t0
+        self.cost.calls += len(items)
+        self.cost.tokens += sum(len(x["input_ids"]) for x in items)
+        self.cost.batches += 1  # one submission; vLLM forms the batches inside it
+        return [[float(v) for v in out.outputs.data.reshape(-1).tolist()] for out in outs]
+
+
+def _engine(model: _OnVLLM, window: int, runner: str) -> Any:
+    """The vLLM engine of ``model``'s weights and dtype with this context window and runner
+    (``generate`` for causal LMs, ``pooling`` for classifiers): started once per process."""
+    name, path, device, dtype = model.name, model.path, model.device, str(model.dtype).removeprefix("torch.")
+    key = (model.fingerprint, dtype, window, device, runner)
     if key in _engines:
         return _engines[key]
     vllm = _import_vllm()
-    options: dict[str, Any] = {
-        "model": path, "tokenizer": path, "dtype": dtype, "max_model_len": window, "seed": 0,
-        "enable_prefix_caching": True, "trust_remote_code": False,
-        "logprobs_mode": "raw_logits",  # the candidates' logits as they are, not log-softmaxed or top-k
-    }
-    if dtype != "float32":
-        options["hf_overrides"] = {"head_dtype": "float32"}  # the output layer in fp32, as the torch engine reads it
+    options: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": dtype, "max_model_len": window, "seed": 0,
+                               "trust_remote_code": False}
+    if runner == "pooling":
+        options["runner"] = "pooling"  # its classifier head runs in fp32 (vLLM's default for pooling models)
+        # vLLM's own implementations only: its Transformers fallback patches the transformers model class in place
+        # (the architecture then no longer loads on PyTorch in this process)
+        options["model_impl"] = "vllm"
+    else:
+        options["enable_prefix_caching"] = True
+        options["logprobs_mode"] = "raw_logits"  # the candidates' logits as they are, not log-softmaxed or top-k
+        if dtype != "float32":
+            options["hf_overrides"] = {"head_dtype": "float32"}  # the output layer in fp32, as the torch engine reads it
     if device == "cpu":
         options["enforce_eager"] = True  # compiling takes minutes on a small CPU and did not pay back in our runs
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -156,8 +228,8 @@ def _engine(name: str, path: str, fingerprint: str, dtype: str, window: int, dev
     try:
         engine = vllm.LLM(**options)
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for a model it cannot run
-        raise EngineUnavailable(f"vLLM cannot load {name} ({path}): {_reason(e)}") from e
-    log.info("%s: vLLM engine started in %.0f s (%s, %s, context %d, prefix caching)", name, time.perf_counter() - t0,
+        raise EngineUnavailable(f"vLLM cannot load {name} ({model.architectures}; {path}): {_reason(e)}") from e
+    log.info("%s: vLLM %s engine started in %.0f s (%s, %s, context %d)", name, runner, time.perf_counter() - t0,
              device, dtype, window)
     _engines[key] = engine
     return engine

@@ -1,6 +1,6 @@
 """Rerankers by name: ``cross-encoder:NAME``, ``llm-pointwise:NAME``, ``splade:NAME``,
-``prp:NAME[:allpair|sorting|sliding]``, ``first[:NAME]``, ``listwise-gen:NAME`` (the kinds are
-registered in :mod:`rerank.specs`)."""
+``prp:NAME[:allpair|sorting|sliding]``, ``rank-r1:NAME[:heapsort|bubblesort]``, ``first[:NAME]``,
+``listwise-gen:NAME`` (the kinds are registered in :mod:`rerank.specs`)."""
 
 from __future__ import annotations
 

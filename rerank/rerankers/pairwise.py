@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .base import ListReranker, positional_scores
@@ -46,11 +46,7 @@ class PRP(ListReranker):
 
     @classmethod
     def spec_model(cls, arg: str, options: dict[str, Any]) -> str:
-        model, _, method = arg.rpartition(":")
-        if model and method in METHODS:
-            options["method"] = method
-            arg = model
-        return super().spec_model(arg, options)
+        return super().spec_model(method_suffix(arg, METHODS, options), options)
 
     def __init__(self, name: str, *, method: str = "allpair", k: int = 10, mode: str = "score",
                  max_passage_tokens: int | None = 128, depth: int = 100, **options: Any) -> None:
@@ -169,30 +165,61 @@ def _softmax_first(x: list[float]) -> float:
     return ea / (ea + eb)
 
 
-def _drive(gens: dict[int, Comparison], dtok: list[list[list[int]]], qtok: list[list[int]],
-           preferences: Any) -> list[list[int]]:
-    """Run every query's comparison generator, one step of each per batch, with a memo per query."""
-    results: dict[int, list[int]] = {}
-    memo: list[dict[tuple[int, int], float]] = [{} for _ in gens]
-    pending: dict[int, tuple[int, int]] = {}
+def method_suffix(arg: str, methods: Sequence[str], options: dict[str, Any]) -> str:
+    """A spec argument ``MODEL:METHOD`` with METHOD one of ``methods``: the model, the method put
+    in ``options``; any other argument as it is."""
+    model, _, method = arg.rpartition(":")
+    if model and method in methods:
+        options["method"] = method
+        return model
+    return arg
+
+
+def drive(gens: Mapping[int, Generator[Any, Any, Any]], ask: Callable[[list[tuple[int, Any]]], list[Any]],
+          recall: Callable[[dict[Any, Any], Any], Any] = dict.get) -> list[Any]:
+    """Run every query's generator of model questions (query index -> a sort that yields a question,
+    a hashable key, receives its answer, and returns the query's order) one step of each per
+    round: each round's new questions go to ``ask`` together, as ``(query index, key)`` (one
+    batch for the engine), and every answer is kept in a memo per query, so a question asked
+    again is answered from it. ``recall(memo, key)``: the memo's answer to ``key``, None where
+    there is none (PRP also reads a pair's answer from the pair the other way round).
+    Returns the generators' results in the order of their query indices."""
+    results: dict[int, Any] = {}
+    memo: dict[int, dict[Hashable, Any]] = {qi: {} for qi in gens}
+    pending: dict[int, Any] = {}
     for qi, g in gens.items():
         try:
             pending[qi] = next(g)
         except StopIteration as stop:
             results[qi] = stop.value
     while pending:
-        ask = [(qi, pair) for qi, pair in pending.items() if pair not in memo[qi] and pair[::-1] not in memo[qi]]
-        answers = preferences([(qtok[qi], dtok[qi][a], dtok[qi][b]) for qi, (a, b) in ask])
-        for (qi, (a, b)), (win, _) in zip(ask, answers, strict=True):
-            memo[qi][(a, b)] = win
-        for qi, (a, b) in list(pending.items()):
-            win = memo[qi][(a, b)] if (a, b) in memo[qi] else 1.0 - memo[qi][(b, a)]
+        new = [(qi, key) for qi, key in pending.items() if recall(memo[qi], key) is None]
+        for (qi, key), answer in zip(new, ask(new) if new else [], strict=True):
+            memo[qi][key] = answer
+        for qi, key in list(pending.items()):
             try:
-                pending[qi] = gens[qi].send(win)
+                pending[qi] = gens[qi].send(recall(memo[qi], key))
             except StopIteration as stop:
                 results[qi] = stop.value
                 del pending[qi]
     return [results[qi] for qi in sorted(gens)]
+
+
+def _either_order(memo: dict[tuple[int, int], float], pair: tuple[int, int]) -> float | None:
+    """A pair's win value from the memo, asked in this order or the other (1 - its win)."""
+    a, b = pair
+    if (a, b) in memo:
+        return memo[(a, b)]
+    return 1.0 - memo[(b, a)] if (b, a) in memo else None
+
+
+def _drive(gens: dict[int, Comparison], dtok: list[list[list[int]]], qtok: list[list[int]],
+           preferences: Any) -> list[list[int]]:
+    """PRP's comparisons through :func:`drive`: ``preferences`` answers (query, a, b) token lists."""
+    def ask(jobs: list[tuple[int, tuple[int, int]]]) -> list[float]:
+        return [win for win, _ in preferences([(qtok[qi], dtok[qi][a], dtok[qi][b]) for qi, (a, b) in jobs])]
+
+    return drive(gens, ask, _either_order)
 
 
 def _sliding(n: int, passes: int) -> Comparison:
@@ -221,14 +248,26 @@ def _heap_top_k(n: int, k: int) -> Comparison:
             else:
                 return
 
-    for start in range(n // 2 - 1, -1, -1):
+    return (yield from heap_top_k(heap, k, range(n // 2 - 1, -1, -1), sift))
+
+
+def heap_top_k(heap: list[int], k: int, parents: Iterable[int],
+               sift: Callable[[int, int], Generator[Any, Any, None]]) -> Generator[Any, Any, list[int]]:
+    """Heap sort stopped once the top ``k`` are out, over ``heap`` (the indices 0..n-1 in order,
+    rearranged in place) with ``sift(root, size)``, which asks the questions that move ``root``
+    down: the heap is built by sifting ``parents`` (the nodes with children, the last first), then
+    the top is taken out ``k`` times, the last leaf moved up and sifted after each but the k-th.
+    Returns the top ``k`` and then the rest in their first order."""
+    n = len(heap)
+    for start in parents:
         yield from sift(start, n)
     top: list[int] = []
     size = n
     while size and len(top) < k:
         top.append(heap[0])
         size -= 1
-        heap[0] = heap[size]
-        yield from sift(0, size)
+        if len(top) < k:
+            heap[0] = heap[size]
+            yield from sift(0, size)
     chosen = set(top)
     return top + [i for i in range(n) if i not in chosen]

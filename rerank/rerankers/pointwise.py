@@ -105,6 +105,22 @@ class _ModelReranker(Reranker):
         if self.backend != "torch":
             self.model_key += f"|{self.backend}-{self.quantize}"
 
+    def _on_engine(self, name: str, llm: Any, *, max_length: int | None = None, batch_tokens: int | None = None,
+                   device: str = "auto", dtype: str = "auto", depth: int = 100, cache: Any = None,
+                   quantize: str = "none", backend: str = "vllm") -> None:
+        """Set up on a model that another engine runs (vLLM: ``llm`` has its path, device, dtype,
+        tokenizer, window and fingerprint): tokenization, truncation and the cache key as on the torch
+        engine; the scores from that engine."""
+        del device, dtype, backend  # the engine's
+        if quantize != "none":
+            raise ValueError(f"{self.kind} runs vLLM without int8 quantization (quantize {quantize!r} asked for)")
+        Reranker.__init__(self, depth=depth, cache=cache)
+        self._setup(name, llm.path, llm.device, llm.dtype, batch_tokens, max_length)
+        self.fingerprint = llm.fingerprint
+        self.tokenizer, self.window = llm.tokenizer, llm.window
+        self.backend, self.quantize = "vllm", "none"
+        self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}|vllm"
+
     @property
     def cost(self) -> Cost:
         return self.engine.cost
@@ -119,7 +135,11 @@ class _ModelReranker(Reranker):
 
 class CrossEncoder(_ModelReranker):
     """A Hugging Face cross-encoder. ``activation``: "sigmoid" (as sentence-transformers does for
-    one-label models) or "none" (raw logit). Two-label models score log p(relevant)."""
+    one-label models) or "none" (raw logit). Two-label models score log p(relevant).
+
+    ``backend="vllm"``: the model on vLLM's pooling runner (:class:`~rerank.models.vllm_engine.VLLMClassifier`),
+    every pair of a block of queries in one submission, the same tokens, logits and scores as on
+    PyTorch; ``auto`` never picks it (measured only on a shared CPU so far: docs/installing.md)."""
 
     kind = "cross-encoder"
     spec_help = "any Hugging Face cross-encoder (sequence classification), sigmoid or raw logit"
@@ -127,12 +147,26 @@ class CrossEncoder(_ModelReranker):
     model_kind = "sequence-classification"
     graph = Graph("seq-cls-logits", lambda model, x: model(**x).logits.float(), ("labels",))
 
+    vllm: Any = None  # the model on vLLM (backend "vllm"); None: the backend of load_model
+
     def __init__(self, name: str, *, activation: str = "sigmoid", **kwargs: Any) -> None:
         if activation not in ("sigmoid", "none"):
             raise ValueError(f"activation must be 'sigmoid' or 'none', not {activation!r}")
-        super().__init__(name, **kwargs)
+        if kwargs.get("backend") == "vllm":
+            from ..models.vllm_engine import VLLMClassifier
+
+            _check_max_length(kwargs.get("max_length"))  # before any weights load
+            self.vllm = VLLMClassifier(name, device=kwargs.get("device") or "auto", dtype=kwargs.get("dtype") or "auto",
+                                       max_length=kwargs.get("max_length"))
+            self._on_engine(name, self.vllm, **kwargs)
+        else:
+            super().__init__(name, **kwargs)
         self.activation = activation
         self.model_key += f"|{activation}"
+
+    @property
+    def cost(self) -> Cost:
+        return self.vllm.cost if self.vllm is not None else self.engine.cost
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
         enc = tokenize_pairs(self.tokenizer, [q for q, _ in pairs], [d for _, d in pairs], self.window, self.name)
@@ -142,16 +176,27 @@ class CrossEncoder(_ModelReranker):
         return items
 
     def _forward(self, batch: dict[str, Any]) -> Any:
+        return self._head(self._run(batch))
+
+    def _head(self, logits: Any) -> Any:
+        """The scores of a batch's logits (one row a pair)."""
         import torch
 
-        logits = self._run(batch)
         if logits.shape[-1] == 1:
             s = logits[:, 0]
             return torch.sigmoid(s) if self.activation == "sigmoid" else s
         return torch.log_softmax(logits, dim=-1)[:, 1]
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
+        if self.vllm is None:
+            return finite_scores(self.engine.run(self.encode(pairs), self._forward), self.name)
+        if not pairs:
+            return []
+        import torch
+
+        rows = self.vllm.logits(self.encode(pairs))
+        return finite_scores(self._head(torch.tensor(rows, dtype=torch.float32).reshape(len(pairs), -1)).tolist(),
+                             self.name)
 
 
 class LLMPointwise(_ModelReranker):
@@ -210,21 +255,6 @@ class LLMPointwise(_ModelReranker):
         self._head_w = head.weight[[self.yes, self.no]].detach().float()
         bias = getattr(head, "bias", None)
         self._head_b = bias[[self.yes, self.no]].detach().float() if bias is not None else None
-
-    def _on_engine(self, name: str, llm: Any, *, max_length: int | None = None, batch_tokens: int | None = None,
-                   device: str = "auto", dtype: str = "auto", depth: int = 100, cache: Any = None,
-                   quantize: str = "none") -> None:
-        """Set up on a causal LM that another engine runs (vLLM): the prompt, truncation and cache
-        key as on the torch engine, the scores from the engine's candidate logits."""
-        del device, dtype  # the engine's
-        if quantize != "none":
-            raise ValueError(f"{self.kind} runs vLLM without int8 quantization (quantize {quantize!r} asked for)")
-        Reranker.__init__(self, depth=depth, cache=cache)
-        self._setup(name, llm.path, llm.device, llm.dtype, batch_tokens, max_length)
-        self.fingerprint = llm.fingerprint
-        self.tokenizer, self.window = llm.tokenizer, llm.window
-        self.backend, self.quantize = "vllm", "none"
-        self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}|vllm"
 
     @property
     def cost(self) -> Cost:
