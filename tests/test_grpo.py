@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 
 import pytest
@@ -186,10 +185,12 @@ def test_judgement_and_setwise_rewards():
     assert judgement_reward(" yes, it does", "Yes") == (1.0, False)
     assert judgement_reward('"No".', "Yes") == (0.0, False)
     assert judgement_reward("", "No") == (0.0, False)
-    reward = setwise_reward(_stand_in_parse, 4)
+    from rerank.rerankers.setwise import parse_setwise_answer
+
+    reward = setwise_reward(parse_setwise_answer, 4)
     assert reward("<think>b fits</think><answer>[2]</answer>", frozenset({1})) == (2.0, True)
     assert reward("<think>b fits</think><answer>[3]</answer>", frozenset({1})) == (1.0, True)
-    assert reward("[2]", frozenset({1})) == (1.0, False)
+    assert reward("[2]", frozenset({1})) == (1.0, False)  # the right choice, malformed
     assert reward("nothing", frozenset({1})) == (0.0, False)
 
 
@@ -226,25 +227,9 @@ def test_prorank_both_stages_end_to_end_serve_as_llm_pointwise(tiny_smol, scifac
     assert res.exit_code == 2 and "already holds a finished training run" in res.output
 
 
-def _stand_in_messages(query, passages):
-    """A stand-in for rerank.rerankers.setwise.rank_r1_messages (the Rank-R1 prompt's shape)."""
-    shown = "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
-    return [{"role": "system", "content": "Think in <think></think>, answer in <answer></answer>."},
-            {"role": "user", "content": f"Query: {query}\n{shown}\nWhich passage is the most relevant?"}]
-
-
-def _stand_in_parse(text, n):
-    """A stand-in for rerank.rerankers.setwise.parse_setwise_answer: (index or None, well formed)."""
-    m = re.fullmatch(r"\s*<think>.*?</think>\s*<answer>\s*\[?(\d+)\]?\s*</answer>\s*", text, re.S)
-    if m:
-        k = int(m.group(1)) - 1
-        return (k, True) if 0 <= k < n else (None, False)
-    loose = re.search(r"\[(\d+)\]", text)
-    return (int(loose.group(1)) - 1 if loose and 0 < int(loose.group(1)) <= n else None), False
-
-
 def test_rank_r1_objective_trains_on_setwise_prompts(tiny_smol, scifact_dir, tmp_path):
     from rerank.data import load_dataset
+    from rerank.rerankers.setwise import rank_r1_messages
     from rerank.train.rank_r1 import train_rank_r1
 
     ds = load_dataset(str(scifact_dir), split="train")
@@ -253,11 +238,11 @@ def test_rank_r1_objective_trains_on_setwise_prompts(tiny_smol, scifact_dir, tmp
 
     def messages(query, passages):
         seen.append((query, list(passages)))
-        return _stand_in_messages(query, passages)
+        return rank_r1_messages(query, passages)
 
     result = train_rank_r1(tiny_smol, ds, tmp_path / "r1", cfg, steps=2, grpo=GRPOConfig(group=2, max_new_tokens=4),
                            set_size=3, negatives="bm25:5", max_queries=4, lora=4, max_passage_tokens=16,
-                           messages=messages, parse=_stand_in_parse)
+                           messages=messages)  # the Rank-R1 reranker's parser by default
     assert len(result["reward_curve"]["reward"]) == 2 and result["task"]["objective"] == "rank-r1"
     assert len(seen) == 4 and all(len(p) == 3 for _, p in seen)
     qrels = ds.require_qrels()

@@ -68,7 +68,7 @@ def train_rank_r1(model: str, dataset: Dataset, output: str | Path, config: Trai
     from ..models.llm import LLM
 
     if messages is None or parse is None:
-        from ..rerankers.setwise import parse_setwise_answer, rank_r1_messages  # type: ignore[import-not-found,unused-ignore]
+        from ..rerankers.setwise import parse_setwise_answer, rank_r1_messages
 
         messages, parse = messages or rank_r1_messages, parse or parse_setwise_answer
     if set_size < 2 or steps < 1:
