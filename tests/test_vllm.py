@@ -129,6 +129,21 @@ def test_greedy_generation_is_the_torch_engines(on_vllm, on_torch, smol, dl19_li
     assert same >= 0.95 * total, f"{same} of {total} identical"
 
 
+def test_sampling_on_vllm_is_seeded_and_returns_token_ids(on_vllm, on_torch, dl19_lists):
+    """The one sampler on vLLM: temperature 0 is greedy generate (n copies), n seeded samples repeat
+    with the seed, and their token ids decode to their texts."""
+    prompts = [on_torch.tokens([on_torch.render(f"Say something about: {q}")])[0] for q, _ in dl19_lists[:2]]
+    greedy = on_vllm.sample(prompts, 6, n=2)
+    assert [[c.text for c in row] for row in greedy] == [[t] * 2 for t in on_vllm.generate(prompts, 6)]
+    a = on_vllm.sample(prompts, 8, n=3, temperature=1.0, seed=5)
+    assert a == on_vllm.sample(prompts, 8, n=3, temperature=1.0, seed=5)
+    assert len(a) == 2 and all(len(row) == 3 for row in a) and len({c.text for c in a[0]}) > 1
+    for row in a:
+        for c in row:
+            assert on_torch.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) == c.text
+            assert len(c.token_ids) <= 8
+
+
 def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch):
     import json
     import shutil

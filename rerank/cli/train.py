@@ -157,6 +157,30 @@ class ObjectiveArgs:
 
 
 @dataclass(frozen=True)
+class RLArgs:
+    """GRPO objectives (prorank, rank-r1)."""
+
+    stages: str = "both"
+    steps: int = 100
+    group: int = 8
+    beta: float = 0.0
+    clip_eps: float = 0.2
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    inner_updates: int = 1
+    train_queries: int | None = None
+    set_size: int = 4
+    template: str | None = None
+
+    def grpo(self, max_new_tokens: int) -> Any:
+        from ..train.grpo import GRPOConfig
+
+        return GRPOConfig(group=self.group, max_new_tokens=self.max_new_tokens or max_new_tokens,
+                          temperature=self.temperature, clip_eps=self.clip_eps, beta=self.beta,
+                          inner_updates=self.inner_updates)
+
+
+@dataclass(frozen=True)
 class ClickArgs:
     """Learning from a click log."""
 
@@ -204,14 +228,17 @@ def report(result: dict[str, Any], output: str) -> None:
                    "(scale 20 x cosine), saved for --retriever dense:OUTPUT.")
 @click.option(
     "--objective",
-    type=click.Choice(["listwise", "pgrank", "contrastive", "first", "full-rank"]),
+    type=click.Choice(["listwise", "pgrank", "contrastive", "first", "full-rank", "prorank", "rank-r1"]),
     default="listwise",
     show_default=True,
     help="listwise: the --loss; pgrank: policy gradient on sampled rankings (PG-Rank, utility nDCG@--pg-k); "
     "contrastive: softmax cross-entropy of the positives against the list (InfoNCE); first: fine-tune a "
     "causal LM (-m) as a FIRST listwise reranker on windows of --negatives (LM loss + --first-lambda x RankNet); "
     "full-rank: fine-tune a causal LM to write the whole permutation of --negatives in one answer (--loss lm or "
-    "importance; complete labels from --labels or the qrels).",
+    "importance; complete labels from --labels or the qrels); prorank: a causal LM (-m) as an llm-pointwise judge in "
+    "two --stages (GRPO on the yes/no prompt with a correctness + format reward, then the yes-no logit trained "
+    "listwise, --loss); rank-r1: GRPO on setwise prompts (a relevant passage among --set-size, reward for the "
+    "<think>/<answer> format and the right choice).",
 )
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="full-rank: complete listwise labels (JSON lines of `rerank train-labels`) [default: qrels grades, "
@@ -219,14 +246,37 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
               help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
 @click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
-@click.option("--lora", type=click.IntRange(min=1), help="FIRST: train LoRA adapters of this rank (peft, extra `lora`) instead "
-                                                         "of all weights.")
+@click.option("--lora", type=click.IntRange(min=1), help="FIRST, full-rank: train LoRA adapters of this rank (peft, extra "
+                                                         "`lora`) instead of all weights; prorank, rank-r1: the adapters' "
+                                                         "rank [default: 16].")
 @click.option("--pg-samples", default=8, type=click.IntRange(min=2), show_default=True, help="PG-Rank: rankings sampled per "
                                                                                              "list.")
 @click.option("--pg-k", default=10, type=click.IntRange(min=1), show_default=True, help="PG-Rank: sampled prefix length and nDCG "
                                                                                         "cutoff.")
 @click.option("--pg-temperature", default=1.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
               help="PG-Rank: policy temperature over the scores.")
+@click.option("--stages", type=click.Choice(["1", "2", "both"]), default="both", show_default=True,
+              help="prorank: 1 (GRPO prompt warm-up), 2 (score learning on the yes/no logit), or both (stage 1 into "
+                   "OUTPUT/stage1).")
+@click.option("--steps", default=100, type=click.IntRange(min=1), show_default=True,
+              help="prorank, rank-r1: optimiser steps (per stage) of --batch-size x --accumulate prompts or lists.")
+@click.option("--group", default=8, type=click.IntRange(min=2), show_default=True,
+              help="GRPO (prorank, rank-r1): completions sampled per prompt (G).")
+@click.option("--beta", default=0.0, type=click.FloatRange(min=0), show_default=True,
+              help="GRPO: weight of the KL to the starting model (k3 estimator; 0: none).")
+@click.option("--clip-eps", default=0.2, type=click.FloatRange(0, 1, max_open=True), show_default=True,
+              help="GRPO: clipping of the policy ratio to [1 - eps, 1 + eps].")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="GRPO: tokens sampled per completion [default: 8 for "
+                                                                   "prorank, 256 for rank-r1].")
+@click.option("--temperature", default=1.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="GRPO: sampling temperature.")
+@click.option("--inner-updates", default=1, type=click.IntRange(min=1), show_default=True,
+              help="GRPO: optimiser steps on each sampled batch (1: on-policy, the ratio is 1).")
+@click.option("--train-queries", type=click.IntRange(min=1), help="prorank, rank-r1: use the first N judged queries "
+                                                                  "[default: all].")
+@click.option("--set-size", default=4, type=click.IntRange(2, 20), show_default=True,
+              help="rank-r1: candidates per setwise prompt (one relevant, the rest first-stage negatives).")
+@click.option("--template", help="prorank: the llm-pointwise prompt template to train on [default: the model's, else yes-no].")
 @click.option("--clicks", type=click.Path(exists=True, dir_okay=False),
               help="Learn from this click log (JSON lines, .gz, or Yandex format) instead of labels: with --features "
                    "(LETOR rows) a feature MLP, with --model and --dataset a cross-encoder.")
@@ -261,7 +311,7 @@ def train(**kw: Any) -> None:
     from ..models.loading import pick_device
 
     text, goal, clicks = take(TextArgs, kw), take(ObjectiveArgs, kw), take(ClickArgs, kw)
-    features, schedule = take(FeatureArgs, kw), take(TrainArgs, kw)
+    features, schedule, rl = take(FeatureArgs, kw), take(TrainArgs, kw), take(RLArgs, kw)
     assert not kw, kw
     setup_logging(False, schedule.verbose)
     check_writable(schedule.output, folder=True)
@@ -279,6 +329,9 @@ def train(**kw: Any) -> None:
         raise click.UsageError("--labels is for --objective full-rank")
     if goal.objective == "full-rank":
         _train_full_rank(text, goal, schedule, device)
+        return
+    if goal.objective in ("prorank", "rank-r1"):
+        _train_rl(text, goal, rl, schedule, device)
         return
     if goal.objective != "listwise" and loss:
         raise click.UsageError(f"--objective {goal.objective} sets the loss; leave out --loss {loss}")
@@ -332,6 +385,36 @@ def _train_full_rank(text: TextArgs, goal: ObjectiveArgs, schedule: TrainArgs, d
                                 overwrite=schedule.overwrite)
     report(result, schedule.output)
     click.echo(f"use it: rerank run --reranker listwise-gen:{schedule.output} --window all ...")
+
+
+def _train_rl(text: TextArgs, goal: ObjectiveArgs, rl: RLArgs, schedule: TrainArgs, device: str) -> None:
+    """--objective prorank | rank-r1: GRPO (rerank.train.grpo) with LoRA adapters (--lora, default 16)."""
+    ds = load(text.dataset or "", text.split, None, text.encoding_errors)
+    if goal.objective == "prorank":
+        from ..train.prorank import summary, train_prorank
+
+        if schedule.loss and rl.stages == "1":
+            raise click.UsageError("--loss is stage 2's (the listwise loss of the yes/no score); --stages 1 has none")
+        cfg = schedule.config(text.precision, defaults=(schedule.loss or "listnet", 1, 4, 5e-5))
+        result = train_prorank(text.model or "", ds, schedule.output, cfg, stages=rl.stages, steps=rl.steps,
+                               grpo=rl.grpo(8), negatives=text.negatives, group_size=text.group_size,
+                               max_queries=rl.train_queries, dev_queries=text.dev_queries, lora=goal.lora or 16,
+                               template=rl.template, device=device, overwrite=schedule.overwrite)
+        for line in summary(result):
+            click.echo(line)
+        click.echo(f"use it: rerank run --reranker llm-pointwise:{schedule.output} ...")
+        return
+    from ..train.grpo import curve_summary
+    from ..train.rank_r1 import train_rank_r1
+
+    if schedule.loss:
+        raise click.UsageError(f"--objective rank-r1 is trained by its reward; leave out --loss {schedule.loss}")
+    cfg = schedule.config(text.precision, defaults=("task", 1, 4, 5e-5))
+    result = train_rank_r1(text.model or "", ds, schedule.output, cfg, steps=rl.steps, grpo=rl.grpo(256),
+                           set_size=rl.set_size, negatives=text.negatives, max_queries=rl.train_queries,
+                           lora=goal.lora or 16, device=device, overwrite=schedule.overwrite)
+    click.echo(f"rank-r1 (GRPO): {curve_summary(result)}")
+    click.echo(f"use it: rerank run --reranker rank-r1:{schedule.output} ...")
 
 
 @click.command("train-labels")

@@ -7,7 +7,10 @@ and grouped by a token budget. Two ways to read the model:
 * :meth:`LLM.next_token_logits`: one forward pass per prompt, the hidden state at the last
   position projected onto a few candidate tokens only, in fp32 (a bf16 projection rounds the
   logits to steps of ~0.1 and leaves ties);
-* :meth:`LLM.generate`: greedy decoding, batched with left padding, for the generative methods.
+* :meth:`ChatLM.sample`: ``n`` continuations per prompt (greedy at temperature 0, else sampled
+  with temperature and nucleus ``top_p``, seeded), batched with left padding, as
+  :class:`Completion` (text and token ids: GRPO trains on the ids); :meth:`ChatLM.generate`, the
+  texts of one continuation per prompt, is built on it. The vLLM engine implements the same call.
 
 :class:`LLMCost` counts calls (prompts), prompt tokens, generated tokens and seconds.
 """
@@ -18,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..errors import DataError
 from .engine import Cost, Engine
@@ -37,6 +40,25 @@ class LLMCost(Cost):
 
     def as_dict(self) -> dict[str, float]:
         return {**super().as_dict(), "generated_tokens": self.generated, "repaired_outputs": self.repaired}
+
+
+class Completion(NamedTuple):
+    """One continuation of a prompt: its text (decoded, special tokens dropped) and the token ids
+    generated, with the end-of-sequence token that ended it when one did (``finished``)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finished: bool
+
+
+def check_sampling(n: int, temperature: float, top_p: float) -> None:
+    """A one-line error for sampling options out of range."""
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 class PromptModel:
@@ -104,9 +126,32 @@ class ChatLM(PromptModel):
         """For each tokenized prompt, the logits of the ``candidates`` tokens as the next token."""
         raise NotImplementedError
 
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
+    def sample(self, prompts: Sequence[list[int]], max_new_tokens: int, *, n: int = 1, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = ()) -> list[list[Completion]]:
+        """``n`` continuations of each tokenized prompt: greedy at ``temperature`` 0 (the ``n`` are then
+        one continuation, repeated), else sampled from the softmax of logits / ``temperature`` cut to
+        the nucleus ``top_p``. ``seed``: the same draws on every call with the same prompts and
+        options (None: the process's torch generator, whose state a training checkpoint keeps).
+        ``stop``: strings that end a continuation where the engine supports them (vLLM)."""
+        check_sampling(n, temperature, top_p)
+        if not prompts:
+            return []
+        self._check_fits(prompts, max_new_tokens, generate=True)
+        draws = 1 if temperature == 0 else n
+        out = self._sample(prompts, max_new_tokens, draws, temperature, top_p, seed, stop)
+        return [row * n if draws == 1 else row for row in out]
+
+    def _sample(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int, temperature: float, top_p: float,
+                seed: int | None, stop: Sequence[str]) -> list[list[Completion]]:
+        """The engine's part of :meth:`sample` (arguments checked, ``n`` == 1 when greedy)."""
         raise NotImplementedError
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = (), *,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """One continuation of each tokenized prompt (decoded, special tokens dropped): greedy by
+        default, sampled with ``temperature`` > 0 (see :meth:`sample`)."""
+        rows = self.sample(prompts, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
+        return [row[0].text for row in rows]
 
 
 class LLM(ChatLM):
@@ -119,7 +164,20 @@ class LLM(ChatLM):
                  max_length: int | None = None) -> None:
         loaded = load_model(name, "causal-lm", device=device, dtype=dtype, max_length=max_length, default_window=4096)
         self.name, self.path, self.device, self.dtype = name, loaded.path, loaded.device, loaded.dtype
-        self.tokenizer, self.model, self.window = loaded.tokenizer, loaded.model, loaded.window
+        self._attach(loaded.tokenizer, loaded.model, loaded.window, batch_tokens)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, window: int, name: str = "in-memory",
+                   batch_tokens: int | None = None) -> LLM:
+        """Run a causal LM already in memory (e.g. the one a reranker loaded, being trained)."""
+        self = cls.__new__(cls)
+        param = next(model.parameters())
+        self.name, self.path, self.device, self.dtype = name, name, str(param.device), param.dtype
+        self._attach(tokenizer, model, window, batch_tokens)
+        return self
+
+    def _attach(self, tokenizer: Any, model: Any, window: int, batch_tokens: int | None) -> None:
+        self.tokenizer, self.model, self.window = tokenizer, model, window
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
@@ -154,32 +212,44 @@ class LLM(ChatLM):
         self._account(len(prompts), sum(map(len, prompts)), self.engine.cost.seconds - before)
         return [list(map(float, row)) for row in out]
 
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
+    def _sample(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int, temperature: float, top_p: float,
+                seed: int | None, stop: Sequence[str]) -> list[list[Completion]]:
         import torch
 
-        if not prompts:
-            return []
-        self._check_fits(prompts, max_new_tokens, generate=True)
+        del stop  # transformers' stop strings need the tokenizer at each step; the callers cut their answers
         t0 = time.perf_counter()
-        outputs: list[str] = [""] * len(prompts)
+        outputs: list[list[Completion]] = [[] for _ in prompts]
         lengths = [len(p) + max_new_tokens for p in prompts]
-        eos = {self.tokenizer.eos_token_id, self.engine.pad_id} - {None}
-        with torch.inference_mode():
-            for idx in self.engine.batches(lengths):  # the scoring engine's token budget
+        ends = self.generation_config_eos() | {self.engine.pad_id}
+        options: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if temperature > 0:  # top_k=0: no top-k cut (transformers' default is 50), the nucleus alone
+            options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "num_return_sequences": n}
+        devices = [torch.device(self.device)] if str(self.device).startswith("cuda") else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for idx in self.engine.batches([x * n for x in lengths]):  # the scoring engine's token budget
                 batch = self._left.pad([{"input_ids": list(prompts[i])} for i in idx])
                 width = batch["input_ids"].shape[1]
                 gen = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                          max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.engine.pad_id, temperature=None, top_p=None, top_k=None)
-                for row, i in enumerate(idx):
+                                          max_new_tokens=max_new_tokens, pad_token_id=self.engine.pad_id, **options)
+                for row in range(gen.shape[0]):  # the n samples of a prompt are consecutive rows
                     new = gen[row, width:].tolist()
-                    n = next((j for j, t in enumerate(new) if t in eos), len(new))
-                    self.cost.generated += n
-                    outputs[i] = self.tokenizer.decode(new[:n], skip_special_tokens=True)
+                    k = next((j for j, t in enumerate(new) if t in ends), len(new))
+                    self.cost.generated += k
+                    ids = new[: k + 1] if k < len(new) else new
+                    text = self.tokenizer.decode(new[:k], skip_special_tokens=True)
+                    outputs[idx[row // n]].append(Completion(text, tuple(ids), k < len(new)))
                 self.cost.batches += 1
         self._account(len(prompts), sum(map(len, prompts)), time.perf_counter() - t0)
         return outputs
+
+    def generation_config_eos(self) -> set[int]:
+        """The tokens that end a continuation: the tokenizer's EOS and the generation config's."""
+        ends = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends |= set(configured) if isinstance(configured, list) else {configured}
+        return {int(t) for t in ends if t is not None}
 
 
 #: where the LLM rerankers' causal LMs run: rerank's own transformers loop, or vLLM

@@ -5,7 +5,8 @@ batching).
 * :meth:`VLLM.next_token_logits`: one step per prompt, with vLLM returning the raw logits of
   exactly the candidate tokens (``logprobs_mode="raw_logits"`` and ``logprob_token_ids``), the
   output layer in fp32 (``head_dtype``) as the torch engine computes it;
-* :meth:`VLLM.generate`: greedy decoding;
+* :meth:`VLLM.sample` (and :meth:`VLLM.generate` on it): greedy decoding, or ``n`` samples per
+  prompt (``SamplingParams(n=..., temperature=..., top_p=..., seed=...)``);
 * :class:`VLLMClassifier`: a sequence-classification model (a cross-encoder) on vLLM's pooling
   runner, the computation of vLLM's score task for cross-encoders (the pair's tokens, the
   model's pooling and classifier) without its activation: the raw logits of pairs that rerank
@@ -31,7 +32,7 @@ from typing import Any
 
 from ..errors import MissingDependency, RerankError
 from .engine import Cost, Encoded
-from .llm import ChatLM, LLMCost
+from .llm import ChatLM, Completion, LLMCost
 from .loading import context_window, import_transformers, model_fingerprint, pick_device, pick_dtype, resolve_model
 
 log = logging.getLogger("rerank")
@@ -144,20 +145,20 @@ class VLLM(ChatLM, _OnVLLM):
             rows.append([float(got[int(c)].logprob) for c in candidates])
         return rows
 
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy continuations of the tokenized prompts (decoded, special tokens dropped)."""
-        if not prompts:
-            return []
-        self._check_fits(prompts, max_new_tokens, generate=True)
-        params = self._vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True,
+    def _sample(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int, temperature: float, top_p: float,
+                seed: int | None, stop: Sequence[str]) -> list[list[Completion]]:
+        params = self._vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
+                                           top_p=top_p if temperature > 0 else 1.0, seed=seed, skip_special_tokens=True,
                                            stop=list(stop) or None)
-        texts = []
+        rows = []
         for out in self._run(prompts, params):
-            done = out.outputs[0]
-            eos = done.finish_reason == "stop" and done.stop_reason is None  # ended by EOS, which vLLM lists
-            self.cost.generated += len(done.token_ids) - int(eos)  # as the torch engine counts: without the EOS
-            texts.append(done.text)
-        return texts
+            row = []
+            for done in out.outputs:
+                eos = done.finish_reason == "stop" and done.stop_reason is None  # ended by EOS, which vLLM lists
+                self.cost.generated += len(done.token_ids) - int(eos)  # as the torch engine counts: without the EOS
+                row.append(Completion(done.text, tuple(int(t) for t in done.token_ids), bool(eos)))
+            rows.append(row)
+        return rows
 
 
 class VLLMClassifier(_OnVLLM):

@@ -142,13 +142,20 @@ class CrossEncoderTask:
                 where.append((b, j))
                 labels[b, j] = float(grade)
                 mask[b, j] = True
-        enc = tokenize_pairs(self.tokenizer, qs, ds, self.max_length, f"training {self.model_name}", padding=True,
-                             return_tensors="pt")
-        return (enc, where, (len(rows), width)), labels, mask
+        return (self.encode_pairs(qs, ds), where, (len(rows), width)), labels, mask
+
+    def encode_pairs(self, queries: list[str], docs: list[str]) -> Any:
+        """The model inputs of (query, document) pairs, padded."""
+        return tokenize_pairs(self.tokenizer, queries, docs, self.max_length, f"training {self.model_name}", padding=True,
+                              return_tensors="pt")
+
+    def pair_scores(self, model: torch.nn.Module, enc: Any) -> torch.Tensor:
+        """[pairs] scores of encoded pairs."""
+        return model(**{k: v.to(self.device) for k, v in enc.items()}).logits[:, 0].float()
 
     def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
         enc, where, shape = inputs
-        logits = model(**{k: v.to(self.device) for k, v in enc.items()}).logits[:, 0].float()
+        logits = self.pair_scores(model, enc)
         out = torch.zeros(shape, device=logits.device, dtype=logits.dtype)
         idx_b = torch.tensor([b for b, _ in where], device=logits.device)
         idx_j = torch.tensor([j for _, j in where], device=logits.device)

@@ -84,6 +84,27 @@ def first_ranknet(z: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor) -> t
     return (per[keep] / total[keep]).mean()
 
 
+def answer_states(model: Any, inputs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """One forward pass of a causal LM over (prompt, answer) pairs of token ids: the hidden states
+    that predict the answer tokens (concatenated, pair after pair), the answer tokens, each pair's
+    hidden state before its answer, and the output head. Only these rows are worth projecting
+    onto the vocabulary, so long prompts cost no vocabulary-sized activations."""
+    device = next(model.parameters()).device
+    seqs = [list(p) + list(t) for p, t in inputs]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long, device=device)
+    att = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s, device=device)
+        att[b, : len(s)] = 1
+    hidden = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state
+    rows = [hidden[b, len(p) - 1 : len(p) - 1 + len(t)] for b, (p, t) in enumerate(inputs)]  # position k predicts k + 1
+    targets = torch.cat([torch.tensor(list(t), dtype=torch.long, device=device) for _, t in inputs])
+    first = torch.stack([hidden[b, len(p) - 1] for b, (p, _) in enumerate(inputs)])
+    return torch.cat(rows), targets, first, model.get_output_embeddings()
+
+
 class FirstTask:
     """Windows for :class:`~rerank.train.trainer.Trainer` with the FIRST loss. ``reranker`` is a
     :class:`~rerank.rerankers.listwise.First` whose model is trained in place (load it in
@@ -149,23 +170,7 @@ class FirstTask:
         raise NotImplementedError("FirstTask brings its own loss")
 
     def _forward(self, model: Any, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        """One forward pass over (prompt, target) pairs: the hidden states that predict the target
-        tokens (concatenated), the targets, each example's hidden state before its answer, and the
-        output head. Only these rows are projected onto the vocabulary."""
-        llm = self.reranker.llm
-        device = next(model.parameters()).device
-        seqs = [p + t for p, t in inputs]
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), llm.engine.pad_id, dtype=torch.long, device=device)
-        att = torch.zeros_like(ids)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s, device=device)
-            att[b, : len(s)] = 1
-        hidden = model.base_model(input_ids=ids, attention_mask=att).last_hidden_state
-        rows = [hidden[b, len(p) - 1 : len(p) - 1 + len(t)] for b, (p, t) in enumerate(inputs)]  # position k predicts k + 1
-        targets = torch.cat([torch.tensor(t, device=device) for _, t in inputs])
-        first = torch.stack([hidden[b, len(p) - 1] for b, (p, _) in enumerate(inputs)])
-        return torch.cat(rows), targets, first, model.get_output_embeddings()
+        return answer_states(model, inputs, self.reranker.llm.engine.pad_id)
 
     def loss(self, model: Any, inputs: Any, ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         rows, targets, first, head = self._forward(model, inputs)
