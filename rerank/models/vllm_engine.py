@@ -208,13 +208,12 @@ def _engine(model: _OnVLLM, window: int, runner: str) -> Any:
     if key in _engines:
         return _engines[key]
     vllm = _import_vllm()
+    # vLLM's own implementations only: its Transformers fallback patches the transformers model class in place
+    # (the architecture then no longer loads on PyTorch in this process, where auto falls back to it)
     options: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": dtype, "max_model_len": window, "seed": 0,
-                               "trust_remote_code": False}
+                               "trust_remote_code": False, "model_impl": "vllm"}
     if runner == "pooling":
         options["runner"] = "pooling"  # its classifier head runs in fp32 (vLLM's default for pooling models)
-        # vLLM's own implementations only: its Transformers fallback patches the transformers model class in place
-        # (the architecture then no longer loads on PyTorch in this process)
-        options["model_impl"] = "vllm"
     else:
         options["enable_prefix_caching"] = True
         options["logprobs_mode"] = "raw_logits"  # the candidates' logits as they are, not log-softmaxed or top-k
