@@ -161,8 +161,9 @@ def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch)
     result = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{odd}", "--backend", "vllm", "--dtype",
                                        "float32", "--rerank-depth", "4", "-d", str(dl19), "-q"])
     assert result.exit_code == 2 and "vLLM cannot load" in result.output, result.output
-    # auto (which picks vLLM where it is installed): a warning, and the torch engine
+    # auto, where it picks vLLM (a GPU; here the CPU made to count as one): a warning, and the torch engine
     monkeypatch.setenv("RERANK_BACKEND", "auto")
+    monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", True)
     monkeypatch.setattr(logging.getLogger("rerank"), "propagate", True)  # the CLI above set rerank's own handler
     with caplog.at_level(logging.WARNING, logger="rerank"):
         assert isinstance(load_llm(str(odd), backend="auto", **SETUP), LLM)
@@ -174,7 +175,10 @@ def test_backend_choices(smol, monkeypatch):
     for backend, engine in (("torch", LLM), ("vllm", VLLM)):  # an explicit choice holds where auto would pick another
         assert type(First(smol, backend=backend, **SETUP).llm) is engine
         assert (LLMPointwise(smol, backend=backend, **SETUP).llm is None) == (engine is LLM)
-    assert pick_llm_backend("auto", "cpu")[0] == "vllm"  # measured faster on a CPU too: benchmarks/llm_engines.py
+    assert pick_llm_backend("auto", "cpu")[0] == "torch"  # vLLM was not faster on a CPU with a 1.5B model
+    monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", True)
+    assert pick_llm_backend("auto", "cpu")[0] == "vllm"
+    monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", False)
     monkeypatch.setenv("RERANK_BACKEND", "torch")  # what the rest of the suite runs
     assert pick_llm_backend("auto", "cpu")[0] == "torch"
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # where vLLM is not installed
