@@ -26,6 +26,7 @@ _ALIASES = {"1": "bar", "true": "bar", "yes": "bar", "on": "bar", "0": "none", "
 _mode: str | None = None
 _open: list[Any] = []  # bars now open, innermost last (ticks from worker threads go to it)
 _lock = threading.Lock()
+_silenced = threading.Event()  # set when the process is about to end (Ctrl-C): heartbeats print nothing more
 
 
 def set_progress(mode: str | None) -> None:
@@ -92,6 +93,8 @@ class Lines:
             self._line(now)
 
     def _line(self, now: float, end: bool = False) -> None:
+        if _silenced.is_set():  # the process is ending (a worker thread's update may still come)
+            return
         took = now - self.start
         rate = (self.n - self.initial) / took if took > 0 else 0.0
         units = self.unit[:-1] + "ies" if self.unit.endswith("y") else self.unit + "s"
@@ -128,7 +131,7 @@ class _Tracked:
     def _heartbeat(self, period: float) -> None:
         while not self._stop.wait(period):
             with _lock:
-                if self._stop.is_set():  # closed while this waited for the lock
+                if self._stop.is_set() or _silenced.is_set():  # closed while this waited for the lock, or ending
                     return
                 if isinstance(self.bar, Lines):
                     self.bar.beat()
@@ -168,6 +171,12 @@ def progress_bar(total: int, desc: str, unit: str = "doc", initial: int = 0, sho
     bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=mode == "none", dynamic_ncols=True,
                mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
     return _Tracked(bar, period=None if mode == "none" else 1.0)
+
+
+def silence() -> None:
+    """No more heartbeat lines from any bar (the process is ending: its last line is the reason)."""
+    with _lock:  # a line being written finishes first
+        _silenced.set()
 
 
 def tick(units: float) -> None:

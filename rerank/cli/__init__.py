@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..progress import set_progress
+from ..progress import set_progress, silence
 from .clicks import clicks
 from .run import datasets, eval_, index, kinds, reproduce, run
 from .serve import serve
@@ -39,6 +39,7 @@ def interrupted() -> NoReturn:
     not at all, checkpoints and journals likewise, so there is nothing to clean up; the process
     ends at once, without the interpreter's teardown, which native thread pools still at work
     (OpenMP, OpenVINO, tokenizers) answer with SIGABRT."""
+    silence()
     sys.stderr.write("\nrerank: interrupted; files are written whole or not at all, so none is half-written "
                      "(checkpoints, journals and score caches keep what was finished)\n")
     for stream in (sys.stdout, sys.stderr):
