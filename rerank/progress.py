@@ -165,7 +165,7 @@ def progress_bar(total: int, desc: str, unit: str = "doc", initial: int = 0, sho
     mode = progress_mode(show)
     if mode == "lines":
         lines = Lines(total, desc, unit, initial)
-        return _Tracked(lines, period=min(lines.every, 5.0))
+        return _Tracked(lines, period=min(max(lines.every, 0.25), 5.0))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=mode == "none", dynamic_ncols=True,
