@@ -15,12 +15,20 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "work"  # trained models and cached runs (git-ignored)
 
 
-def offline(name: str) -> str:
-    """The folder of an installed offline model (../shared/tools/offline-models)."""
+def installed(name: str) -> str | None:
+    """The folder of an installed offline model (../shared/tools/offline-models), else None."""
     for folder in model_folders():
         if (folder / name / "config.json").is_file():
             return str(folder / name)
-    raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
+    return None
+
+
+def offline(name: str) -> str:
+    """The folder of an installed offline model; exits naming how to install it when it is not."""
+    path = installed(name)
+    if path is None:
+        raise SystemExit(f"{name} not installed: ../shared/tools/offline-models {name}")
+    return path
 
 
 def seeded_cross_encoder() -> str:

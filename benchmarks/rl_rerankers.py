@@ -41,10 +41,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, cpu_facts, machine, scifact_train_test, write_result
+from common import RESULTS, WORK, cpu_facts, installed, machine, scifact_train_test, write_result
 
 from rerank.evaluate import evaluate
-from rerank.models import model_folders
 from rerank.models.loading import pick_device
 from rerank.specs import RERANKER, RETRIEVER, stage
 from rerank.train.trainer import HISTORY, TrainConfig
@@ -54,10 +53,7 @@ METRICS = ["nDCG@10"]
 
 def model_path(name: str) -> str:
     """An installed offline model's folder, else the name (a hub id or a path)."""
-    for folder in model_folders():
-        if (folder / name / "config.json").is_file():
-            return str(folder / name)
-    return name
+    return installed(name) or name
 
 
 def cached(kind: str, settings: dict[str, Any]) -> Path:
