@@ -312,7 +312,7 @@ class Trainer:
                 self.history.append({"epoch": 0, "step": 0, **before})
                 log.info("dev before training: %s", _fmt(before))
         self.model.train()
-        start = self._saved_at = time.perf_counter()
+        start = logged = self._saved_at = time.perf_counter()
         while self.epoch < self.config.epochs:
             for step, micro in self._groups(self.epoch):
                 if step < self.step_in_epoch:
@@ -323,7 +323,9 @@ class Trainer:
                 self.steps_log.append({"step": self.global_step, "loss": round(loss, 6),
                                        "lr": float(self.scheduler.get_last_lr()[0]),
                                        **{k: round(v, 6) for k, v in self.step_stats.items()}})
-                if self.global_step % 10 == 0 or self.global_step == self.total_steps:
+                now = time.perf_counter()
+                if self.global_step % 10 == 0 or self.global_step == self.total_steps or now - logged >= 60:
+                    logged = now  # every 10 steps, and at least once a minute (slow LLM steps)
                     recent = [s["loss"] for s in self.steps_log[-10:]]
                     log.info("epoch %d step %d/%d loss %.4f (%.1f s)", self.epoch + 1, self.global_step, self.total_steps,
                              sum(recent) / len(recent), time.perf_counter() - start,
