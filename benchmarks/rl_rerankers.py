@@ -100,7 +100,7 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "negatives": "bm25:30",
                 "lora": 16, "beta": args.beta, "seed": 0, "list_size": args.list_size}
     folder = cached("prorank", settings)
-    cfg = TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0, checkpoint_every=20)
+    cfg = TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0, checkpoint_every=5)
     t0 = time.perf_counter()
     out = train_prorank(model, train, folder, cfg, stages="both", steps=args.steps, negatives="bm25:30",
                         group_size=args.list_size,
@@ -151,7 +151,7 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if not finished(folder):
         train, _, _ = scifact_train_test()
         train_rank_r1(model, train, folder, TrainConfig(loss="task", batch_size=args.batch, lr=args.lr, warmup=0.0,
-                                                        checkpoint_every=20),
+                                                        checkpoint_every=5),
                       steps=args.steps, grpo=GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta),
                       set_size=args.set_size, max_queries=args.train_queries, device=args.device)
     result["rank_r1"] = {"folder": str(folder), "settings": settings,
