@@ -124,8 +124,8 @@ def test_ctrl_c_during_reranking_stops_cleanly_with_exit_130_and_no_output(tmp_p
     # a model that takes tens of seconds over the 43 queries, so the signal comes while it works (tiny_ce took 2 s)
     cmd = [str(RERANK), "run", "-r", "bm25", "-d", str(dl19), "--reranker", f"cross-encoder:{minilm_ce}", "--dtype", "float32",
            "--block-queries", "1", "--progress", "lines", "-o", str(out)]
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(RERANK_PROGRESS_EVERY="0.01"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(RERANK_PROGRESS_EVERY="0.01", PYTHONFAULTHANDLER="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     seen = []
     deadline = time.monotonic() + 120
@@ -135,7 +135,11 @@ def test_ctrl_c_during_reranking_stops_cleanly_with_exit_130_and_no_output(tmp_p
         if "reranking with" in line or not line:
             break
     p.send_signal(signal.SIGINT)
-    rest = p.communicate(timeout=60)[1]
+    try:
+        rest = p.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:  # still running a minute after Ctrl-C: every thread's stack (faulthandler)
+        p.send_signal(signal.SIGABRT)
+        pytest.fail("no exit within 60 s of SIGINT; where its threads were:\n" + "".join(seen) + p.communicate(timeout=60)[1])
     stderr = "".join(seen) + rest
     assert p.returncode == 130, stderr
     assert "terminate called" not in stderr and "Aborted!" not in stderr and "Traceback" not in stderr, stderr
