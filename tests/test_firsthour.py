@@ -124,8 +124,11 @@ def test_ctrl_c_during_reranking_stops_cleanly_with_exit_130_and_no_output(tmp_p
     # a model that takes tens of seconds over the 43 queries, so the signal comes while it works (tiny_ce took 2 s)
     cmd = [str(RERANK), "run", "-r", "bm25", "-d", str(dl19), "--reranker", f"cross-encoder:{minilm_ce}", "--dtype", "float32",
            "--block-queries", "1", "--progress", "lines", "-o", str(out)]
+    # SIGINT as a terminal's Ctrl-C sends it: a test run started in the background by a script (`cmd &`)
+    # has SIGINT ignored, the child inherits that, and Python then installs no KeyboardInterrupt
     p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(RERANK_PROGRESS_EVERY="0.01", PYTHONFAULTHANDLER="1"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stderr is not None
     seen = []
     deadline = time.monotonic() + 120
