@@ -185,7 +185,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 alg = "ipw" if learner == "ipw-true" else learner
                 key = json.dumps({**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
                                   "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
-                                  "seed": seed, "v": 1}, sort_keys=True)
+                                  "seed": seed, "v": 2}, sort_keys=True)
                 folder = WORK / f"ultr-mixed-{cm}-{learner}-{seed}-{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
                 history = folder / HISTORY
                 t = time.perf_counter()

@@ -29,7 +29,9 @@ from rerank.ultr.learn import (
     train_from_clicks,
 )
 from rerank.ultr.log import (
+    ClickGroup,
     ClickSession,
+    ClickStats,
     aggregate,
     fold_ranks,
     iter_sessions,
@@ -482,6 +484,43 @@ def test_dla_with_a_cross_encoder_recovers_a_pbm_and_beats_naive(tiny_bert, tmp_
     err = np.abs(np.asarray(found["dla"]) - truth)
     assert err.max() < 0.05 and propensity_error(found["dla"], theta)["pearson"] > 0.995, found["dla"]
     assert ndcg["dla"] > 0.99 and ndcg["dla"] > ndcg["naive"] + 0.015, ndcg  # naive ranks "sponsored" up
+
+
+def test_text_scorer_encodes_a_shared_pair_once_and_batches_a_querys_lists_together(tiny_bert):
+    """Lists of one query shown by different rankers share documents: a batch encodes each
+    (query, document) pair once, with the same scores as encoding every shown slot, and an
+    epoch keeps a query's lists together (blocks shuffled by seed and epoch)."""
+    from rerank.train.crossencoder import CrossEncoderTask
+    from rerank.train.trainer import epoch_order
+    from rerank.ultr.learn import TextScorer
+
+    docs = {f"d{i}": f"passage number {i} about topic {i % 3}" for i in range(8)}
+    queries = {"a": "topic one", "b": "topic two", "c": "topic zero"}
+    one = np.ones(4)
+    groups = [ClickGroup("a", ("d0", "d1", "d2", "d3"), 5, one), ClickGroup("b", ("d4", "d5", "d6", "d7"), 5, one),
+              ClickGroup("a", ("d2", "d0", "d4", "d5"), 5, one), ClickGroup("c", ("d1", "d2", "d3", "d4"), 5, one),
+              ClickGroup("a", ("d3", "d2", "d1", "d0"), 5, one)]
+    scorer = TextScorer(tiny_bert, groups, queries, docs, max_length=32)
+    enc, where, row, shape = inputs = scorer.inputs(groups, 4)
+    assert len(where) == 20 and enc["input_ids"].shape[0] == 14 == len(set(row))  # distinct: a 6, b 4, c 4
+    ranker = scorer.make_ranker().eval()
+    with torch.no_grad():
+        deduped = scorer.scores(ranker, inputs)
+        from rerank.rerankers.pointwise import tokenize_pairs
+
+        full = tokenize_pairs(scorer.tokenizer, [queries[g.qid] for g in groups for _ in g.docs],
+                              [docs[d] for g in groups for d in g.docs], 32, "test", padding=True, return_tensors="pt")
+        each = CrossEncoderTask.scores(scorer.ce, ranker, (full, where, shape))
+    assert torch.allclose(deduped, each, atol=1e-5) and deduped.shape == (5, 4)
+    task = ClickTask(ClickStats(groups, 4), scorer, "naive")
+    assert task.blocks == [[0, 2, 4], [1], [3]]
+    for epoch in (0, 1, 2):
+        order = epoch_order(len(task), 7, epoch, task.blocks)
+        assert sorted(order) == list(range(5))
+        at = order.index(0)
+        assert order[at : at + 3] == [0, 2, 4], order
+    assert {tuple(epoch_order(5, s, 0, task.blocks)) for s in range(20)} != {tuple(epoch_order(5, 0, 0, task.blocks))}
+    assert epoch_order(5, 3, 1) == epoch_order(5, 3, 1, [[i] for i in range(5)])  # one list a query: the plain order
 
 
 def test_dla_ranker_learns_alone_first(tmp_path):

@@ -8,9 +8,10 @@ optimiser, scheduler, RNG states, position in the epoch) written atomically ever
 ``checkpoint_every`` steps and at an epoch's end (when the last is a minute old), and a dev
 evaluation per epoch.
 
-Determinism: the list order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone,
-and tasks draw their own sampling (negatives) from ``(seed, epoch, index)``, so a run that is
-stopped and resumed from its checkpoint takes exactly the steps an uninterrupted run takes.
+Determinism: the list order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone
+(of the task's ``blocks`` when it groups its lists, see :func:`epoch_order`), and tasks draw
+their own sampling (negatives) from ``(seed, epoch, index)``, so a run that is stopped and
+resumed from its checkpoint takes exactly the steps an uninterrupted run takes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Task(Protocol):
 
     # Optional: ``loss(model, inputs, labels, mask) -> Tensor`` replaces ``scores`` + the
     # configured loss (the click learners of rerank.ultr weigh clicks with their own models).
+    # Optional: ``blocks``, lists of list indices that are shuffled as units (see epoch_order).
 
 
 @dataclass
@@ -148,6 +150,15 @@ def autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
 def _order(n: int, seed: int, epoch: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen).tolist()
+
+
+def epoch_order(n: int, seed: int, epoch: int, blocks: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """The list order of one epoch, drawn from ``seed`` and ``epoch`` alone. ``blocks``: lists that
+    stay together (e.g. a query's several shown lists, whose shared texts a batch encodes once):
+    the blocks are shuffled, each keeps its lists in the order given."""
+    if blocks is None:
+        return _order(n, seed, epoch)
+    return [i for b in _order(len(blocks), seed, epoch) for i in blocks[b]]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -257,7 +268,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _groups(self, epoch: int) -> Iterator[tuple[int, list[list[int]]]]:
-        order = _order(len(self.task), self.config.seed, epoch)
+        order = epoch_order(len(self.task), self.config.seed, epoch, getattr(self.task, "blocks", None))
         per_step = self.config.batch_size * self.config.accumulate
         for step in range(self.steps_per_epoch):
             chunk = order[step * per_step : (step + 1) * per_step]
