@@ -12,9 +12,11 @@ model, binary attractiveness (0.1 unjudged, 1.0 relevant), as benchmarks/ultr_te
 document is shown at different ranks by different rankers, so the log identifies θ: intervention
 harvesting (rerank.ultr.harvest) estimates it from the clicks alone, and DLA starts from that
 estimate (``propensity_start``; ``--ranker-first`` epochs of the ranker alone with those weights,
-then joint training). Learners, all the MiniLM body with a fresh head trained on the folded log
-(one group per query and shown list: at most 3 x 809): naive, IPW with the true examination
-(``ipw-true``: θ per rank under PBM, each list's exact examination under cascade), DLA. The 50 dev
+then joint training) and is pulled back toward it (``--dla-anchor`` λ: without it, joint training
+with a ranker that has had one epoch moved θ̂ from 0.007 to 0.54 off the truth). Learners, all
+the MiniLM body with a fresh head trained on the folded log (one group per query and shown list:
+at most 3 x 809): naive, IPW with the true examination (``ipw-true``: θ per rank under PBM, each
+list's exact examination under cascade), DLA. The 50 dev
 queries (held out of the clicks) pick the epoch. Seed s draws the log and initialises the head.
 
 Rows (benchmarks/results/ultr-text-mixed.json): {"learner": "naive|ipw-true|dla|bm25",
@@ -114,6 +116,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=7e-5)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--ranker-first", type=float, default=0.5, help="DLA: epochs of the ranker alone (harvest θ̂ weights)")
+    ap.add_argument("--dla-anchor", type=float, default=10.0,
+                    help="DLA: strength of the pull of θ̂ toward the harvest estimate (0: start there only)")
     ap.add_argument("--depth", type=int, default=100, help="test BM25 candidates reranked")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-queries", type=int, help="a smoke run: only the first N train queries get sessions")
@@ -162,12 +166,17 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
     print(f"BM25 test nDCG@10 {base.metrics['nDCG@10']:.4f} ({len(test_queries)} queries)", flush=True)
     log_name = f"scifact-train/{'+'.join(p.name for p in policies)}/{args.sessions}"
     rows: list[dict[str, Any]] = []
+    bias: dict[str, dict[str, Any]] = {}
     learners = args.learners.split(",")
     for cm in args.click_models.split(","):
         model = load_click_model(CLICK_MODELS[cm])
         shown = [s for p in policies for s in p.lists if len(s.docs) == 10]
         exam = np.mean([model.examination(s.labels) for s in shown], axis=0)
         truth = exam / exam[0]  # PBM: θ_r/θ_1; cascade: mean examination of the logged lists
+        bias[cm] = naive_misorders(shown, model)
+        print(f"{cm}: relevant below non-relevant in expected clicks (what naive's optimum gets wrong): "
+              f"{bias[cm]['misordered']:,} of {bias[cm]['pairs']:,} pairs in a shown list ({bias[cm]['share']:.2%}); "
+              f"relevant shown at rank 1: {bias[cm]['relevant_at_rank_1']:.0%}", flush=True)
         for seed in range(args.seeds):
             rows.append({"learner": "bm25", "click_model": cm, "log": log_name, "seed": seed,
                          "nDCG@10": round(base.metrics["nDCG@10"], 4), "theta_max_error": None})
@@ -183,9 +192,12 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
 
             for learner in learners:
                 alg = "ipw" if learner == "ipw-true" else learner
-                key = json.dumps({**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
-                                  "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
-                                  "seed": seed, "v": 2}, sort_keys=True)
+                settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
+                            "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
+                            "seed": seed, "v": 2}
+                if learner != "dla" or not args.dla_anchor:
+                    settings.pop("dla_anchor")  # the same model whatever the anchor (keys of earlier runs kept)
+                key = json.dumps(settings, sort_keys=True)
                 folder = WORK / f"ultr-mixed-{cm}-{learner}-{seed}-{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
                 history = folder / HISTORY
                 t = time.perf_counter()
@@ -197,7 +209,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                                       checkpoint_every=50)
                     train_from_clicks(stats, scorer, folder, cfg, algorithm=alg, device=args.device,
                                       propensities=exact if alg == "ipw" else None, ranker_first=args.ranker_first,
-                                      propensity_start=harvest.tolist() if alg == "dla" else None, overwrite=True)
+                                      propensity_start=harvest.tolist() if alg == "dla" else None,
+                                      propensity_anchor=args.dla_anchor if alg == "dla" else 0.0, overwrite=True)
                 train_s = time.perf_counter() - t
                 scored = folder / "test.json"
                 if scored.is_file():
@@ -213,6 +226,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                            "RR@10": round(ev.metrics["RR@10"], 4), "p_vs_bm25": round(cmp["nDCG@10"].randomization_pvalue, 4),
                            "dev": [round(h.get("dev nDCG@10", 0), 4) for h in saved["history"]],
                            "saved_epoch": saved["saved_epoch"], "train_s": round(train_s, 1)}
+                    if learner == "dla":
+                        row["dla_anchor"] = args.dla_anchor
                     info = json.loads((folder / "clicks.json").read_text())
                     if "propensity" in info:
                         est = np.asarray(info["propensity"])
@@ -225,12 +240,30 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 print(json.dumps(row), flush=True)
                 write_result({"benchmark": "cross-encoders from clicks of three logging rankers on SciFact",
                               "machine": machine(), "cpu": facts, "args": vars(args), "rows": rows,
-                              "summary": summary(rows)}, args.out)
+                              "naive_bias": bias, "summary": summary(rows)}, args.out)
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})")
     for key, s in summary(rows).items():
         cm, learner = key.split("/")
         print(f"{cm:<8} {learner:<9} nDCG@10 {s['mean']:.4f} ± {s['sd']:.4f}  {s['runs']}"
               + (f"  θ max error {s['theta_max_error']['mean']:.3f}" if "theta_max_error" in s else ""))
+
+
+def naive_misorders(shown: list[ShownList], model: Any) -> dict[str, Any]:
+    """How much position bias the naive learner meets on these lists: pairs (relevant,
+    non-relevant) of one shown list whose expected click rates (examination x attractiveness)
+    put the relevant one below. Naive's loss is minimised by scores that follow the click rates,
+    so these are the orders it learns wrong; IPW with the true θ learns none of them wrong."""
+    pairs = wrong = top = relevant = 0
+    for s in shown:
+        rate, y = model.click_rates(s.labels), np.asarray(s.labels)
+        for r in np.flatnonzero(y > 0):
+            relevant += 1
+            top += int(r == 0)
+            others = rate[y == 0]
+            pairs += len(others)
+            wrong += int((rate[r] < others).sum())
+    return {"pairs": pairs, "misordered": wrong, "share": round(wrong / max(pairs, 1), 5),
+            "relevant_at_rank_1": round(top / max(relevant, 1), 4)}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[Any, Any]:

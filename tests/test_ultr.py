@@ -407,6 +407,33 @@ def test_dla_starts_from_given_propensities(tmp_path):
                           propensity_start=start)
 
 
+def test_dla_anchor_keeps_the_propensities_near_their_start(tmp_path):
+    """``propensity_anchor`` adds λ Σ (log θ̂_r/θ̂_1 − log θ⁰_r/θ⁰_1)² to the propensity loss: the
+    penalty equals that formula, and with it θ̂ stays near the start where joint training alone
+    moves it; an anchor without a start, or below 0, is refused."""
+    from rerank.ultr.learn import PropensityModel
+    from rerank.ultr.simulate import letor_lists
+
+    start = [1 / (1 + r) for r in range(10)]
+    m = PropensityModel(10, start)
+    with torch.no_grad():
+        m.logits.add_(torch.linspace(0, 0.9, 10) + 0.3)  # a shift of every logit alike does not count
+    direct = sum((np.log(np.exp(0.1 * r) * start[r]) - np.log(start[r])) ** 2 for r in range(10))
+    assert m.anchor_penalty().item() == pytest.approx(direct, rel=1e-5)
+    data, logging = synthetic(20, 12)
+    stats = aggregate(simulate(letor_lists(data, logging, 10), load_click_model("pbm"), 5000, seed=0), 10)
+    moved = {}
+    for lam in (0.0, 10.0):  # start flat, far from the PBM's θ (θ_10/θ_1 = 0.09)
+        r = train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / str(lam), cfg(epochs=15),
+                              algorithm="dla", propensity_start=[1.0] * 10, propensity_anchor=lam, ranker_first=0.5)
+        moved[lam] = np.abs(np.log(r["propensity"])).max()
+    assert moved[0.0] > 0.5 and moved[10.0] < 0.2 * moved[0.0], moved
+    with pytest.raises(ValueError, match="give the start"):
+        train_from_clicks(stats, FeatureScorer(data, stats.groups), tmp_path / "x", cfg(), propensity_anchor=1.0)
+    with pytest.raises(ValueError, match="strength >= 0"):
+        ClickTask(stats, FeatureScorer(data, stats.groups), "dla", anchor=-1.0)
+
+
 def test_dla_recovers_known_propensities_and_beats_naive(tmp_path):
     torch.set_num_threads(1)
     data, logging = synthetic()
@@ -688,3 +715,6 @@ def test_clicks_cli_train_dla_starts_from_the_logs_own_estimate(shared, tmp_path
     res = run(main, ["train", "--clicks", str(moved), "--algorithm", "naive", "--features", str(lgb / "rank.train"),
                      "--dla-start", "em", "-o", str(tmp_path / "naive")])
     assert res.exit_code == 2 and "--dla-start is DLA's" in res.output, res.output
+    res = run(main, ["train", "--clicks", str(moved), "--features", str(lgb / "rank.train"), "--dla-anchor", "5",
+                     "-o", str(tmp_path / "anchor")])
+    assert res.exit_code == 2 and "add --dla-start harvest or em" in res.output, res.output

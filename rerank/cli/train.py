@@ -193,6 +193,7 @@ class ClickArgs:
     propensity_lr: float = 0.05
     ranker_first: float = 0.5
     dla_start: str = "flat"
+    dla_anchor: float = 0.0
     baseline: bool = True
 
 
@@ -296,6 +297,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--dla-start", type=click.Choice(["flat", "harvest", "em"]), default="flat", show_default=True,
               help="DLA: the propensities it starts from: flat, or estimated from the log itself by intervention "
                    "harvesting or PBM EM (needs documents shown at several ranks: several logging rankers, --randpair).")
+@click.option("--dla-anchor", default=0.0, type=click.FloatRange(min=0), show_default=True,
+              help="DLA with --dla-start harvest|em: strength of a pull of θ̂ back toward the log's estimate "
+                   "(λ Σ (log θ̂_r/θ̂_1 - log θ⁰_r/θ⁰_1)²; 0: the start only).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="dla/ipw: also train the naive learner on the same clicks into OUTPUT/naive-baseline and warn when "
                    "the result's dev metric is below it (twice the training time).")
@@ -518,6 +522,8 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
         raise click.UsageError("--algorithm ipw needs --propensities")
     theta = propensity_spec(clicks.propensities) if clicks.propensities else None
     start = _dla_start(log, clicks) if clicks.dla_start != "flat" else None
+    if clicks.dla_anchor and start is None:
+        raise click.UsageError("--dla-anchor pulls θ̂ toward the log's estimate: add --dla-start harvest or em")
     stats = aggregate(iter_sessions(log), clicks.list_size, source=log)
     click.echo(json.dumps(stats.summary()))
     make_scorer: Callable[[], Any]
@@ -558,7 +564,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
                                max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
                                ranker_first=clicks.ranker_first, device=where, propensity_start=start,
-                               overwrite=schedule.overwrite)
+                               propensity_anchor=clicks.dla_anchor, overwrite=schedule.overwrite)
     report(result, schedule.output)
     if "propensity" in result:
         _report_propensity(stats, result["propensity"])

@@ -230,6 +230,8 @@ class TextScorer:
 class PropensityModel(torch.nn.Module):
     """One logit per rank; ``θ̂ = softmax`` over the ranks a session showed."""
 
+    start: torch.Tensor
+
     def __init__(self, list_size: int, start: Sequence[float] | None = None) -> None:
         """``start``: θ̂ to begin from (per rank, relative or absolute; default flat)."""
         super().__init__()
@@ -241,6 +243,12 @@ class PropensityModel(torch.nn.Module):
                                 f"{list(start)}")
             logits = torch.from_numpy(np.log(theta[:list_size] / theta[0])).float()
         self.logits = torch.nn.Parameter(logits)
+        self.register_buffer("start", logits.clone())  # log(θ̂_r/θ̂_1) it began from: the anchor's centre
+
+    def anchor_penalty(self) -> torch.Tensor:
+        """``Σ_r (log θ̂_r/θ̂_1 − log θ⁰_r/θ⁰_1)²``: how far θ̂ moved from where it started."""
+        rel = self.logits - self.logits[0]
+        return ((rel - self.start) ** 2).sum()
 
     def forward(self, width: int) -> torch.Tensor:
         return self.logits[:width]
@@ -294,14 +302,16 @@ class ClickTask:
 
     def __init__(self, stats: ClickStats, scorer: Scorer, algorithm: str = "dla", *,
                  propensities: Propensities | None = None, max_weight: float | None = None,
-                 warmup_batches: int = 0) -> None:
+                 warmup_batches: int = 0, anchor: float = 0.0) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if algorithm == "ipw" and propensities is None:
             raise ValueError("ipw needs propensities (one per rank, or a function of the shown list)")
         if max_weight is not None and not max_weight >= 1:
             raise ValueError(f"max_weight must be >= 1, got {max_weight}")
-        self.stats, self.scorer, self.algorithm, self.max_weight = stats, scorer, algorithm, max_weight
+        if not anchor >= 0:
+            raise ValueError(f"the propensity anchor is a strength >= 0, got {anchor}")
+        self.stats, self.scorer, self.algorithm, self.max_weight, self.anchor = stats, scorer, algorithm, max_weight, anchor
         self.warmup_batches = warmup_batches if algorithm == "dla" else 0
         self.groups = self.trained_groups(stats)
         self.blocks: list[list[int]] | None = None  # a query's lists shuffled as one unit (see Trainer's epoch_order)
@@ -338,7 +348,7 @@ class ClickTask:
     def describe(self) -> dict[str, Any]:
         return {"algorithm": self.algorithm, "log": self.stats.source, "sessions": self.stats.sessions,
                 "lists": len(self.groups), "list_size": self.width, "max_weight": self.max_weight,
-                "warmup_batches": self.warmup_batches,
+                "warmup_batches": self.warmup_batches, "anchor": self.anchor,
                 "propensities": None if self.propensities is None else [float(x) for x in self.propensities],
                 "by_query": self.blocks is not None, **self.scorer.describe()}
 
@@ -380,7 +390,10 @@ class ClickTask:
             if int(model.seen) <= self.warmup_batches:  # the ranker first: θ̂ stays flat (naive), g learns nothing
                 return ranker_loss
         rw = _ratio_to_first(_masked_softmax(s, mask), mask, self.max_weight)
-        return ranker_loss + softmax(g, counts * rw, mask)
+        propensity_loss = softmax(g, counts * rw, mask)
+        if self.anchor:
+            propensity_loss = propensity_loss + self.anchor * model.propensity.anchor_penalty()
+        return ranker_loss + propensity_loss
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         assert isinstance(model, ClickModelPair)
@@ -403,7 +416,8 @@ class ClickTask:
 def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, config: Any, *, algorithm: str = "dla",
                       propensities: Propensities | None = None, max_weight: float | None = None,
                       propensity_lr: float | None = 0.05, ranker_first: float = RANKER_FIRST, device: str = "cpu",
-                      overwrite: bool = False, propensity_start: Sequence[float] | None = None) -> dict[str, Any]:
+                      overwrite: bool = False, propensity_start: Sequence[float] | None = None,
+                      propensity_anchor: float = 0.0) -> dict[str, Any]:
     """Train a ranker (and for DLA a propensity model) on a click log's ``stats``. ``config.loss``
     must be ``softmax``. For DLA the result gains ``propensity`` (``θ̂_i / θ̂_1`` at the end of
     training: the ranker saved is the best dev epoch's, but on small sets it peaks long before the
@@ -419,7 +433,13 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
 
     ``propensity_start``: θ̂ for DLA to begin from instead of flat, e.g. the click-model-free
     estimate of a log that identifies θ (:func:`rerank.ultr.harvest.harvest_propensities`); the
-    ranker's first epochs then learn with those weights, and joint training refines them."""
+    ranker's first epochs then learn with those weights, and joint training refines them.
+
+    ``propensity_anchor`` (λ, with ``propensity_start``): the propensity model's loss gains
+    ``λ Σ_r (log θ̂_r/θ̂_1 − log θ⁰_r/θ⁰_1)²``, a Gaussian prior on log θ around the start. Joint
+    training alone lets a ranker that cannot yet explain the relevance gap pull θ̂ away from an
+    identified estimate (toward the click rate per rank; see docs/clicks.md for a 2M-session log
+    where it moved from 0.007 to 0.54 off the truth); the anchor keeps what the log identified."""
     from ..train.trainer import Trainer
 
     if config.loss != "softmax":
@@ -427,9 +447,11 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
     if algorithm == "dla" and not 0 <= ranker_first < config.epochs:
         raise ValueError(f"DLA's ranker_first ({ranker_first} epochs of the ranker alone) must be >= 0 and below the "
                          f"{config.epochs} epochs of training, or the propensity model never learns")
+    if propensity_anchor and propensity_start is None:
+        raise ValueError("propensity_anchor pulls θ̂ toward propensity_start: give the start (an estimate from the log)")
     lists = ClickTask.trained_groups(stats)
     task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight,
-                     warmup_batches=round(ranker_first * _batches_per_epoch(len(lists), config)))
+                     warmup_batches=round(ranker_first * _batches_per_epoch(len(lists), config)), anchor=propensity_anchor)
     if len(task) == 0:
         raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
     torch.manual_seed(config.seed)
