@@ -194,7 +194,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 alg = "ipw" if learner == "ipw-true" else learner
                 settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
                             "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
-                            "seed": seed, "v": 2}
+                            "seed": seed, "v": 3}
                 if learner != "dla" or not args.dla_anchor:
                     settings.pop("dla_anchor")  # the same model whatever the anchor (keys of earlier runs kept)
                 key = json.dumps(settings, sort_keys=True)
@@ -203,7 +203,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 t = time.perf_counter()
                 if not (history.is_file() and json.loads(history.read_text()).get("finished")):
                     scorer = TextScorer(body, stats.groups, {q.qid: q.text for q in train.queries}, train.docs,
-                                        max_length=args.max_length, device=args.device,
+                                        max_length=args.max_length, device=args.device, seed=seed,
                                         dev=(qrels, dev_q, dev_candidates, train.rel))
                     cfg = TrainConfig(loss="softmax", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                                       checkpoint_every=50)

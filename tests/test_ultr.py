@@ -550,6 +550,23 @@ def test_text_scorer_encodes_a_shared_pair_once_and_batches_a_querys_lists_toget
     assert epoch_order(5, 3, 1) == epoch_order(5, 3, 1, [[i] for i in range(5)])  # one list a query: the plain order
 
 
+def test_a_fresh_cross_encoder_head_is_drawn_from_the_seed(tiny_bert):
+    """Learners compared at one seed start from the same head, whatever ran before in the process,
+    and loading leaves the caller's random state alone."""
+    from rerank.train.crossencoder import load_cross_encoder_body
+
+    def head(seed):
+        model, _ = load_cross_encoder_body(tiny_bert, seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "classifier" in n])
+
+    a = head(3)
+    torch.rand(5)
+    state = torch.random.get_rng_state()
+    b, c = head(3), head(4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a.numel() > 0 and torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_dla_ranker_learns_alone_first(tmp_path):
     """For its first ``ranker_first`` epochs the ranker learns as the naive learner does and θ̂ stays
     flat (the count is in the model's state, so a resumed run knows it); a warm-up as long as the

@@ -553,7 +553,7 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
 
         def make_scorer() -> Any:
             return TextScorer(text.model or "", stats.groups, {q.qid: q.text for q in ds.queries}, ds.docs,
-                              max_length=text.max_length, device=device, allow_new_head=text.new_head,
+                              max_length=text.max_length, device=device, allow_new_head=text.new_head, seed=schedule.seed,
                               dev=(qrels, dev_q, dev_run, ds.rel) if dev_run is not None else None)
 
         cfg = schedule.config(text.precision, defaults=("softmax", 1, 4, 5e-5))

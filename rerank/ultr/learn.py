@@ -160,7 +160,8 @@ class TextScorer:
     log carries them, else from ``queries`` / ``docs`` (a dataset's). ``dev``: (qrels, dev
     queries, their candidates, relevance threshold) for the per-epoch evaluation. Scoring, dev
     evaluation and saving (loadable by ``CrossEncoder(folder)``) are those of cross-encoder
-    training (:class:`~rerank.train.crossencoder.CrossEncoderTask`).
+    training (:class:`~rerank.train.crossencoder.CrossEncoderTask`); a fresh head is drawn from
+    ``seed``.
 
     A (query, document) pair in several lists of a batch is encoded once, and ``by_query`` asks
     :class:`ClickTask` to batch a query's lists together: on a log of several logging rankers
@@ -170,11 +171,12 @@ class TextScorer:
     by_query = True
 
     def __init__(self, model_name: str, groups: Sequence[ClickGroup], queries: dict[str, str], docs: Any, *,
-                 max_length: int = 256, device: str = "cpu", dev: Any = None, allow_new_head: bool | None = None) -> None:
+                 max_length: int = 256, device: str = "cpu", dev: Any = None, allow_new_head: bool | None = None,
+                 seed: int = 0) -> None:
         from ..train.crossencoder import CrossEncoderTask, load_cross_encoder_body
 
         self.model_name, self.max_length, self.device = model_name, max_length, device
-        self.body, self.tokenizer = load_cross_encoder_body(model_name, device, allow_new_head=allow_new_head)
+        self.body, self.tokenizer = load_cross_encoder_body(model_name, device, allow_new_head=allow_new_head, seed=seed)
         qrels, dev_queries, candidates, rel = dev if dev is not None else ({}, [], {}, 1)
         self.ce = CrossEncoderTask(model_name, self.tokenizer, [], qrels, candidates, docs, max_length=max_length, rel=rel,
                                    dev_queries=dev_queries, dev_depth=30, device=device)
