@@ -195,8 +195,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
                             "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
                             "seed": seed, "v": 3}
-                if learner != "dla" or not args.dla_anchor:
-                    settings.pop("dla_anchor")  # the same model whatever the anchor (keys of earlier runs kept)
+                if learner != "dla":
+                    settings.pop("dla_anchor")  # naive and IPW do not depend on it
                 key = json.dumps(settings, sort_keys=True)
                 folder = WORK / f"ultr-mixed-{cm}-{learner}-{seed}-{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
                 history = folder / HISTORY

@@ -528,7 +528,7 @@ def test_text_scorer_encodes_a_shared_pair_once_and_batches_a_querys_lists_toget
               ClickGroup("a", ("d2", "d0", "d4", "d5"), 5, one), ClickGroup("c", ("d1", "d2", "d3", "d4"), 5, one),
               ClickGroup("a", ("d3", "d2", "d1", "d0"), 5, one)]
     scorer = TextScorer(tiny_bert, groups, queries, docs, max_length=32)
-    enc, where, row, shape = inputs = scorer.inputs(groups, 4)
+    enc, where, shape, row = inputs = scorer.inputs(groups, 4)
     assert len(where) == 20 and enc["input_ids"].shape[0] == 14 == len(set(row))  # distinct: a 6, b 4, c 4
     ranker = scorer.make_ranker().eval()
     with torch.no_grad():

@@ -159,8 +159,12 @@ class CrossEncoderTask:
         return model(**{k: v.to(self.device) for k, v in enc.items()}).logits[:, 0].float()
 
     def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        enc, where, shape = inputs
+        """[B, L] scores of (encoded pairs, (b, j) of each slot, shape[, encoded row of each slot]):
+        with the rows, a pair that fills several slots is encoded once."""
+        enc, where, shape, *rows = inputs
         logits = self.pair_scores(model, enc)
+        if rows:
+            logits = logits[torch.tensor(rows[0], device=logits.device)]
         out = torch.zeros(shape, device=logits.device, dtype=logits.dtype)
         idx_b = torch.tensor([b for b, _ in where], device=logits.device)
         idx_j = torch.tensor([j for _, j in where], device=logits.device)

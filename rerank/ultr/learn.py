@@ -64,6 +64,8 @@ class Scorer(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    # Optional: ``by_query = True`` asks ClickTask to keep a query's lists in one batch (TextScorer).
+
 
 class FeatureScorer:
     """Shown documents are rows of a LETOR set (document id = row inside its query); the
@@ -209,14 +211,10 @@ class TextScorer:
                 where.append((b, j))
         enc = tokenize_pairs(self.tokenizer, [self.query_text[q] for q, _ in rows], [self.doc_text[k] for k in rows],
                              self.max_length, f"training {self.model_name}", padding=True, return_tensors="pt")
-        return enc, where, row, (len(groups), width)
+        return enc, where, (len(groups), width), row
 
     def scores(self, ranker: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        enc, where, row, shape = inputs
-        logits = self.ce.pair_scores(ranker, enc)
-        out = torch.zeros(shape, device=logits.device, dtype=logits.dtype)
-        b, j = (torch.tensor(x, device=logits.device) for x in zip(*where, strict=True))
-        return out.index_put((b, j), logits[torch.tensor(row, device=logits.device)])
+        return self.ce.scores(ranker, inputs)
 
     def evaluate(self, ranker: torch.nn.Module) -> dict[str, float]:
         return self.ce.evaluate(ranker)
