@@ -52,6 +52,9 @@ METRICS = ["nDCG@10", "RR@10"]
 CLICK_MODELS = {"pbm": {"model_name": "position_biased_model", "click_prob": [0.1, 1.0], "exam_prob": ULTRA_THETA},
                 "cascade": {"model_name": "cascade_model", "click_prob": [0.1, 1.0], "exam_prob": [1.0]}}
 LEARNERS = ("naive", "ipw-true", "dla")
+# The ceiling of the protocol: the naive learner on the same sessions with clicks = the labels
+# (no position bias, no noise clicks), i.e. the same cross-encoder trained on full information.
+ORACLE = {"model_name": "position_biased_model", "click_prob": [0.0, 1.0], "exam_prob": [1.0]}
 
 
 def logging_rankers() -> dict[str, str]:
@@ -107,7 +110,8 @@ def memory(sizes: list[int], out: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--learners", default=",".join(LEARNERS))
+    ap.add_argument("--learners", default=",".join(LEARNERS),
+                    help="of naive, ipw-true, dla and labels (the same learner on clicks = labels: the ceiling)")
     ap.add_argument("--click-models", default="pbm,cascade")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=200_000)
@@ -123,6 +127,8 @@ def main() -> None:
     ap.add_argument("--train-queries", type=int, help="a smoke run: only the first N train queries get sessions")
     ap.add_argument("--test-queries", type=int, help="a smoke run: rerank only the first N test queries")
     ap.add_argument("--out", default=str(RESULTS / "ultr-text-mixed.json"))
+    ap.add_argument("--report", action="store_true",
+                    help="write the rows of the models already trained and tested; train nothing")
     ap.add_argument("--memory", help="sessions, comma-separated: measure folding memory instead of training")
     ap.add_argument("--memory-job", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -168,6 +174,9 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
     rows: list[dict[str, Any]] = []
     bias: dict[str, dict[str, Any]] = {}
     learners = args.learners.split(",")
+    unknown = set(learners) - {*LEARNERS, "labels"}
+    if unknown:
+        raise SystemExit(f"error: unknown learner(s) {sorted(unknown)}: of {', '.join(LEARNERS)}, labels")
     for cm in args.click_models.split(","):
         model = load_click_model(CLICK_MODELS[cm])
         shown = [s for p in policies for s in p.lists if len(s.docs) == 10]
@@ -191,30 +200,39 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 return model.examination([label[(g.qid, d)] for d in g.docs])
 
             for learner in learners:
-                alg = "ipw" if learner == "ipw-true" else learner
+                alg = {"ipw-true": "ipw", "labels": "naive"}.get(learner, learner)
                 settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
-                            "memory": None, "memory_job": None, "device": None, "cm": cm, "learner": learner,
-                            "seed": seed, "v": 3}
+                            "memory": None, "memory_job": None, "device": None,
+                            "cm": "labels" if learner == "labels" else cm, "learner": learner, "seed": seed, "v": 3}
+                settings.pop("report")  # keys of models trained before the flag existed stay as they were
                 if learner != "dla":
                     settings.pop("dla_anchor")  # naive and IPW do not depend on it
-                key = json.dumps(settings, sort_keys=True)
-                folder = WORK / f"ultr-mixed-{cm}-{learner}-{seed}-{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
+                key = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
+                folder = WORK / f"ultr-mixed-{settings['cm']}-{learner}-{seed}-{key}"
                 history = folder / HISTORY
+                scored = folder / "test.json"
+                if args.report and not scored.is_file():
+                    print(f"{cm} seed {seed} {learner}: not trained yet (--report trains nothing)", flush=True)
+                    continue
                 t = time.perf_counter()
                 if not (history.is_file() and json.loads(history.read_text()).get("finished")):
-                    scorer = TextScorer(body, stats.groups, {q.qid: q.text for q in train.queries}, train.docs,
+                    used = stats
+                    if learner == "labels":
+                        used = aggregate(simulate(policies, load_click_model(ORACLE), args.sessions, seed=seed), 10,
+                                         f"{log_name}/labels/{seed}")
+                        used.groups = [g for g in used.groups if g.qid not in dev_ids]
+                    scorer = TextScorer(body, used.groups, {q.qid: q.text for q in train.queries}, train.docs,
                                         max_length=args.max_length, device=args.device, seed=seed,
                                         dev=(qrels, dev_q, dev_candidates, train.rel))
                     cfg = TrainConfig(loss="softmax", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                                       checkpoint_every=50)
-                    train_from_clicks(stats, scorer, folder, cfg, algorithm=alg, device=args.device,
+                    train_from_clicks(used, scorer, folder, cfg, algorithm=alg, device=args.device,
                                       propensities=exact if alg == "ipw" else None, ranker_first=args.ranker_first,
                                       propensity_start=harvest.tolist() if alg == "dla" else None,
                                       propensity_anchor=args.dla_anchor if alg == "dla" else 0.0, overwrite=True)
                 train_s = time.perf_counter() - t
-                scored = folder / "test.json"
                 if scored.is_file():
-                    row = json.loads(scored.read_text())
+                    row = {**json.loads(scored.read_text()), "click_model": cm}  # labels: one model for both
                 else:
                     run = CrossEncoder(str(folder), max_length=args.max_length, depth=args.depth,
                                        device=args.device)(test_queries, test_run)
