@@ -16,7 +16,10 @@ then joint training) and is pulled back toward it (``--dla-anchor`` λ: without 
 with a ranker that has had one epoch moved θ̂ from 0.007 to 0.54 off the truth). Learners, all
 the MiniLM body with a fresh head trained on the folded log (one group per query and shown list:
 at most 3 x 809): naive, IPW with the true examination (``ipw-true``: θ per rank under PBM, each
-list's exact examination under cascade), DLA. The 50 dev
+list's exact examination under cascade), DLA; ``labels`` (opt-in) is naive on the same sessions
+with clicks = the labels, the protocol's full-information ceiling. ``--report`` writes the JSON
+from the models already trained (the acceptance JSON comes from
+``--click-models pbm,cascade --sessions 2000000 --learners naive,ipw-true,dla,labels --report``). The 50 dev
 queries (held out of the clicks) pick the epoch. Seed s draws the log and initialises the head.
 
 Rows (benchmarks/results/ultr-text-mixed.json): {"learner": "naive|ipw-true|dla|bm25",
