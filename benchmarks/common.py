@@ -94,6 +94,25 @@ def machine() -> dict[str, Any]:
     }
 
 
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short key of every setting (sorted JSON, SHA-256)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_row(group: str, settings: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """A result row computed once per settings (benchmarks/work/GROUP/KEY.json), so a stopped run
+    resumes where it was and a changed setting measures again."""
+    path = WORK / group / f"{settings_key(settings)}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    row = {**settings, **compute()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_result(row, path)
+    return row
+
+
 def write_result(result: dict[str, Any], out: str | Path) -> None:
     with atomic_write(out) as f:
         json.dump(result, f, indent=2)

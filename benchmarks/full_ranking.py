@@ -25,7 +25,6 @@ CPU model and flags; writes ``--out`` (benchmarks/results/full_ranking.json).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -37,7 +36,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, cpu_facts, machine, offline, write_result
+from common import RESULTS, WORK, cached_row, cpu_facts, machine, offline, write_result
+from common import settings_key as key
 
 from rerank.data import load_dataset
 from rerank.evaluate import evaluate
@@ -50,18 +50,8 @@ from rerank.train.trainer import HISTORY, TrainConfig, Trainer
 METRIC = "nDCG@10"
 
 
-def key(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def cached(settings: dict[str, Any], compute: Any) -> dict[str, Any]:
-    """A result row computed once per settings (benchmarks/work/full-ranking-runs/KEY.json)."""
-    path = WORK / "full-ranking-runs" / f"{key(settings)}.json"
-    if path.is_file():
-        return dict(json.loads(path.read_text()))
-    row = {**settings, **compute()}
-    write_result(row, path)
-    return row
+    return cached_row("full-ranking-runs", settings, compute)
 
 
 def ndcg(run: dict[str, Any], ds: Any, queries: list[Any]) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, cpu_facts, installed, machine, scifact_train_test, write_result
+from common import RESULTS, WORK, cached_row, cpu_facts, installed, machine, scifact_train_test, settings_key, write_result
 
 from rerank.evaluate import evaluate
 from rerank.models.loading import pick_device
@@ -58,8 +57,7 @@ def model_path(name: str) -> str:
 
 def cached(kind: str, settings: dict[str, Any]) -> Path:
     """The work folder of a model trained with these settings (a key of all of them)."""
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return WORK / f"{kind}-{key}"
+    return WORK / f"{kind}-{settings_key(settings)}"
 
 
 def finished(folder: Path) -> bool:
@@ -68,15 +66,27 @@ def finished(folder: Path) -> bool:
 
 
 def measure(label: str, spec: str, queries: list, candidates: dict, qrels: dict, rel: int, **options: Any) -> dict:
-    """Rerank ``candidates`` with the reranker ``spec``: nDCG@10, seconds per query, generated tokens."""
-    reranker = stage(spec, role=RERANKER, depth=20, **options)
-    t0 = time.perf_counter()
-    run = reranker(queries, candidates)
-    seconds = time.perf_counter() - t0
-    cost = reranker.cost.as_dict() if hasattr(reranker, "cost") else {}
-    row = {"system": label, "nDCG@10": round(evaluate(run, qrels, METRICS, rel=rel).metrics["nDCG@10"], 4),
-           "seconds_per_query": round(seconds / len(queries), 3),
-           "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1)}
+    """Rerank ``candidates`` with the reranker ``spec``: nDCG@10, seconds per query, generated tokens.
+    Each row is kept under a key of the reranker (an offline model's name, or a trained model's
+    settings-keyed work folder), the queries and the options; a later run reuses it."""
+    kind, _, model = spec.partition(":")
+    path = Path(model)
+    name = str(path.relative_to(WORK)) if path.is_relative_to(WORK) else path.name
+    settings = {"system": label, "reranker": f"{kind}:{name}", "queries": [q.qid for q in queries],
+                "depth": 20, **options}
+
+    def compute() -> dict[str, Any]:
+        reranker = stage(spec, role=RERANKER, depth=20, **options)
+        t0 = time.perf_counter()
+        run = reranker(queries, candidates)
+        seconds = time.perf_counter() - t0
+        cost = reranker.cost.as_dict() if hasattr(reranker, "cost") else {}
+        return {"nDCG@10": round(evaluate(run, qrels, METRICS, rel=rel).metrics["nDCG@10"], 4),
+                "seconds_per_query": round(seconds / len(queries), 3),
+                "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1)}
+
+    cached = cached_row("rl-rerankers-runs", settings, compute)
+    row = {"system": label, **{k: cached[k] for k in ("nDCG@10", "seconds_per_query", "generated_tokens_per_query")}}
     print(f"{label:<44} nDCG@10 {row['nDCG@10']:.4f}  {row['seconds_per_query']:>7.3f} s/query", flush=True)
     return row
 
@@ -139,7 +149,8 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
     queries = ds.queries[: args.test_queries]
     bm25 = ds.candidate_run("bm25")
     candidates = {q.qid: bm25[q.qid][:20] for q in queries}
-    qrels = {q.qid: ds.qrels[q.qid] for q in queries if q.qid in ds.qrels}
+    judged = ds.require_qrels()
+    qrels = {q.qid: judged[q.qid] for q in queries if q.qid in judged}
     rows = result["rows"]
     base = evaluate(candidates, qrels, METRICS, rel=ds.rel).metrics["nDCG@10"]
     rows.append({"system": "BM25 top 20", "nDCG@10": round(base, 4), "seconds_per_query": 0.0})
