@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -92,11 +93,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora", type=int, default=16)
     ap.add_argument("--max-passage-tokens", type=int, default=100)
+    ap.add_argument("--shuffle", action="store_true",
+                    help="fine-tuning: show each list's passages in a new order every epoch (the label moves with them)")
     ap.add_argument("--losses", default="lm,importance", help="fine-tuning losses ('': zero-shot part only)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "full_ranking.json"))
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the trainer's progress
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; flags {facts['flags']}; {facts['memory_gb']} GB)", flush=True)
 
@@ -136,7 +140,8 @@ def main() -> None:
     base_model = offline(args.train_model)
     for loss in losses:
         settings = {"model": args.train_model, "loss": loss, "lists": [r["qid"] for r in labels], "steps": args.steps,
-                    "lr": args.lr, "lora": args.lora, **common, "seed": 0, "objective": "full-rank"}
+                    "lr": args.lr, "lora": args.lora, **common, "seed": 0, "objective": "full-rank",
+                    **({"shuffle": True} if args.shuffle else {})}  # keys of unshuffled runs as before
         folder = WORK / f"full-ranking-{args.train_model}-{loss}-{key(settings)}"
         t = time.perf_counter()
         history = folder / HISTORY
@@ -145,7 +150,7 @@ def main() -> None:
                                         max_passage_tokens=args.max_passage_tokens)
             wrapped = add_lora(reranker.llm.model, args.lora) if args.lora else None
             use = lists[: args.steps]  # the budget: --steps lists of one step each, epochs over them when there are fewer
-            task = FullRankTask(reranker, use, loss=loss, lora=wrapped)
+            task = FullRankTask(reranker, use, loss=loss, lora=wrapped, shuffle=args.shuffle)
             cfg = TrainConfig(loss="task", epochs=max(1, args.steps // len(use)), batch_size=1, lr=args.lr, warmup=0.1,
                               checkpoint_every=25)
             Trainer(reranker.llm.model, task, cfg, folder).train()

@@ -151,6 +151,25 @@ def test_the_importance_aware_loss_equals_a_direct_computation(gen):
         FullRankTask(gen, [w], loss="ranknet")
 
 
+def test_shuffled_lists_move_the_label_with_the_passages(gen):
+    passages = tuple(f"Passage number {i} about cats." for i in range(8))
+    w = Window("what do cats eat", passages, (5, 2, 7, 0, 1, 3, 4, 6))
+    plain = FullRankTask(gen, [w], loss="lm")
+    mixed = FullRankTask(gen, [w], loss="lm", shuffle=True)
+    assert plain.shown(0, 0) == (w.query, list(passages), list(w.gold))  # first-stage order: the label as given
+    orders = []
+    for epoch in range(3):
+        query, shown, gold = mixed.shown(0, epoch)
+        assert sorted(shown) == sorted(passages) and [shown[s] for s in gold] == [passages[i] for i in w.gold]
+        orders.append(shown)
+        prompt, target, ranks = mixed._example(0, epoch)
+        labels = gen.labels_for(len(shown))
+        assert gen.llm.tokenizer.decode(target).startswith(" > ".join(f"[{labels[s]}]" for s in gold))
+        assert [ranks[s] for s in gold] == list(range(1, 9))
+    assert orders[0] != list(passages) and len({tuple(o) for o in orders}) == 3  # a new order each epoch
+    assert mixed.describe()["shuffle"] and not plain.describe()["shuffle"]
+
+
 def test_complete_labels_from_toy_qrels_and_a_teacher(tmp_path):
     queries = [Query("q1", "cats"), Query("q2", "dogs"), Query("q3", "birds")]
     hits = lambda *ds: [Hit(d, float(-i)) for i, d in enumerate(ds)]  # noqa: E731
@@ -219,14 +238,17 @@ def test_train_labels_and_full_rank_training_from_the_cli(tiny_smol, scifact_dir
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     out = tmp_path / "model"
     args = ["train", "-m", tiny_smol, "-d", str(scifact_dir), "--objective", "full-rank", "--loss", "lm", "--labels",
-            str(labels), "--negatives", "bm25:5", "--dev-queries", "0", "--batch-size", "2", "-o", str(out)]
+            str(labels), "--negatives", "bm25:5", "--dev-queries", "0", "--batch-size", "2", "--shuffle", "-o", str(out)]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "listwise-gen:" in res.output and (out / "config.json").is_file()
-    assert json.loads((out / "training.json").read_text())["task"]["loss"] == "lm"
+    task = json.loads((out / "training.json").read_text())["task"]
+    assert task["loss"] == "lm" and task["shuffle"] is True
     res = runner.invoke(main, ["train", "-m", tiny_smol, "-d", str(scifact_dir), "--objective", "full-rank", "--loss",
                                "listnet", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "lm or importance" in res.output
+    res = runner.invoke(main, ["train", "-m", tiny_smol, "-d", str(scifact_dir), "--shuffle", "-o", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "--shuffle is for --objective first or full-rank" in res.output
 
 
 def test_rerank_run_with_window_all_prints_what_windows_would_have_cost(tiny_smol, dl19, tmp_path):

@@ -151,6 +151,7 @@ class ObjectiveArgs:
     window: int = 20
     labels: str | None = None
     lora: int | None = None
+    shuffle: bool = False
     pg_samples: int = 8
     pg_k: int = 10
     pg_temperature: float = 1.0
@@ -247,6 +248,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--first-lambda", default=10.0, type=click.FloatRange(min=0), show_default=True,
               help="FIRST: weight of the weighted RankNet on the first-identifier logits (0: LM loss only).")
 @click.option("--window", default=20, type=click.IntRange(2, 26), show_default=True, help="FIRST: passages per training window.")
+@click.option("--shuffle", is_flag=True,
+              help="FIRST, full-rank: show each list's passages in a new order every epoch (the label moves with them), "
+                   "so the model cannot learn to copy the first-stage order [default: first-stage order].")
 @click.option("--lora", type=click.IntRange(min=1), help="FIRST, full-rank: train LoRA adapters of this rank (peft, extra "
                                                          "`lora`) instead of all weights; prorank, rank-r1: the adapters' "
                                                          "rank [default: 16].")
@@ -331,6 +335,8 @@ def train(**kw: Any) -> None:
     loss = schedule.loss
     if goal.labels and goal.objective != "full-rank":
         raise click.UsageError("--labels is for --objective full-rank")
+    if goal.shuffle and goal.objective not in ("first", "full-rank"):
+        raise click.UsageError("--shuffle is for --objective first or full-rank")
     if goal.objective == "full-rank":
         _train_full_rank(text, goal, schedule, device)
         return
@@ -350,8 +356,8 @@ def train(**kw: Any) -> None:
 
         cfg = schedule.config(text.precision, defaults=("task", 1, 1, 1e-5))
         result = train_first(text.model, ds, schedule.output, cfg, candidates=text.negatives, window=goal.window,
-                             lam=goal.first_lambda, lora=goal.lora, dev_queries=text.dev_queries, device=device,
-                             overwrite=schedule.overwrite)
+                             lam=goal.first_lambda, lora=goal.lora, shuffle=goal.shuffle, dev_queries=text.dev_queries,
+                             device=device, overwrite=schedule.overwrite)
         report(result, schedule.output)
         click.echo(f"use it: rerank run --reranker first:{schedule.output} ...")
         return
@@ -385,7 +391,7 @@ def _train_full_rank(text: TextArgs, goal: ObjectiveArgs, schedule: TrainArgs, d
     ds = load(text.dataset or "", text.split, None, text.encoding_errors)
     cfg = replace(schedule, loss=None).config(text.precision, defaults=("task", 1, 1, 1e-5))  # --loss is the task's
     result = train_full_ranking(text.model or "", ds, schedule.output, cfg, labels=goal.labels, candidates=text.negatives,
-                                loss=loss, lora=goal.lora, dev_queries=text.dev_queries, device=device,
+                                loss=loss, lora=goal.lora, shuffle=goal.shuffle, dev_queries=text.dev_queries, device=device,
                                 overwrite=schedule.overwrite)
     report(result, schedule.output)
     click.echo(f"use it: rerank run --reranker listwise-gen:{schedule.output} --window all ...")

@@ -138,17 +138,22 @@ class FirstTask:
                 "window": self.reranker.window, "shuffle": self.shuffle, "lora": self.lora is not None,
                 "first": [self.windows[0].query[:64], len(self.windows[0].passages)]}
 
-    def _example(self, index: int, epoch: int) -> tuple[list[int], list[int], list[int]]:
-        """(prompt ids, target ids, gold rank of each shown passage)."""
+    def shown(self, index: int, epoch: int) -> tuple[str, list[str], list[int]]:
+        """(query, the passages in the order the prompt shows them, the gold ranking as shown slots):
+        the first-stage order, or with ``shuffle`` a new order each epoch (the gold ranking moves
+        with the passages, so the answer cannot be learnt as "keep the input order")."""
         w = self.windows[index]
         order = list(range(len(w.passages)))
-        if self.shuffle:  # present the passages in a new order each epoch (the gold ranking moves with them)
+        if self.shuffle:
             random.Random(f"{self.seed}/{epoch}/{index}").shuffle(order)
-        llm, labels = self.reranker.llm, self.reranker.labels
-        shown = [w.passages[i] for i in order]
         position = {p: k for k, p in enumerate(order)}  # passage index -> shown slot
-        gold_slots = [position[i] for i in w.gold]
-        prompt = self.reranker.window_prompt(w.query, shown)
+        return w.query, [w.passages[i] for i in order], [position[i] for i in w.gold]
+
+    def _example(self, index: int, epoch: int) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, target ids, gold rank of each shown passage)."""
+        query, shown, gold_slots = self.shown(index, epoch)
+        llm, labels = self.reranker.llm, self.reranker.labels
+        prompt = self.reranker.window_prompt(query, shown)
         # the first answer token is the identifier token FIRST reads; the rest as the tokenizer writes it
         first = self.reranker.identifier_ids[gold_slots[0]]
         rest = "]" + "".join(f" > [{labels[s]}]" for s in gold_slots[1:])

@@ -144,11 +144,11 @@ class FullRankTask(FirstTask):
         return ids, importance_weights(separator)
 
     def _example(self, index: int, epoch: int) -> tuple[list[int], list[int], list[int]]:
-        w = self.windows[index]
-        prompt = self.reranker.window_prompt(w.query, w.passages)
-        ids, _ = self.target(w.gold, len(w.passages))
-        ranks = [0] * len(w.passages)
-        for r, s in enumerate(w.gold, 1):
+        query, shown, gold_slots = self.shown(index, epoch)
+        prompt = self.reranker.window_prompt(query, shown)
+        ids, _ = self.target(gold_slots, len(shown))
+        ranks = [0] * len(shown)
+        for r, s in enumerate(gold_slots, 1):
             ranks[s] = r
         return prompt, ids, ranks
 
@@ -174,13 +174,14 @@ class FullRankTask(FirstTask):
 
 def train_full_ranking(model: str, dataset: Dataset, output: str | Path, config: TrainConfig, *, labels: str | Path | None = None,
                        candidates: str = "bm25:20", loss: str = "importance", dev_queries: int = 50,
-                       max_passage_tokens: int = 100, lora: int | None = None, device: str = "cpu",
-                       overwrite: bool = False) -> dict[str, Any]:
+                       max_passage_tokens: int = 100, lora: int | None = None, shuffle: bool = False,
+                       device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune the causal LM ``model`` for full ranking on ``dataset``'s train split: the top
     ``candidates`` (``RETRIEVER:DEPTH``) of each query in one prompt, the complete label from
     ``labels`` (a file of :func:`write_labels`) or, without one, from the qrels with the
     first-stage order within a grade. Dev queries are held out (labels of theirs are dropped) and
-    reranked with full ranking each epoch. ``config.loss`` is ``task``; ``loss``: lm | importance."""
+    reranked with full ranking each epoch. ``config.loss`` is ``task``; ``loss``: lm | importance;
+    ``shuffle``: show each list's passages in a new order each epoch (the label moves with them)."""
     from ..rerankers.listwise import ListwiseGenerate
     from .crossencoder import mine_lists
     from .trainer import Trainer
@@ -213,5 +214,6 @@ def train_full_ranking(model: str, dataset: Dataset, output: str | Path, config:
     log.info("%d complete labels of up to %d passages (%s)", len(fits), depth, rows[0]["source"] if rows else "none")
     dev = (dev_q, cands, {q.qid: qrels[q.qid] for q in dev_q if q.qid in qrels}) if dev_q else None
     wrapped = add_lora(reranker.llm.model, lora) if lora else None
-    task = FullRankTask(reranker, fits, loss=loss, seed=config.seed, dev=dev, rel=dataset.rel, lora=wrapped)
+    task = FullRankTask(reranker, fits, loss=loss, seed=config.seed, dev=dev, rel=dataset.rel, shuffle=shuffle,
+                        lora=wrapped)
     return Trainer(reranker.llm.model, task, config, output, device=reranker.llm.device, overwrite=overwrite).train()
