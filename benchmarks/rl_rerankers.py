@@ -104,6 +104,18 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     bm25 = evaluate(candidates, qrels, METRICS, rel=test.rel).metrics["nDCG@10"]
     rows.append({"system": "BM25 top 20", "nDCG@10": round(bm25, 4), "seconds_per_query": 0.0})
     print(f"{'BM25 top 20':<44} nDCG@10 {bm25:.4f}")
+    ce_settings = {"model": "all-MiniLM-L6-v2", "train_queries": args.train_queries, "steps": args.ce_steps,
+                   "negatives": "bm25:30", "lr": 5e-5, "batch": 4, "group_size": 8, "seed": 0}
+    ce = cached("minilm-ce", ce_settings)
+    if not finished(ce):
+        judged = [q for q in train.queries if q.qid in train.require_qrels()][: args.train_queries]
+        subset = dataclasses.replace(train, queries=judged, _runs={})
+        epochs = max(1, -(-args.ce_steps * 4 // len(judged)))
+        train_cross_encoder(model_path("all-MiniLM-L6-v2"), subset, ce,
+                            TrainConfig(loss="listnet", epochs=epochs, batch_size=4, lr=5e-5, checkpoint_every=100),
+                            negatives="bm25:30", group_size=8, dev_queries=0, device=args.device)
+    rows.append(measure("MiniLM cross-encoder (same training data)", f"cross-encoder:{ce}", queries, candidates, qrels,
+                        test.rel))
     model = model_path(args.model)
     rows.append(measure(f"llm-pointwise:{args.model} zero-shot", f"llm-pointwise:{model}", queries, candidates, qrels, test.rel))
     settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps, "group": args.group,
@@ -125,18 +137,6 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rows.append(measure("after ProRank stage 1 (GRPO warm-up)", f"llm-pointwise:{folder / 'stage1'}", queries, candidates,
                         qrels, test.rel))
     rows.append(measure("after ProRank stage 2 (score learning)", f"llm-pointwise:{folder}", queries, candidates, qrels,
-                        test.rel))
-    ce_settings = {"model": "all-MiniLM-L6-v2", "train_queries": args.train_queries, "steps": args.ce_steps,
-                   "negatives": "bm25:30", "lr": 5e-5, "batch": 4, "group_size": 8, "seed": 0}
-    ce = cached("minilm-ce", ce_settings)
-    if not finished(ce):
-        judged = [q for q in train.queries if q.qid in train.require_qrels()][: args.train_queries]
-        subset = dataclasses.replace(train, queries=judged, _runs={})
-        epochs = max(1, -(-args.ce_steps * 4 // len(judged)))
-        train_cross_encoder(model_path("all-MiniLM-L6-v2"), subset, ce,
-                            TrainConfig(loss="listnet", epochs=epochs, batch_size=4, lr=5e-5, checkpoint_every=100),
-                            negatives="bm25:30", group_size=8, dev_queries=0, device=args.device)
-    rows.append(measure("MiniLM cross-encoder (same training data)", f"cross-encoder:{ce}", queries, candidates, qrels,
                         test.rel))
 
 
