@@ -85,8 +85,8 @@ def measure(label: str, spec: str, queries: list, candidates: dict, qrels: dict,
                 "seconds_per_query": round(seconds / len(queries), 3),
                 "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1)}
 
-    cached = cached_row("rl-rerankers-runs", settings, compute)
-    row = {"system": label, **{k: cached[k] for k in ("nDCG@10", "seconds_per_query", "generated_tokens_per_query")}}
+    stored = cached_row("rl-rerankers-runs", settings, compute)
+    row = {"system": label, **{k: stored[k] for k in ("nDCG@10", "seconds_per_query", "generated_tokens_per_query")}}
     print(f"{label:<44} nDCG@10 {row['nDCG@10']:.4f}  {row['seconds_per_query']:>7.3f} s/query", flush=True)
     return row
 
