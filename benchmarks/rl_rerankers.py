@@ -10,10 +10,11 @@ queries reranked by: BM25 itself; ``llm-pointwise:MODEL`` zero-shot (the yes-no 
 ProRank stage 1 (GRPO warm-up on the yes/no prompt: ``--steps`` steps of ``--batch`` prompts,
 ``--group`` completions each, reward = correct judgement + exact format); after stage 2 (the
 yes-no logit trained with ListNet on lists of a relevant passage and ``--list-size`` - 1 BM25 negatives,
-``--steps`` steps of ``--batch`` lists); and a MiniLM cross-encoder (all-MiniLM-L6-v2 body)
-trained on the same training queries and negatives (``--ce-steps`` steps of 4 lists). Training
-uses the first ``--train-queries`` judged SciFact train queries, BM25 top-30 negatives, LoRA
-rank 16, lr 5e-5 (ProRank) / 5e-5 (cross-encoder).
+``--stage2-steps`` steps of ``--batch`` lists at ``--stage2-lr``; stage 1 and stage 2 are each
+kept under a key of their settings, so one warm-up serves several stage-2 settings); and a
+MiniLM cross-encoder (all-MiniLM-L6-v2 body) trained on the same training queries and negatives
+(``--ce-steps`` steps of 4 lists, lr 5e-5). Training uses the first ``--train-queries`` judged
+SciFact train queries, BM25 top-30 negatives, LoRA rank 16.
 
 ``--part rank-r1``: TREC DL19, the shipped BM25 top 20 of ``--test-queries`` queries, reranked by
 ``rank-r1:MODEL`` zero-shot and after GRPO on SciFact train (sets of ``--set-size``, one relevant,
@@ -118,24 +119,37 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
                         test.rel))
     model = model_path(args.model)
     rows.append(measure(f"llm-pointwise:{args.model} zero-shot", f"llm-pointwise:{model}", queries, candidates, qrels, test.rel))
-    settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps, "group": args.group,
-                "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "negatives": "bm25:30",
-                "lora": 16, "beta": args.beta, "seed": 0, "list_size": args.list_size}
-    folder = cached("prorank", settings)
-    cfg = TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0, checkpoint_every=5)
+    # stage 1 and stage 2 are kept apart, each under a key of its settings: one warm-up serves several stage-2 runs
+    stage1_settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps,
+                       "group": args.group, "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
+                       "negatives": "bm25:30", "lora": 16, "beta": args.beta, "seed": 0}
+    stage2_settings = {"stage1": stage1_settings, "steps": args.stage2_steps, "lr": args.stage2_lr, "batch": args.batch,
+                       "list_size": args.list_size, "loss": "listnet", "lora": 16, "seed": 0}
+    first, folder = cached("prorank-stage1", stage1_settings), cached("prorank-stage2", stage2_settings)
+    grpo = GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta)
+    common = {"negatives": "bm25:30", "group_size": args.list_size, "max_queries": args.train_queries,
+              "dev_queries": 0, "lora": 16, "device": args.device}
     t0 = time.perf_counter()
-    out = train_prorank(model, train, folder, cfg, stages="both", steps=args.steps, negatives="bm25:30",
-                        group_size=args.list_size,
-                        grpo=GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta),
-                        max_queries=args.train_queries, dev_queries=0, lora=16,
-                        device=args.device) if not finished(folder) else {}
-    result["prorank_train_s_this_run"] = round(time.perf_counter() - t0, 1)
-    stage1 = json.loads((folder / "stage1" / HISTORY).read_text())
-    result["prorank"] = {"folder": str(folder), "settings": settings, "reward_curve": stage1["reward_curve"],
-                         "stage2_loss": [s["loss"] for s in json.loads((folder / HISTORY).read_text())["loss_per_step"]],
-                         "trained_now": bool(out)}
-    rows.append(measure("after ProRank stage 1 (GRPO warm-up)", f"llm-pointwise:{folder / 'stage1'}", queries, candidates,
+    trained = []
+    if not finished(first):
+        train_prorank(model, train, first, TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0,
+                                                       checkpoint_every=5),
+                      stages="1", steps=args.steps, grpo=grpo, **common)
+        trained.append("stage1")
+    result["prorank_stage1_train_s_this_run"] = round(time.perf_counter() - t0, 1)
+    rows.append(measure("after ProRank stage 1 (GRPO warm-up)", f"llm-pointwise:{first}", queries, candidates,
                         qrels, test.rel))
+    t0 = time.perf_counter()
+    if not finished(folder):
+        train_prorank(str(first), train, folder, TrainConfig(loss="listnet", batch_size=args.batch, lr=args.stage2_lr,
+                                                             warmup=0.0, checkpoint_every=5),
+                      stages="2", steps=args.stage2_steps, **common)
+        trained.append("stage2")
+    result["prorank_stage2_train_s_this_run"] = round(time.perf_counter() - t0, 1)
+    result["prorank"] = {"stage1": str(first), "stage2": str(folder), "settings": stage2_settings,
+                         "reward_curve": json.loads((first / HISTORY).read_text())["reward_curve"],
+                         "stage2_loss": [s["loss"] for s in json.loads((folder / HISTORY).read_text())["loss_per_step"]],
+                         "trained_now": trained}
     rows.append(measure("after ProRank stage 2 (score learning)", f"llm-pointwise:{folder}", queries, candidates, qrels,
                         test.rel))
 
@@ -178,7 +192,9 @@ def main() -> None:
     ap.add_argument("--part", choices=["prorank", "rank-r1"], default="prorank")
     ap.add_argument("--model", help="[default: Qwen2.5-Coder-0.5B-Instruct; 1.5B for rank-r1]")
     ap.add_argument("--train-queries", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=100, help="optimiser steps per stage")
+    ap.add_argument("--steps", type=int, default=100, help="optimiser steps (ProRank: of stage 1)")
+    ap.add_argument("--stage2-steps", type=int, help="ProRank stage 2's optimiser steps [default: --steps]")
+    ap.add_argument("--stage2-lr", type=float, help="ProRank stage 2's learning rate [default: --lr]")
     ap.add_argument("--batch", type=int, default=4, help="prompts (stage 1, rank-r1) or lists (stage 2) per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO completions per prompt")
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -193,6 +209,8 @@ def main() -> None:
     args = ap.parse_args()
     args.model = args.model or ("Qwen2.5-Coder-1.5B-Instruct" if args.part == "rank-r1" else "Qwen2.5-Coder-0.5B-Instruct")
     args.max_new_tokens = args.max_new_tokens or (256 if args.part == "rank-r1" else 8)
+    args.stage2_steps = args.stage2_steps or args.steps
+    args.stage2_lr = args.stage2_lr or args.lr
     args.device = pick_device(args.device)
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), {facts['memory_gb']} GB")
