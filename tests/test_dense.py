@@ -52,8 +52,9 @@ def test_encoder_equals_sentence_transformers(minilm, enc32, sci_small):
     assert np.abs(ours - ref).max() < 1e-5
     q_ref = st.encode([q.text for q in queries[:8]], prompt_name="query", convert_to_numpy=True)
     assert np.abs(enc32.encode_queries([q.text for q in queries[:8]]) - q_ref).max() < 1e-5
-    bf16 = Encoder(minilm, dtype="bfloat16").encode_docs(texts)
-    cos = (bf16 * ref).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(ref, axis=1)
+    # 16 abstracts in bf16: emulated, about 10x slower than fp32, on a CPU without AVX512-BF16/AMX
+    bf16 = Encoder(minilm, dtype="bfloat16").encode_docs(texts[:16])
+    cos = (bf16 * ref[:16]).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(ref[:16], axis=1)
     assert cos.min() > 0.99
 
 
@@ -106,8 +107,11 @@ def test_dense_matches_exhaustive_search_and_reuses_its_embeddings(enc32, sci_sm
     assert again.paths == hnsw.paths
     # beyond memory: exact search over the memory-mapped embeddings, and IVF-PQ with its recall measured
     mmap = Dense(enc32, store, k=10, index="mmap", index_root=tmp_path)
-    assert {q: [(h.docid, round(h.score, 4)) for h in hits] for q, hits in mmap(queries).items()} == \
-           {q: [(h.docid, round(h.score, 4)) for h in hits] for q, hits in run.items()}
+    got = mmap(queries)
+    assert {q: [h.docid for h in hits] for q, hits in got.items()} == {q: [h.docid for h in hits] for q, hits in run.items()}
+    # the same float32 dot products through another BLAS path (faiss vs NumPy): equal to float32 rounding
+    # (rounding both to 4 decimals is not: a score near a rounding boundary can fall either side)
+    assert all(np.allclose([h.score for h in got[q]], [h.score for h in run[q]], rtol=0, atol=1e-6) for q in run)
     assert "faiss" not in mmap.paths and mmap.name.endswith("@mmap")
     pq = Dense(enc32, store, k=10, index="ivfpq", nlist=4, nprobe=4, index_root=tmp_path)
     got = pq(queries)
