@@ -120,7 +120,7 @@ def test_pgrank_trains_a_bi_encoder_and_a_cross_encoder(scifact_dir, tmp_path):
     name = offline_model("all-MiniLM-L6-v2")
     body = load_bi_encoder(name, max_length=48)
     task = BiEncoderTask(name, body, queries, qrels, candidates, ds.docs, group_size=8, max_length=48, dev_queries=queries,
-                         dev_depth=20)
+                         dev_depth=10)
     result = Trainer(body, task, cfg, tmp_path / "bi").train()
     dev = [h["dev nDCG@10"] for h in result["history"]]
     assert max(dev[1:]) > dev[0], dev
