@@ -129,21 +129,19 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     grpo = GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta)
     common = {"negatives": "bm25:30", "group_size": args.list_size, "max_queries": args.train_queries,
               "dev_queries": 0, "lora": 16, "device": args.device}
+    cfg = TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0, checkpoint_every=5)
     t0 = time.perf_counter()
     trained = []
     if not finished(first):
-        train_prorank(model, train, first, TrainConfig(loss="listnet", batch_size=args.batch, lr=args.lr, warmup=0.0,
-                                                       checkpoint_every=5),
-                      stages="1", steps=args.steps, grpo=grpo, **common)
+        train_prorank(model, train, first, cfg, stages="1", steps=args.steps, grpo=grpo, **common)
         trained.append("stage1")
     result["prorank_stage1_train_s_this_run"] = round(time.perf_counter() - t0, 1)
     rows.append(measure("after ProRank stage 1 (GRPO warm-up)", f"llm-pointwise:{first}", queries, candidates,
                         qrels, test.rel))
     t0 = time.perf_counter()
     if not finished(folder):
-        train_prorank(str(first), train, folder, TrainConfig(loss="listnet", batch_size=args.batch, lr=args.stage2_lr,
-                                                             warmup=0.0, checkpoint_every=5),
-                      stages="2", steps=args.stage2_steps, **common)
+        train_prorank(str(first), train, folder, dataclasses.replace(cfg, lr=args.stage2_lr), stages="2",
+                      steps=args.stage2_steps, **common)
         trained.append("stage2")
     result["prorank_stage2_train_s_this_run"] = round(time.perf_counter() - t0, 1)
     result["prorank"] = {"stage1": str(first), "stage2": str(folder), "settings": stage2_settings,
