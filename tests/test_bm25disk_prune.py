@@ -126,3 +126,21 @@ def test_impacts_are_positive_so_partial_scores_bound_from_below():
     imp = bm25disk.impacts(np.array([1, 1, 50, 1]), np.array([0.0, 3.0, 0.5, 9.0]), idf)
     assert (imp > 0).all()
     assert bm25disk.term_maxima(np.array([1.0, 3.0, 2.0, 5.0], np.float32), np.array([0, 3, 0, 1])).tolist() == [0, 3, 0, 5]
+
+
+def test_a_new_process_takes_the_search_kernels_from_numbas_disk_cache(scifact_disk):
+    """The kernels compile once per installation, not once per process (nested in a function they
+    missed numba's cache in every process: 55 s each on a 2-core AVX2 CPU, every Ray worker too)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shard, queries = scifact_disk
+    shard.search(queries[:2], 10, 1)  # compiled (or loaded) here, so cached on disk
+    folder = str(Path(shard.docs.filename).parent.parent)  # the index: its shard 0 holds docs.npy
+    code = ("import numpy as np; from pathlib import Path; from rerank.retrieve import bm25disk, bm25disk_kernels as k; "
+            f"bm25disk.Shard(Path({folder!r}), 0).search([np.array([1, 2, 3])], 10, 1); "
+            "print(sum(k.search.stats.cache_hits.values()), sum(k.search.stats.cache_misses.values()))")
+    hits, misses = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    assert (hits, misses) == (1, 0)
