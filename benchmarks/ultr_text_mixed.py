@@ -21,6 +21,11 @@ with clicks = the labels, the protocol's full-information ceiling. ``--report`` 
 from the models already trained (the acceptance JSON comes from
 ``--click-models pbm,cascade --sessions 2000000 --learners naive,ipw-true,dla,labels --report``). The 50 dev
 queries (held out of the clicks) pick the epoch. Seed s draws the log and initialises the head.
+Opt-in learners for cascade browsing (``--learners naive-cascade,dla-cascade``, written with
+``--out`` to a file of their own): the likelihood of the clicks on the ranks each session reached
+(``browsing="cascade"`` in rerank.ultr.learn), DLA's θ̂ then the examination of a reached rank
+(from flat, no anchor; its theta_max_error against the click model's, 1 at every rank in the classic
+cascade).
 
 Rows (benchmarks/results/ultr-text-mixed.json): {"learner": "naive|ipw-true|dla|bm25",
 "click_model": "pbm|cascade", "log": NAME, "seed": S, "nDCG@10": x, "theta_max_error": y}, with
@@ -55,6 +60,9 @@ METRICS = ["nDCG@10", "RR@10"]
 CLICK_MODELS = {"pbm": {"model_name": "position_biased_model", "click_prob": [0.1, 1.0], "exam_prob": ULTRA_THETA},
                 "cascade": {"model_name": "cascade_model", "click_prob": [0.1, 1.0], "exam_prob": [1.0]}}
 LEARNERS = ("naive", "ipw-true", "dla")
+#: opt-in: the learners of cascade browsing (rerank.ultr.learn's browsing="cascade": the likelihood of the
+#: clicks on the ranks each session reached; DLA's θ̂ is then the examination of a reached rank, from flat)
+CASCADE_LEARNERS = {"naive-cascade": "naive", "dla-cascade": "dla"}
 # The ceiling of the protocol: the naive learner on the same sessions with clicks = the labels
 # (no position bias, no noise clicks), i.e. the same cross-encoder trained on full information.
 ORACLE = {"model_name": "position_biased_model", "click_prob": [0.0, 1.0], "exam_prob": [1.0]}
@@ -177,14 +185,17 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
     rows: list[dict[str, Any]] = []
     bias: dict[str, dict[str, Any]] = {}
     learners = args.learners.split(",")
-    unknown = set(learners) - {*LEARNERS, "labels"}
+    unknown = set(learners) - {*LEARNERS, "labels", *CASCADE_LEARNERS}
     if unknown:
-        raise SystemExit(f"error: unknown learner(s) {sorted(unknown)}: of {', '.join(LEARNERS)}, labels")
+        raise SystemExit(f"error: unknown learner(s) {sorted(unknown)}: of {', '.join([*LEARNERS, 'labels', *CASCADE_LEARNERS])}")
     for cm in args.click_models.split(","):
         model = load_click_model(CLICK_MODELS[cm])
         shown = [s for p in policies for s in p.lists if len(s.docs) == 10]
         exam = np.mean([model.examination(s.labels) for s in shown], axis=0)
         truth = exam / exam[0]  # PBM: θ_r/θ_1; cascade: mean examination of the logged lists
+        reached = np.resize(np.asarray(CLICK_MODELS[cm]["exam_prob"], dtype=np.float64), 10)  # examination of a reached
+        reached[len(CLICK_MODELS[cm]["exam_prob"]):] = CLICK_MODELS[cm]["exam_prob"][-1]       # rank (PBM: θ)
+        reached /= reached[0]
         bias[cm] = naive_misorders(shown, model)
         print(f"{cm}: relevant below non-relevant in expected clicks (what naive's optimum gets wrong): "
               f"{bias[cm]['misordered']:,} of {bias[cm]['pairs']:,} pairs in a shown list ({bias[cm]['share']:.2%}); "
@@ -203,7 +214,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 return model.examination([label[(g.qid, d)] for d in g.docs])
 
             for learner in learners:
-                alg = {"ipw-true": "ipw", "labels": "naive"}.get(learner, learner)
+                alg = {"ipw-true": "ipw", "labels": "naive", **CASCADE_LEARNERS}.get(learner, learner)
                 settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
                             "memory": None, "memory_job": None, "device": None,
                             "cm": "labels" if learner == "labels" else cm, "learner": learner, "seed": seed, "v": 3}
@@ -231,8 +242,9 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                                       checkpoint_every=50)
                     train_from_clicks(used, scorer, folder, cfg, algorithm=alg, device=args.device,
                                       propensities=exact if alg == "ipw" else None, ranker_first=args.ranker_first,
-                                      propensity_start=harvest.tolist() if alg == "dla" else None,
-                                      propensity_anchor=args.dla_anchor if alg == "dla" else 0.0, overwrite=True)
+                                      propensity_start=harvest.tolist() if learner == "dla" else None,
+                                      propensity_anchor=args.dla_anchor if learner == "dla" else 0.0, overwrite=True,
+                                      browsing="cascade" if learner in CASCADE_LEARNERS else "position")
                 train_s = time.perf_counter() - t
                 if scored.is_file():
                     row = {**json.loads(scored.read_text()), "click_model": cm}  # labels: one model for both
@@ -253,8 +265,10 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                     if "propensity" in info:
                         est = np.asarray(info["propensity"])
                         row["propensity"] = [round(float(v), 4) for v in est]
-                        row["theta_max_error"] = round(float(np.max(np.abs(est / est[0] - truth))), 4)
-                        row["harvest_theta_max_error"] = round(harvest_error, 4)
+                        target = reached if learner in CASCADE_LEARNERS else truth
+                        row["theta_max_error"] = round(float(np.max(np.abs(est / est[0] - target))), 4)
+                        if learner == "dla":
+                            row["harvest_theta_max_error"] = round(harvest_error, 4)
                     with atomic_write(scored) as f:
                         json.dump(row, f)
                 rows.append(row)

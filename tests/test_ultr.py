@@ -325,12 +325,13 @@ def test_ipw_weights_and_loss(tmp_path):
     stats = aggregate(simulate(letor_lists(data, logging, 10), pbm, 3000, seed=0), 10)
     theta = position_propensities(pbm, 10)
     task = ClickTask(stats, FeatureScorer(data, stats.groups), "ipw", propensities=theta, max_weight=8.0)
-    (feats, w), counts, mask = task.batch([0, 1], 0)
+    (feats, w, sessions), counts, mask = task.batch([0, 1], 0)
+    assert sessions.tolist() == [task.groups[0].sessions, task.groups[1].sessions]
     assert torch.allclose(w[0], torch.tensor(theta[0] / np.asarray(theta), dtype=w.dtype))
     model = ClickModelPair(FeatureScorer(data, stats.groups).make_ranker(), None, None).eval()
     s = model.ranker(feats).double()
     want = softmax(s, counts * w.clamp(max=8.0), mask)  # θ1/θ10 = 11.3: clipped at 8
-    assert task.loss(model, (feats, w), counts, mask).item() == pytest.approx(want.item(), rel=1e-5)
+    assert task.loss(model, (feats, w, sessions), counts, mask).item() == pytest.approx(want.item(), rel=1e-5)
     manual = -(counts * w.clamp(max=8.0) * torch.log_softmax(s, dim=1)).sum() / (counts * w.clamp(max=8.0)).sum()
     assert want.item() == pytest.approx(manual.item(), rel=1e-9)
     with pytest.raises(DataError, match="3 propensities given, but the log shows 10"):
@@ -343,15 +344,18 @@ def test_ipw_weights_and_loss(tmp_path):
         FeatureScorer(data.subset([0]), stats.groups)
 
 
-@pytest.mark.parametrize("algorithm", ["naive", "ipw", "dla"])
-def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorithm):
+@pytest.mark.parametrize("algorithm, browsing", [("naive", "position"), ("ipw", "position"), ("dla", "position"),
+                                                 ("naive", "cascade"), ("dla", "cascade")])
+def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorithm, browsing):
     """The learners see a log folded per (query, shown list) with click counts: its loss and every
-    gradient (ranker and DLA's propensity model) equal those of the same sessions as lists of their own."""
+    gradient (ranker and DLA's propensity model) equal those of the same sessions as lists of their own
+    (under cascade browsing too, where the ranks a session reached come from the folded clicks)."""
     from rerank.ultr.log import ClickGroup, ClickStats
     from rerank.ultr.simulate import letor_lists
 
     data, logging = synthetic(6, 5)
-    sessions = list(simulate(letor_lists(data, logging, 4), load_click_model("pbm"), 3000, seed=0, randomize=True))
+    users = load_click_model("pbm" if browsing == "position" else "cascade")
+    sessions = list(simulate(letor_lists(data, logging, 4), users, 3000, seed=0, randomize=True))
     folded = aggregate(sessions, 4)
     single = ClickStats([ClickGroup(s.qid, s.docs, 1, np.asarray(s.clicks, dtype=np.float64)) for s in sessions], 4,
                         sessions=len(sessions))
@@ -359,7 +363,7 @@ def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorit
     theta = position_propensities(load_click_model("pbm"), 4) if algorithm == "ipw" else None
     grads, losses = [], []
     for stats in (folded, single):
-        task = ClickTask(stats, FeatureScorer(data, stats.groups), algorithm, propensities=theta)
+        task = ClickTask(stats, FeatureScorer(data, stats.groups), algorithm, propensities=theta, browsing=browsing)
         torch.manual_seed(0)
         model = ClickModelPair(FeatureScorer(data, stats.groups).make_ranker(), None, None)
         if algorithm == "dla":
@@ -378,6 +382,43 @@ def test_training_on_folded_lists_is_training_on_the_sessions_one_by_one(algorit
     assert len(grads[0]) == len(grads[1]) >= (3 if algorithm == "dla" else 2)
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_cascade_browsing_learns_from_the_ranks_each_session_reached(tmp_path):
+    """Users who scan top-down and stop at a click: the softmax loss reads the unseen ranks below a
+    click as skipped, the cascade likelihood does not. Classic cascade (a reached rank is always
+    examined): naive on the reached ranks beats naive by the softmax. Examination of a reached rank
+    decaying with it: DLA's θ̂ recovers that decay and beats naive on the reached ranks."""
+    from rerank.ultr.log import ClickStats
+    from rerank.ultr.simulate import letor_lists
+
+    torch.set_num_threads(1)
+    data, logging = synthetic()
+    train, test = data.subset(range(240)), data.subset(range(240, 300))
+    lists = letor_lists(train, logging[: len(train.labels)], 10)
+    grades = [0.05, 0.2, 0.4, 0.7, 1.0]
+
+    def learn(users: dict, algorithm: str, browsing: str) -> tuple[float, list[float]]:
+        stats = aggregate(simulate(lists, load_click_model({"click_prob": grades, **users}), 200_000, seed=0), 10)
+        out = tmp_path / f"{algorithm}-{browsing}-{len(users['exam_prob'])}"
+        got = train_from_clicks(stats, FeatureScorer(train, stats.groups, hidden=(64, 32)), out, cfg(epochs=40),
+                                algorithm=algorithm, browsing=browsing)
+        return letor_ndcg(test, FeatureRanker.load(out).predict(test))["nDCG@10"], got.get("propensity", [])
+
+    classic = {"model_name": "cascade_model", "exam_prob": [1.0]}
+    softmax_naive, _ = learn(classic, "naive", "position")
+    cascade_naive, _ = learn(classic, "naive", "cascade")
+    assert cascade_naive > softmax_naive + 0.05, (cascade_naive, softmax_naive)  # 0.979 vs 0.882
+
+    theta = [1.0 / (1 + r) ** 0.7 for r in range(10)]
+    decaying = {"model_name": "cascade_model", "exam_prob": theta}
+    naive, _ = learn(decaying, "naive", "cascade")
+    dla, estimate = learn(decaying, "dla", "cascade")
+    assert max(abs(e - t) for e, t in zip(estimate, theta, strict=True)) < 0.06, estimate  # 0.04 at rank 10
+    assert propensity_error(estimate, theta)["pearson"] > 0.99
+    assert dla > naive + 0.02, (dla, naive)  # 0.974 vs 0.928
+    with pytest.raises(ValueError, match="ipw"):
+        ClickTask(ClickStats([], 10), FeatureScorer(train, []), "ipw", propensities=theta, browsing="cascade")
 
 
 def test_dla_starts_from_given_propensities(tmp_path):
@@ -652,6 +693,13 @@ def test_clicks_cli_simulate_stats_train_propensity(shared, tmp_path):
     res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", "cascade",
                      "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
     assert res.exit_code == 2 and "no propensity per rank" in res.output
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "ipw", "--propensities", "pbm", "--browsing", "cascade",
+                     "--features", str(lgb / "rank.train"), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "--browsing cascade learns from the ranks each session reached" in res.output
+    res = run(main, ["train", "--clicks", str(log), "--algorithm", "naive", "--browsing", "cascade", "--features",
+                     str(lgb / "rank.train"), "--epochs", "2", "-o", str(tmp_path / "cascade")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cascade" / "training.json").read_text())["task"]["browsing"] == "cascade"
     res = run(main, ["train", "--clicks", str(log), "--features", str(lgb / "rank.train"), "--epochs", "1", "--ranker-first", "1",
                      "-o", str(tmp_path / "m")])
     assert res.exit_code == 2 and "ranker_first (1.0 epochs of the ranker alone) must be >= 0 and below the 1 epochs" \

@@ -195,6 +195,7 @@ class ClickArgs:
     ranker_first: float = 0.5
     dla_start: str = "flat"
     dla_anchor: float = 0.0
+    browsing: str = "position"
     baseline: bool = True
 
 
@@ -304,6 +305,9 @@ def report(result: dict[str, Any], output: str) -> None:
 @click.option("--dla-anchor", default=0.0, type=click.FloatRange(min=0), show_default=True,
               help="DLA with --dla-start harvest|em: strength of a pull of θ̂ back toward the log's estimate "
                    "(λ Σ (log θ̂_r/θ̂_1 - log θ⁰_r/θ⁰_1)²; 0: the start only).")
+@click.option("--browsing", type=click.Choice(["position", "cascade"]), default="position", show_default=True,
+              help="How the log's users browse: position (examination independent of clicks, as PBM) or cascade "
+                   "(top-down, stopping at a click: each click is compared with the ranks above it only).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="dla/ipw: also train the naive learner on the same clicks into OUTPUT/naive-baseline and warn when "
                    "the result's dev metric is below it (twice the training time).")
@@ -524,6 +528,9 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     from ..ultr.learn import FeatureScorer, TextScorer, train_from_clicks
     from ..ultr.log import aggregate, iter_sessions
 
+    if clicks.algorithm == "ipw" and clicks.browsing == "cascade":
+        raise click.UsageError("--browsing cascade learns from the ranks each session reached: use --algorithm naive, or "
+                               "dla (θ̂: the examination of a reached rank); ipw's weights are for position-based browsing")
     if clicks.algorithm == "ipw" and not clicks.propensities:
         raise click.UsageError("--algorithm ipw needs --propensities")
     theta = propensity_spec(clicks.propensities) if clicks.propensities else None
@@ -570,12 +577,12 @@ def _train_clicks(log: str, clicks: ClickArgs, text: TextArgs, features: Feature
     result = train_from_clicks(stats, scorer, schedule.output, cfg, algorithm=clicks.algorithm, propensities=theta,
                                max_weight=clicks.max_weight, propensity_lr=clicks.propensity_lr,
                                ranker_first=clicks.ranker_first, device=where, propensity_start=start,
-                               propensity_anchor=clicks.dla_anchor, overwrite=schedule.overwrite)
+                               propensity_anchor=clicks.dla_anchor, browsing=clicks.browsing, overwrite=schedule.overwrite)
     report(result, schedule.output)
     if "propensity" in result:
         _report_propensity(stats, result["propensity"])
     if clicks.baseline and clicks.algorithm != "naive":
-        _guard(stats, make_scorer, cfg, clicks.algorithm, result, schedule.output, where)
+        _guard(stats, make_scorer, cfg, clicks.algorithm, result, schedule.output, where, clicks.browsing)
     if clicks.features_path:
         features.report_test(schedule.output, scorer.data.num_features)
     else:
@@ -600,7 +607,7 @@ def _report_propensity(stats: Any, estimate: list[float]) -> None:
 
 
 def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str, result: dict[str, Any], output: str,
-           device: str) -> None:
+           device: str, browsing: str) -> None:
     """Train the naive learner on the same clicks into ``output``/naive-baseline (kept: the user
     paid for it, and it is the model to use when ``result`` is below it on dev, which is warned)."""
     from pathlib import Path
@@ -613,7 +620,8 @@ def _guard(stats: Any, make_scorer: Callable[[], Any], cfg: Any, algorithm: str,
         return
     where = Path(output) / NAIVE_BASELINE
     click.echo(f"training the naive baseline on the same clicks into {where} (--no-baseline skips it) ...")
-    naive = train_from_clicks(stats, make_scorer(), where, cfg, algorithm="naive", device=device, overwrite=True)
+    naive = train_from_clicks(stats, make_scorer(), where, cfg, algorithm="naive", device=device, overwrite=True,
+                              browsing=browsing)
     theirs = _saved_dev(naive)
     assert theirs is not None
     name = _dev_name(result)

@@ -45,6 +45,10 @@ from .log import ClickGroup, ClickStats, RankStats
 log = logging.getLogger("rerank")
 
 ALGORITHMS = ("naive", "ipw", "dla")
+#: how the log's users are taken to browse: ``position`` (examination independent of the clicks, as
+#: PBM: the softmax loss over the shown list) or ``cascade`` (top-down, stopping at a click: the
+#: likelihood of the clicks on the ranks each session reached, see ClickTask._cascade_loss)
+BROWSING = ("position", "cascade")
 RANKER_FIRST = 0.5  # DLA: epochs in which the ranker learns alone before θ̂ does (see train_from_clicks)
 Propensities = Sequence[float] | np.ndarray | Callable[[ClickGroup], np.ndarray]
 
@@ -302,7 +306,7 @@ class ClickTask:
 
     def __init__(self, stats: ClickStats, scorer: Scorer, algorithm: str = "dla", *,
                  propensities: Propensities | None = None, max_weight: float | None = None,
-                 warmup_batches: int = 0, anchor: float = 0.0) -> None:
+                 warmup_batches: int = 0, anchor: float = 0.0, browsing: str = "position") -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if algorithm == "ipw" and propensities is None:
@@ -311,9 +315,15 @@ class ClickTask:
             raise ValueError(f"max_weight must be >= 1, got {max_weight}")
         if not anchor >= 0:
             raise ValueError(f"the propensity anchor is a strength >= 0, got {anchor}")
+        if browsing not in BROWSING:
+            raise ValueError(f"unknown browsing {browsing!r}: choose one of {', '.join(BROWSING)}")
+        if browsing == "cascade" and algorithm == "ipw":
+            raise ValueError("cascade browsing learns from the ranks each session reached (naive, or dla with θ̂ the "
+                             "examination of a reached rank); ipw's weights are for position-based examination")
+        self.browsing = browsing
         self.stats, self.scorer, self.algorithm, self.max_weight, self.anchor = stats, scorer, algorithm, max_weight, anchor
         self.warmup_batches = warmup_batches if algorithm == "dla" else 0
-        self.groups = self.trained_groups(stats)
+        self.groups = self.trained_groups(stats, browsing)
         self.blocks: list[list[int]] | None = None  # a query's lists shuffled as one unit (see Trainer's epoch_order)
         if getattr(scorer, "by_query", False):
             by_qid: dict[str, list[int]] = {}
@@ -338,9 +348,10 @@ class ClickTask:
         self.final_propensity: list[float] | None = None
 
     @staticmethod
-    def trained_groups(stats: ClickStats) -> list[ClickGroup]:
-        """The lists that are trained on: zero-click lists carry no gradient."""
-        return [g for g in stats.groups if g.clicks.sum() > 0]
+    def trained_groups(stats: ClickStats, browsing: str = "position") -> list[ClickGroup]:
+        """The lists that are trained on: zero-click lists carry no gradient under the softmax loss
+        (under cascade browsing they do: every result was reached and skipped)."""
+        return [g for g in stats.groups if g.clicks.sum() > 0 or (browsing == "cascade" and g.sessions > 0)]
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -348,7 +359,7 @@ class ClickTask:
     def describe(self) -> dict[str, Any]:
         return {"algorithm": self.algorithm, "log": self.stats.source, "sessions": self.stats.sessions,
                 "lists": len(self.groups), "list_size": self.width, "max_weight": self.max_weight,
-                "warmup_batches": self.warmup_batches, "anchor": self.anchor,
+                "warmup_batches": self.warmup_batches, "anchor": self.anchor, "browsing": self.browsing,
                 "propensities": None if self.propensities is None else [float(x) for x in self.propensities],
                 "by_query": self.blocks is not None, **self.scorer.describe()}
 
@@ -358,12 +369,13 @@ class ClickTask:
         counts = torch.zeros(len(groups), width, dtype=torch.float64)
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         ipw = torch.ones(len(groups), width, dtype=torch.float64)
+        sessions = torch.tensor([float(g.sessions) for g in groups], dtype=torch.float64)
         for b, (i, g) in enumerate(zip(indices, groups, strict=True)):
             counts[b, : len(g.docs)] = torch.from_numpy(g.clicks)
             mask[b, : len(g.docs)] = True
             if self._ipw:
                 ipw[b, : len(g.docs)] = torch.from_numpy(self._ipw[i])
-        return (self.scorer.inputs(groups, width), ipw), counts, mask
+        return (self.scorer.inputs(groups, width), ipw, sessions), counts, mask
 
     def scores(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
         assert isinstance(model, ClickModelPair)
@@ -374,6 +386,8 @@ class ClickTask:
         s = self.scorer.scores(model.ranker, inputs[0]).float()
         counts = counts.to(s.device).float()
         mask = mask.to(s.device)
+        if self.browsing == "cascade":
+            return self._cascade_loss(model, s, counts, inputs[2].to(s.device).float(), mask)
         if self.algorithm == "naive":
             return softmax(s, counts, mask)
         if self.algorithm == "ipw":
@@ -394,6 +408,37 @@ class ClickTask:
         if self.anchor:
             propensity_loss = propensity_loss + self.anchor * model.propensity.anchor_penalty()
         return ranker_loss + propensity_loss
+
+    def _cascade_loss(self, model: ClickModelPair, s: torch.Tensor, counts: torch.Tensor, sessions: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """The likelihood of the clicks under cascade browsing: a session reaches rank ``r`` when it
+        has no click above (so ``reached_r`` = sessions minus the clicks above ``r``: exact for logs of
+        at most one click a session, as the cascade model makes them) and clicks a reached result with
+        ``p = θ̂_r σ(s)``: the ranker's score is the result's attractiveness (log-odds), θ̂ the
+        examination of a reached rank (1 for naive; DLA's propensity model, ``exp(g_r - max g)``). Binary
+        cross-entropy over the reached results, ``-Σ c log p + (reached - c) log(1 - p)`` per
+        reached result, normalised by the results reached."""
+        above = torch.cumsum(counts, dim=1) - counts
+        reached = torch.where(mask, torch.maximum(sessions[:, None] - above, counts), torch.zeros_like(counts))
+        log_attr = torch.nn.functional.logsigmoid(s)
+        if self.algorithm == "naive":
+            logp = log_attr
+        else:
+            assert model.propensity is not None
+            g = model.propensity(s.shape[1])[None, :].float()
+            if model.training:
+                model.seen.add_(1)
+            if model.training and int(model.seen) <= self.warmup_batches:  # the ranker first: θ̂ stays where it is
+                g = g.detach()
+            logp = g - g.max() + log_attr  # θ̂ <= 1, the most examined rank at 1; θ̂_r/θ̂_1 = exp(g_r - g_1)
+        logp = logp.clamp(max=-1e-6)
+        log_not = torch.log(-torch.expm1(logp))
+        ll = counts * logp + (reached - counts) * log_not
+        loss = -torch.where(mask, ll, torch.zeros_like(ll)).sum() / reached.sum().clamp_min(1.0)
+        if self.algorithm == "dla" and self.anchor:
+            assert model.propensity is not None
+            loss = loss + self.anchor * model.propensity.anchor_penalty()
+        return loss
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         assert isinstance(model, ClickModelPair)
@@ -417,7 +462,7 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
                       propensities: Propensities | None = None, max_weight: float | None = None,
                       propensity_lr: float | None = 0.05, ranker_first: float = RANKER_FIRST, device: str = "cpu",
                       overwrite: bool = False, propensity_start: Sequence[float] | None = None,
-                      propensity_anchor: float = 0.0) -> dict[str, Any]:
+                      propensity_anchor: float = 0.0, browsing: str = "position") -> dict[str, Any]:
     """Train a ranker (and for DLA a propensity model) on a click log's ``stats``. ``config.loss``
     must be ``softmax``. For DLA the result gains ``propensity`` (``θ̂_i / θ̂_1`` at the end of
     training: the ranker saved is the best dev epoch's, but on small sets it peaks long before the
@@ -439,7 +484,14 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
     ``λ Σ_r (log θ̂_r/θ̂_1 − log θ⁰_r/θ⁰_1)²``, a Gaussian prior on log θ around the start. Joint
     training alone lets a ranker that cannot yet explain the relevance gap pull θ̂ away from an
     identified estimate (toward the click rate per rank; see docs/clicks.md for a 2M-session log
-    where it moved from 0.007 to 0.54 off the truth); the anchor keeps what the log identified."""
+    where it moved from 0.007 to 0.54 off the truth); the anchor keeps what the log identified.
+
+    ``browsing`` (:data:`BROWSING`): ``cascade`` for logs of users who scan top-down and stop at a
+    click (the ranks below a click were never examined; the softmax loss would read them as
+    skipped): the ranker is fitted by the likelihood of the clicks on the ranks each session reached
+    (:meth:`ClickTask._cascade_loss`), zero-click lists included. ``dla``'s θ̂ is then the
+    examination of a reached rank (1 everywhere in the classic cascade), fitted jointly by the same
+    likelihood instead of DLA's dual losses; ``ipw`` is refused."""
     from ..train.trainer import Trainer
 
     if config.loss != "softmax":
@@ -449,9 +501,10 @@ def train_from_clicks(stats: ClickStats, scorer: Scorer, output: str | Path, con
                          f"{config.epochs} epochs of training, or the propensity model never learns")
     if propensity_anchor and propensity_start is None:
         raise ValueError("propensity_anchor pulls θ̂ toward propensity_start: give the start (an estimate from the log)")
-    lists = ClickTask.trained_groups(stats)
+    lists = ClickTask.trained_groups(stats, browsing)
     task = ClickTask(stats, scorer, algorithm, propensities=propensities, max_weight=max_weight,
-                     warmup_batches=round(ranker_first * _batches_per_epoch(len(lists), config)), anchor=propensity_anchor)
+                     warmup_batches=round(ranker_first * _batches_per_epoch(len(lists), config)), anchor=propensity_anchor,
+                     browsing=browsing)
     if len(task) == 0:
         raise DataError(f"{stats.source or 'the click log'} has no click: nothing to learn from")
     torch.manual_seed(config.seed)
