@@ -84,14 +84,20 @@ def cpu_facts() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
+    """What ran a benchmark (printed with its figures): the CPU, its speed flags, torch, any GPU."""
     import torch
 
-    return {
+    facts = cpu_facts()
+    out = {
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        **facts,
     }
+    print(f"machine: {facts['cpu']}, {facts['cores']} cores, {facts['flags']}, torch {torch.__version__}"
+          + (f", {out['cuda']}" if out["cuda"] else ""))
+    return out
 
 
 def settings_key(settings: dict[str, Any]) -> str:

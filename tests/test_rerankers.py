@@ -179,6 +179,40 @@ def test_splade_scores_are_dot_products_and_rerank_dl19(dl19_pairs):
     assert before == pytest.approx(0.5058, abs=1e-4) and after > before + 0.05
 
 
+
+def test_splade_reranks_on_the_query_terms_only_and_equals_whole_vectors(dl19_pairs):
+    """Reranking projects documents onto the call's query terms only (the documents' whole vectors
+    are neither computed nor kept), and its scores are those of the whole vectors."""
+    import numpy as np
+
+    from rerank.models.engine import kept_now
+
+    ds, pairs = dl19_pairs
+    sp = Splade(offline_model("splade-tiny-msmarco"), dtype="float32", backend="torch")
+    pairs = pairs[:40]
+    docs = list(dict.fromkeys(d for _, d in pairs))
+    scores = sp.score(pairs)
+    assert kept_now(sp.model_key, docs) == {}  # projected on the query terms: nothing whole was made
+    whole = sp.vectors(docs + [q for q, _ in pairs])
+    vocab = sp.model.config.vocab_size
+
+    def dense(text):
+        i, v = whole[text]
+        out = np.zeros(vocab, dtype=np.float32)
+        out[i.numpy()] = v.numpy()
+        return out
+
+    expect = [float(dense(q) @ dense(d)) for q, d in pairs]
+    assert np.allclose(scores, expect, rtol=1e-5, atol=1e-5) and max(expect) > 1
+    cols = np.unique(np.concatenate([whole[q][0].numpy() for q, _ in pairs]))
+    assert len(cols) < vocab / 20  # the projection reranking needs is a small part of the vocabulary
+    import torch
+
+    assert np.allclose(sp.weights_on(docs[:3], torch.from_numpy(cols)), np.stack([dense(d)[cols] for d in docs[:3]]),
+                       rtol=1e-5, atol=1e-6)
+    assert np.allclose(sp.score(pairs), scores, rtol=1e-5, atol=1e-5)  # now from the kept whole vectors
+    assert sp.weights_on(docs[:2], torch.zeros(0, dtype=torch.long)).shape == (2, 0)  # queries without a term
+
 def test_stage_contract(ce32):
     ranking = {"q": [Hit("a", 3.0, "alpha"), Hit("b", 2.0, "beta"), Hit("c", 1.0, "gamma")], "other": [Hit("x", 1.0, "x")]}
     before = copy.deepcopy(ranking)

@@ -289,3 +289,10 @@ class ScoreCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def kept_now(model_key: str, texts: Sequence[str]) -> dict[str, Any]:
+    """Those of ``texts`` whose encodings :func:`kept_encodings` keeps now for ``model_key`` (none is encoded)."""
+    with _KEPT_LOCK:
+        kept: dict[str, Any] = _KEPT.get(model_key) or {}
+        return {t: kept[t] for t in texts if t in kept}

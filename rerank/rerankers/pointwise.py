@@ -12,13 +12,15 @@ has it). Long documents are truncated from the document side; the query is kept 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from ..errors import DataError
 from ..models.backends import Graph, runner
-from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores, kept_encodings
+from ..models.engine import Cost, Encoded, Engine, Truncation, finite_scores, kept_encodings, kept_now
 from ..models.loading import LoadedModel, batch_budget, context_window, load_model
 from .base import Reranker
 from .templates import Template, compile_parts, fill, for_model
@@ -103,7 +105,7 @@ class _ModelReranker(Reranker):
         self.model_key = f"{self.kind}|{self.fingerprint}|{self.dtype}|{self.window}"
         self.backend, self.quantize = (loaded.backend, loaded.quantize) if loaded is not None else ("torch", "none")
         if self.backend != "torch":
-            self.model_key += f"|{self.backend}-{self.quantize}"
+            self.model_key += f"|{self.backend}-{self.quantize}-{self.graph.name if self.graph else ''}"
 
     def _on_engine(self, name: str, llm: Any, *, max_length: int | None = None, batch_tokens: int | None = None,
                    device: str = "auto", dtype: str = "auto", depth: int = 100, cache: Any = None,
@@ -322,34 +324,87 @@ class LLMPointwise(_ModelReranker):
 
 
 
-def _splade_pool(model: Any, x: dict[str, Any]) -> Any:
-    """SPLADE's vector of a batch: log(1 + relu(MLM logits)), max-pooled over the real tokens."""
+_PROJECTION_SWAP = threading.RLock()
+
+
+@contextlib.contextmanager
+def _without_projection(model: Any) -> Iterator[None]:
+    """``model``'s output projection (hidden states to vocabulary logits) replaced by the identity while
+    inside: the masked LM's "logits" are then the hidden states that projection reads."""
     import torch
 
-    logits = model(**x).logits
-    # log1p and relu are monotone: max-pool the raw logits, transform only the pooled vector
-    logits = logits.masked_fill(x["attention_mask"].unsqueeze(-1) == 0, float("-inf"))
-    return torch.log1p(torch.relu(logits.amax(dim=1).float()))
+    head = model.get_output_embeddings()
+    name = next(n for n, m in model.named_modules() if m is head)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    with _PROJECTION_SWAP:  # one model may run in two threads: each swaps and restores in turn
+        setattr(parent, attr, torch.nn.Identity())
+        try:
+            yield
+        finally:
+            setattr(parent, attr, head)
+
+
+def _splade_hidden(model: Any, x: dict[str, Any]) -> Any:
+    """What SPLADE's projection onto the vocabulary reads: the MLM head's hidden states (batch x
+    length x hidden). The projection itself runs outside the graph, onto the columns asked for."""
+    with _without_projection(model):
+        return model(**x).logits
 
 
 class Splade(_ModelReranker):
     """SPLADE: vectors log(1 + relu(MLM logits)) max-pooled over tokens; score = q · d.
-    Unique queries and documents are encoded once each, and the vectors of the last
-    ``vector_cache`` texts are kept, shared by the instances of one model (same weights, dtype
-    and window) in a process: a CUR search scores the same items for many queries and rounds,
-    and the MLM head over the vocabulary is most of a SPLADE model's cost."""
+
+    Reranking needs a document's weights on its query's terms only: the documents are projected onto
+    the vocabulary entries of the call's queries (hundreds to thousands of 30k), which is exact and skips
+    most of a small model's cost (splade-tiny: 90% of its multiply-adds are that projection).
+    Whole vectors (:meth:`vectors`, :meth:`score_matrix`: a CUR search, an index) are encoded once
+    per text, and the last ``vector_cache`` of them are kept, shared by the instances of one model
+    (same weights, dtype and window) in a process; reranking uses the kept ones it finds."""
 
     kind = "splade"
     spec_help = "SPLADE query and document vectors, score = their dot product"
     model_kind = "masked-lm"
-    graph = Graph("splade-max", _splade_pool, ("vocabulary",))
+    graph = Graph("splade-hidden", _splade_hidden, ("length",))
     spec_options: ClassVar[tuple[str, ...]] = (*_ModelReranker.spec_options, "backend", "quantize")
-    gpu_batch_tokens = 8192  # the MLM output is batch x length x vocabulary
+    gpu_batch_tokens = 8192
     vector_cache = 20_000  # texts whose sparse vectors are kept (~3 KB each)
+    #: above this share of the vocabulary, a call's documents are encoded whole (and kept) instead
+    whole_above = 0.25
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", 256)
         super().__init__(name, **kwargs)
+
+    def _attach(self, tokenizer: Any, model: Any, loaded: LoadedModel | None = None) -> None:
+        head = model.get_output_embeddings()
+        if head is None or getattr(head, "weight", None) is None:
+            raise DataError(f"{getattr(model.config, 'name_or_path', 'the model')}: no output projection onto a "
+                            f"vocabulary; SPLADE needs a masked language model")
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if loaded is not None and loaded.backend != "torch":  # an exported backend frees the PyTorch weights
+            weight = weight.detach().clone()
+            bias = bias.detach().clone() if bias is not None else None
+        self._projection = (weight, bias)
+        super()._attach(tokenizer, model, loaded)
+
+    def _pool(self, hidden: Any, mask: Any, cols: Any = None) -> Any:
+        """log(1 + relu(projected hidden states)), max-pooled over the real tokens, on the vocabulary
+        entries ``cols`` (all when None); the projection is computed a slice of columns at a time, so
+        the batch x length x vocabulary logits never exist at once."""
+        import torch
+
+        weight, bias = self._projection
+        if cols is not None:
+            weight, bias = weight[cols], bias[cols] if bias is not None else None
+        hidden = hidden.to(device=weight.device, dtype=weight.dtype)
+        pad = (mask == 0).unsqueeze(-1).to(hidden.device)
+        step = max(1, (1 << 25) // max(1, hidden.shape[0] * hidden.shape[1]))  # ~32M logits at a time
+        parts = []
+        for s in range(0, weight.shape[0], step):
+            logits = torch.nn.functional.linear(hidden, weight[s : s + step], None if bias is None else bias[s : s + step])
+            parts.append(logits.masked_fill(pad, float("-inf")).amax(dim=1))  # log1p, relu: monotone
+        return torch.log1p(torch.relu(torch.cat(parts, dim=1).float()))
 
     def vectors(self, texts: Sequence[str]) -> dict[str, tuple[Any, Any]]:
         """The vectors of ``texts`` (distinct ones), encoding only those not kept from earlier calls
@@ -360,20 +415,33 @@ class Splade(_ModelReranker):
         return kept_encodings(self.model_key, texts, self.encode_texts, self.vector_cache)
 
     def _forward(self, batch: dict[str, Any]) -> Any:
-        reps = self._run(batch).cpu()
+        reps = self._pool(self._run(batch), batch["attention_mask"]).cpu()
         out = []
         for r in reps:
             nz = r.nonzero().squeeze(1)
             out.append((nz, r[nz]))
         return out
 
-    def encode_texts(self, texts: Sequence[str]) -> list[tuple[Any, Any]]:
-        """SPLADE vectors of ``texts`` as (vocabulary indices, weights) of their non-zero terms."""
+    def _items(self, texts: Sequence[str]) -> list[Encoded]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.window)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         items = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
         self._note_truncation(sum(len(x["input_ids"]) >= self.window for x in items), len(texts), self.window)
-        return self.engine.run(items, self._forward)
+        return items
+
+    def encode_texts(self, texts: Sequence[str]) -> list[tuple[Any, Any]]:
+        """SPLADE vectors of ``texts`` as (vocabulary indices, weights) of their non-zero terms."""
+        return self.engine.run(self._items(texts), self._forward)
+
+    def weights_on(self, texts: Sequence[str], cols: Any) -> Any:
+        """The SPLADE weights of ``texts`` on the vocabulary entries ``cols`` (sorted indices) only:
+        a float32 array, a row per text."""
+        import numpy as np
+
+        if not texts or not len(cols):  # no text, or queries without a term (all-zero vectors)
+            return np.zeros((len(texts), len(cols)), dtype=np.float32)
+        rows = self.engine.run(self._items(texts), lambda b: self._pool(self._run(b), b["attention_mask"], cols))
+        return np.stack(rows).astype(np.float32, copy=False)
 
     def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
         """Every query against every document with one encoding of each text (a sparse product).
@@ -409,11 +477,23 @@ class Splade(_ModelReranker):
         return out
 
     def _score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Each pair's q . d over the query's terms: the documents projected onto the call's query
+        terms only (or taken whole where kept, or when the queries span much of the vocabulary)."""
+        import numpy as np
         import torch
 
-        qv = self.vectors([q for q, _ in pairs])
-        dv = self.vectors([d for _, d in pairs])
-        size = self.model.config.vocab_size
-        dense_q = {q: torch.zeros(size).index_put_((i,), v) for q, (i, v) in qv.items()}
-        scores = [float((dense_q[q][dv[d][0]] * dv[d][1]).sum()) for q, d in pairs]
+        qv = {q: (i.numpy(), v.float().numpy()) for q, (i, v) in self.vectors([q for q, _ in pairs]).items()}
+        docs = list(dict.fromkeys(d for _, d in pairs))
+        cols = np.unique(np.concatenate([i for i, _ in qv.values()])) if qv else np.zeros(0, dtype=np.int64)
+        whole = kept_now(self.model_key, docs)
+        if len(cols) > self.whole_above * self.model.config.vocab_size:
+            whole = self.vectors(docs)
+        rest = [d for d in docs if d not in whole]
+        rows = dict(zip(rest, self.weights_on(rest, torch.from_numpy(cols)), strict=True))
+        for d, (i, v) in whole.items():  # a whole vector read on the same columns
+            dense = np.zeros(self.model.config.vocab_size, dtype=np.float32)
+            dense[i.numpy()] = v.float().numpy()
+            rows[d] = dense[cols]
+        at_q = {q: np.searchsorted(cols, i) for q, (i, _) in qv.items()}
+        scores = [float(np.dot(qv[q][1], rows[d][at_q[q]])) for q, d in pairs]
         return finite_scores(scores, self.name)
