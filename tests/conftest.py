@@ -27,6 +27,17 @@ os.environ["RERANK_BACKEND"] = "torch"
 SHARED = Path(os.environ["RERANK_SHARED_DATA"])
 
 
+# `pytest -n 2 --dist loadfile` hands each worker whole files, in collection order, as it frees up;
+# the longest files (measured on a 2-core AVX2-only CPU) go first, so that none starts when the rest
+# is done and one worker runs it alone (alphabetically, test_ultr.py's ~3 minutes came last)
+LONGEST_FIRST = ("test_distributed.py", "test_readme.py", "test_ultr.py", "test_backends.py", "test_firsthour.py",
+                 "test_train.py", "test_dense.py", "test_rerankers.py", "test_serve.py", "test_cur.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: the rest keep their order
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """The shared data folder; its absence is a failure (CI always has it)."""

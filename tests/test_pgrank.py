@@ -115,7 +115,7 @@ def test_pgrank_trains_a_bi_encoder_and_a_cross_encoder(scifact_dir, tmp_path):
     qrels = ds.require_qrels()
     queries = [q for q in ds.queries if q.qid in qrels][:8]
     candidates = BM25(ds, k=20)(queries)
-    cfg = TrainConfig(loss="pgrank", loss_options={"samples": 8, "k": 10}, epochs=10, batch_size=8, lr=1e-4, warmup=0.0,
+    cfg = TrainConfig(loss="pgrank", loss_options={"samples": 8, "k": 10}, epochs=3, batch_size=8, lr=1e-4, warmup=0.0,
                       checkpoint_every=10**9)
     name = offline_model("all-MiniLM-L6-v2")
     body = load_bi_encoder(name, max_length=48)
@@ -123,9 +123,9 @@ def test_pgrank_trains_a_bi_encoder_and_a_cross_encoder(scifact_dir, tmp_path):
                          dev_depth=10)
     result = Trainer(body, task, cfg, tmp_path / "bi").train()
     dev = [h["dev nDCG@10"] for h in result["history"]]
-    assert max(dev[1:]) > dev[0], dev
+    assert max(dev[1:]) > dev[0] + 0.05, dev  # 0.516 -> 0.75 after one step here
     steps = result["loss_per_step"]
-    assert len(steps) == 10 and all(0 <= s["mean_utility"] <= 1 and s["utility_variance"] >= 0 for s in steps)
+    assert len(steps) == 3 and all(0 <= s["mean_utility"] <= 1 and s["utility_variance"] >= 0 for s in steps)
     loaded = Encoder(str(tmp_path / "bi"), max_length=48)  # loads as a dense retriever's model
     texts = [queries[0].text, "another sentence"]
     mine = task._embed(body.eval(), texts).detach().numpy()

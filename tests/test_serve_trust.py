@@ -88,7 +88,7 @@ def test_sigterm_with_unfinished_bodies_and_idle_connections_exits_within_its_bo
 @pytest.mark.parametrize("body, headers, status, message", [
     (b"[" * 1000 + b"]" * 1000, {}, 400, "nests 1000 levels deep; the limit is 32"),
     (b'{"query": "q", "documents": ["' + b"[" * 5000 + b'"]}', {}, 200, ""),  # brackets inside strings do not nest
-    (gzip.compress(b'{"query": "q", "documents": ["a"]}'), {"Content-Encoding": "gzip"}, 415,
+    (gzip.compress(b'{"query": "q", "documents": ["a"]}', mtime=0), {"Content-Encoding": "gzip"}, 415,
      "compressed bodies are not accepted (Content-Encoding: gzip)"),
     (json.dumps({"model": {"name": "x"}, "query": "q", "documents": ["a"]}).encode(), {}, 422,
      "model must be a string, got dict"),
