@@ -83,6 +83,18 @@ def cpu_facts() -> dict[str, Any]:
             "memory_gb": round(mem / 2**20, 1)}
 
 
+def announce_cpu() -> dict[str, Any]:
+    """:func:`cpu_facts`, printed first (a benchmark's figures are read beside the CPU that made them)."""
+    facts = cpu_facts()
+    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; flags {facts['flags']}; {facts['memory_gb']} GB)", flush=True)
+    return facts
+
+
+def model_folder(name: str) -> str:
+    """``name`` when it is a folder, else the folder of the offline model of that name."""
+    return name if Path(name).is_dir() else offline(name)
+
+
 def machine() -> dict[str, Any]:
     """What ran a benchmark (printed with its figures): the CPU, its speed flags, torch, any GPU."""
     import torch

@@ -37,7 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, cached_row, cpu_facts, machine, offline, write_result
+from common import RESULTS, WORK, announce_cpu, cached_row, machine, offline, write_result
 from common import settings_key as key
 
 from rerank.data import load_dataset
@@ -65,7 +65,7 @@ def rerank_row(model: str, window: Any, ds: Any, queries: list[Any], run: dict[s
     """nDCG@10 and cost of one listwise-gen configuration over ``run``."""
     stride = max(1, args.window // 2)
     reranker = ListwiseGenerate(model, window=window, stride=stride, depth=args.depth, device=args.device,
-                                max_passage_tokens=args.max_passage_tokens)
+                                max_passage_tokens=args.max_passage_tokens, backend=args.backend)
     t = time.perf_counter()
     out = reranker(queries, run)
     seconds = time.perf_counter() - t
@@ -97,12 +97,13 @@ def main() -> None:
                     help="fine-tuning: show each list's passages in a new order every epoch (the label moves with them)")
     ap.add_argument("--losses", default="lm,importance", help="fine-tuning losses ('': zero-shot part only)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--backend", default="auto", choices=("auto", "torch", "vllm"),
+                    help="the zero-shot rows' engine (the same prompts and greedy answers; vLLM's CPU build generates faster)")
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "full_ranking.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the trainer's progress
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; flags {facts['flags']}; {facts['memory_gb']} GB)", flush=True)
+    facts = announce_cpu()
 
     dl19 = load_dataset("trec-dl-19")
     dl19_q = [q for q in dl19.queries if q.qid in dl19.require_qrels()][: args.dl19_queries]
@@ -118,7 +119,8 @@ def main() -> None:
             model = offline(name)
             for window in (args.window, "all"):
                 settings = {"part": "zero-shot", "model": name, "dataset": "dl19", "queries": len(dl19_q), **common, **scored,
-                            "mode": "full" if window == "all" else "sliding"}
+                            "mode": "full" if window == "all" else "sliding",
+                            **({"backend": args.backend} if args.backend != "auto" else {})}
                 row = cached(settings, lambda model=model, window=window: rerank_row(model, window, dl19, dl19_q, dl19_run, args))
                 result["zero_shot"].append(row)
                 print(json.dumps(row), flush=True)

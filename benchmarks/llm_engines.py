@@ -92,13 +92,12 @@ def main() -> None:
 
     import importlib.metadata as md
 
-    from common import RESULTS, cached_row, cpu_facts, machine, offline, write_result
+    from common import RESULTS, announce_cpu, cached_row, machine, model_folder, write_result
 
     from rerank import load_dataset
 
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']}, {facts['cores']} cores, flags: {facts['flags']}, {facts['memory_gb']} GB", flush=True)
-    model = args.model if Path(args.model).is_dir() else offline(args.model)
+    facts = announce_cpu()
+    model = model_folder(args.model)
     ds = load_dataset("trec-dl-19")
     queries = ds.queries[: args.queries]
     bm25 = ds.candidate_run("bm25")
@@ -110,7 +109,7 @@ def main() -> None:
     def start_vllm() -> None:  # the one engine every method shares, timed on its own, started when a row needs it
         if "vllm" in startup:
             return
-        from rerank.models.llm import load_llm
+        from rerank.models.llm_engines import load_llm
 
         t0 = time.perf_counter()
         load_llm(model, backend="vllm", dtype=args.dtype, max_length=args.max_length)
