@@ -14,7 +14,9 @@ yes-no logit trained with ListNet on lists of a relevant passage and ``--list-si
 kept under a key of their settings, so one warm-up serves several stage-2 settings); and a
 MiniLM cross-encoder (all-MiniLM-L6-v2 body) trained on the same training queries and negatives
 (``--ce-steps`` steps of 4 lists, lr 5e-5). Training uses the first ``--train-queries`` judged
-SciFact train queries, BM25 top-30 negatives, LoRA rank 16.
+SciFact train queries, BM25 top-30 negatives, LoRA rank 16. Each row is compared with BM25 and
+with the zero-shot start on the same queries (paired randomization test of nDCG@10:
+``delta_vs_NAME`` and ``p_vs_NAME`` in the row).
 
 ``--part rank-r1``: TREC DL19, the shipped BM25 top 20 of ``--test-queries`` queries, reranked by
 ``rank-r1:MODEL`` zero-shot and after GRPO on SciFact train (sets of ``--set-size``, one relevant,
@@ -82,14 +84,38 @@ def measure(label: str, spec: str, queries: list, candidates: dict, qrels: dict,
         run = reranker(queries, candidates)
         seconds = time.perf_counter() - t0
         cost = reranker.cost.as_dict() if hasattr(reranker, "cost") else {}
-        return {"nDCG@10": round(evaluate(run, qrels, METRICS, rel=rel).metrics["nDCG@10"], 4),
+        ev = evaluate(run, qrels, METRICS, rel=rel)
+        return {"nDCG@10": round(ev.metrics["nDCG@10"], 4),
                 "seconds_per_query": round(seconds / len(queries), 3),
-                "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1)}
+                "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1),
+                "per_query": ev.per_query["nDCG@10"]}
 
     stored = cached_row("rl-rerankers-runs", settings, compute)
-    row = {"system": label, **{k: stored[k] for k in ("nDCG@10", "seconds_per_query", "generated_tokens_per_query")}}
+    keys = ("nDCG@10", "seconds_per_query", "generated_tokens_per_query", "per_query")
+    row = {"system": label, **{k: stored[k] for k in keys if k in stored}}
     print(f"{label:<44} nDCG@10 {row['nDCG@10']:.4f}  {row['seconds_per_query']:>7.3f} s/query", flush=True)
     return row
+
+
+def paired_tests(rows: list[dict[str, Any]], baselines: tuple[str, ...]) -> None:
+    """Each row's nDCG@10 against each baseline row's on the same queries (paired randomization
+    test, rerank.evaluate.compare): ``delta_vs_<baseline>`` and ``p_vs_<baseline>``; the
+    per-query values are dropped from the rows afterwards (kept in the row cache)."""
+    from rerank.evaluate import Evaluation, compare
+
+    def ev(row: dict[str, Any]) -> Evaluation:
+        return Evaluation({"nDCG@10": row["nDCG@10"]}, {"nDCG@10": row["per_query"]}, 1)
+
+    for name in baselines:
+        base = next((r for r in rows if r["system"] == name and "per_query" in r), None)
+        for row in rows:
+            if base is not None and row is not base and "per_query" in row:
+                c = compare(ev(base), ev(row))[0]
+                row[f"delta_vs_{name}"], row[f"p_vs_{name}"] = round(c.delta, 4), round(c.randomization_pvalue, 4)
+    for row in rows:
+        if row.pop("per_query", None) is not None and row["system"] not in baselines:
+            print(f"{row['system']:<44} " + "  ".join(f"vs {name}: {row[f'delta_vs_{name}']:+.4f} (p {row[f'p_vs_{name}']:.4f})"
+                                                      for name in baselines if f"p_vs_{name}" in row))
 
 
 def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -102,8 +128,10 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     candidates = stage("bm25", test, role=RETRIEVER, k=20, with_text=True)(queries)
     qrels = {q.qid: qrels[q.qid] for q in queries}
     rows = result["rows"]
-    bm25 = evaluate(candidates, qrels, METRICS, rel=test.rel).metrics["nDCG@10"]
-    rows.append({"system": "BM25 top 20", "nDCG@10": round(bm25, 4), "seconds_per_query": 0.0})
+    bm25_ev = evaluate(candidates, qrels, METRICS, rel=test.rel)
+    bm25 = bm25_ev.metrics["nDCG@10"]
+    rows.append({"system": "BM25 top 20", "nDCG@10": round(bm25, 4), "seconds_per_query": 0.0,
+                 "per_query": bm25_ev.per_query["nDCG@10"]})
     print(f"{'BM25 top 20':<44} nDCG@10 {bm25:.4f}")
     ce_settings = {"model": "all-MiniLM-L6-v2", "train_queries": args.train_queries, "steps": args.ce_steps,
                    "negatives": "bm25:30", "lr": 5e-5, "batch": 4, "group_size": 8, "seed": 0}
@@ -118,7 +146,8 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rows.append(measure("MiniLM cross-encoder (same training data)", f"cross-encoder:{ce}", queries, candidates, qrels,
                         test.rel))
     model = model_path(args.model)
-    rows.append(measure(f"llm-pointwise:{args.model} zero-shot", f"llm-pointwise:{model}", queries, candidates, qrels, test.rel))
+    zero_shot = f"llm-pointwise:{args.model} zero-shot"
+    rows.append(measure(zero_shot, f"llm-pointwise:{model}", queries, candidates, qrels, test.rel))
     # stage 1 and stage 2 are kept apart, each under a key of its settings: one warm-up serves several stage-2 runs
     stage1_settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps,
                        "group": args.group, "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
@@ -150,6 +179,7 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
                          "trained_now": trained}
     rows.append(measure("after ProRank stage 2 (score learning)", f"llm-pointwise:{folder}", queries, candidates, qrels,
                         test.rel))
+    paired_tests(rows, ("BM25 top 20", zero_shot))
 
 
 def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -164,8 +194,9 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
     judged = ds.require_qrels()
     qrels = {q.qid: judged[q.qid] for q in queries if q.qid in judged}
     rows = result["rows"]
-    base = evaluate(candidates, qrels, METRICS, rel=ds.rel).metrics["nDCG@10"]
-    rows.append({"system": "BM25 top 20", "nDCG@10": round(base, 4), "seconds_per_query": 0.0})
+    base = evaluate(candidates, qrels, METRICS, rel=ds.rel)
+    rows.append({"system": "BM25 top 20", "nDCG@10": round(base.metrics["nDCG@10"], 4), "seconds_per_query": 0.0,
+                 "per_query": base.per_query["nDCG@10"]})
     model = model_path(args.model)
     settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps, "group": args.group,
                 "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "set_size": args.set_size,
@@ -183,6 +214,7 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
                         ("rank-r1 after GRPO on SciFact train", f"rank-r1:{folder}"),
                         (f"FIRST:{args.model}", f"first:{model}"), (f"llm-pointwise:{args.model}", f"llm-pointwise:{model}")):
         rows.append(measure(label, spec, queries, candidates, qrels, ds.rel))
+    paired_tests(rows, ("BM25 top 20", f"rank-r1:{args.model} zero-shot"))
 
 
 def main() -> None:
@@ -213,7 +245,7 @@ def main() -> None:
     facts = cpu_facts()
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), {facts['memory_gb']} GB")
     result: dict[str, Any] = {"benchmark": f"RL-trained rerankers ({args.part})", "machine": {**machine(), **facts},
-                              "args": vars(args), "rows": []}
+                              "args": vars(args), "command": "python " + " ".join(sys.argv), "rows": []}
     (prorank if args.part == "prorank" else rank_r1)(args, result)
     name = "rl_rerankers.json" if args.part == "prorank" else "rl_rerankers-rank-r1.json"
     write_result(result, args.out or RESULTS / name)
