@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cpu_facts, write_result  # noqa: E402
+from common import RESULTS, announce_cpu, write_result  # noqa: E402
 
 
 def floor(rows) -> float:  # type: ignore[no-untyped-def]
@@ -49,8 +49,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=200, help="EM rounds at most (as clicks fit)")
     ap.add_argument("--out", default=str(RESULTS / "click-models-yandex.json"))
     args = ap.parse_args()
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
+    facts = announce_cpu()
     data = Path(args.data)
     t0 = time.perf_counter()
     train = fold_sessions(read_yandex(data / "trainSample"))

@@ -309,7 +309,7 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         worker(sys.argv[2])
         return
-    from common import RESULTS, cpu_facts, machine, write_result
+    from common import RESULTS, announce_cpu, machine, write_result
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["speed", "quality"])
@@ -323,8 +323,7 @@ def main() -> None:
     ap.add_argument("--ce-max-length", type=int, default=256, help="quality: the cross-encoder's window (as trained)")
     ap.add_argument("--output")
     args = ap.parse_args()
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})")
+    facts = announce_cpu()
     result = {"benchmark": f"cpu-backends-{args.part}", "machine": machine(), "cpu": facts,
               **(speed(args) if args.part == "speed" else quality(args))}
     write_result(result, Path(args.output or RESULTS / f"cpu-backends-{args.part}.json"))

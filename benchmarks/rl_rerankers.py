@@ -43,7 +43,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, cached_row, cpu_facts, installed, machine, scifact_train_test, settings_key, write_result
+from common import RESULTS, WORK, announce_cpu, cached_row, installed, machine, scifact_train_test, settings_key, write_result
 
 from rerank.evaluate import evaluate
 from rerank.models.loading import pick_device
@@ -242,8 +242,7 @@ def main() -> None:
     args.stage2_steps = args.stage2_steps or args.steps
     args.stage2_lr = args.stage2_lr or args.lr
     args.device = pick_device(args.device)
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), {facts['memory_gb']} GB")
+    facts = announce_cpu()
     result: dict[str, Any] = {"benchmark": f"RL-trained rerankers ({args.part})", "machine": {**machine(), **facts},
                               "args": vars(args), "command": "python " + " ".join(sys.argv), "rows": []}
     (prorank if args.part == "prorank" else rank_r1)(args, result)

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, WORK, cpu_facts, write_result  # noqa: E402
+from common import RESULTS, WORK, announce_cpu, write_result  # noqa: E402
 
 JOBS = ("build", "bm25", "bm25s", "random", "rerank", "disk", "lucene", "stream", "ray")
 ENGINES = {"bm25": "bm25s", "disk": "disk", "lucene": "lucene"}  # job: BM25 backend
@@ -339,8 +339,7 @@ def main() -> None:
     if args.job:  # a child process: one job
         print(json.dumps(job(args.job, args.store, Path(args.corpus), root, args)))
         return
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
+    facts = announce_cpu()
     rows = []
     sizes = [int(x) for x in args.sizes.split(",") if x]
     jobs = [j for j in args.jobs.split(",") if j]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, cpu_facts, machine, seeded_cross_encoder, write_result
+from common import RESULTS, announce_cpu, machine, seeded_cross_encoder, write_result
 
 
 def dl19_requests(docs: int) -> list[tuple[str, list[str]]]:
@@ -134,8 +134,7 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=3, help="requests per client per level (at least 48 in all)")
     ap.add_argument("--out", default=str(RESULTS / "serve.json"))
     args = ap.parse_args()
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), {facts['memory_gb']} GB")
+    facts = announce_cpu()
     model = args.model or seeded_cross_encoder()
     requests = dl19_requests(args.docs)
     levels = [int(c) for c in args.clients.split(",")]

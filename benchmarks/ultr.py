@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
-from common import RESULTS, cpu_facts, machine, mean_sd, write_result
+from common import RESULTS, announce_cpu, machine, mean_sd, write_result
 
 from rerank.env import shared_data_dir
 from rerank.train.features import FeatureRanker, letor_ndcg, read_letor, split_queries, train_feature_ranker
@@ -240,8 +240,7 @@ def main() -> None:
     shared = shared_data_dir()
     if shared is None:
         raise SystemExit("../shared/data not found (set RERANK_SHARED_DATA)")
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})", flush=True)
+    facts = announce_cpu()
     result: dict[str, Any] = {"benchmark": "unbiased LTR from clicks: naive / IPW / DLA vs full labels", "machine": machine(),
                               "cpu": facts, "args": vars(args), "sets": {}}
     start = time.perf_counter()

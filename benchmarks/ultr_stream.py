@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cpu_facts, write_result  # noqa: E402
+from common import RESULTS, announce_cpu, write_result  # noqa: E402
 
 
 def lists(shared: Path) -> list:
@@ -78,8 +78,7 @@ def main() -> None:
     if args.job:
         print(json.dumps(job(args.job, args.n, Path(args.shared))))
         return
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']}), memory {facts['memory_gb']} GB")
+    facts = announce_cpu()
     print(f"{'sessions':>11} {'job':<7} {'fold s':>8} {'EM s':>6} {'peak MB':>8} {'kept':>10} {'rand err':>9} {'EM err':>7}")
     rows = []
     for n in [int(x) for x in args.sessions.split(",")]:

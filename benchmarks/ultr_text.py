@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, WORK, cpu_facts, machine, mean_sd, offline, scifact_train_test, write_result
+from common import RESULTS, WORK, announce_cpu, machine, mean_sd, offline, scifact_train_test, write_result
 
 from rerank.env import atomic_write
 from rerank.evaluate import compare, evaluate
@@ -64,8 +64,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=100, help="test BM25 candidates reranked")
     ap.add_argument("--out", default=str(RESULTS / "ultr-text.json"))
     args = ap.parse_args()
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})", flush=True)
+    facts = announce_cpu()
     body = offline("all-MiniLM-L6-v2")
     train, test, _ = scifact_train_test()
     qrels, test_qrels = train.require_qrels(), test.require_qrels()

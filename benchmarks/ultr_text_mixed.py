@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, WORK, cpu_facts, machine, mean_sd, offline, scifact_train_test, write_result
+from common import RESULTS, WORK, announce_cpu, cpu_facts, machine, mean_sd, offline, scifact_train_test, write_result
 
 from rerank.env import atomic_write
 from rerank.ultr.simulate import ULTRA_THETA, LoggingPolicy, ShownList
@@ -146,8 +146,7 @@ def main() -> None:
     if args.memory_job:
         print(json.dumps(memory_job(args.memory_job)))
         return
-    facts = cpu_facts()
-    print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})", flush=True)
+    facts = announce_cpu()
     if args.memory:
         memory([int(x) for x in args.memory.split(",")], str(RESULTS / "ultr-text-mixed-memory.json"))
         return
