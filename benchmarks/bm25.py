@@ -52,12 +52,14 @@ def wordnet_docs() -> dict[str, str]:
 
 def big_corpus(scifact_docs: dict[str, str]) -> dict[str, str]:
     shared = shared_data_dir()
+    assert shared is not None  # main() has already read SciFact's train split from it
     docs = dict(scifact_docs)
     for p in sorted((shared / "trec-dl" / "dl19").glob("*.top100.json")):
         for hits in read_candidates(p)[0].values():
             for h in hits:
                 docs.setdefault(f"msmarco-{h.docid}", h.text or "")
     cran = load_dataset("cranfield")
+    assert cran.docs is not None  # Cranfield comes with its abstracts
     docs.update((f"cran-{d}", t) for d, t in cran.docs.items())
     docs.update(wordnet_docs())
     return docs
@@ -93,7 +95,11 @@ def main() -> None:
 
     start_jvm()  # JVM start-up is not Lucene's indexing time
     sci = load_dataset("scifact")
-    sci_all = load_dataset(str(shared_data_dir() / "beir" / "scifact"), split="train")  # for more queries
+    assert sci.docs is not None and sci.qrels is not None  # SciFact comes with its corpus and judgments
+    shared = shared_data_dir()
+    if shared is None:
+        raise SystemExit("../shared/data not found (set RERANK_SHARED_DATA)")
+    sci_all = load_dataset(str(shared / "beir" / "scifact"), split="train")  # for more queries
     cran = load_dataset("cranfield")
     dl19 = load_dataset("trec-dl-19")
     every_query = list({q.qid: q for q in sci.queries + sci_all.queries}.values())

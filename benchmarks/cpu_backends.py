@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 BATCH = 32  # sentence-transformers' default batch size
 LATENCY_DOCS, LATENCY_REPS = 50, 30
@@ -68,7 +68,7 @@ def worker(job_file: str) -> None:
                 st.export_dynamic_quantized_onnx_model(first, config, model)
                 kwargs["model_kwargs"] = {"file_name": f"onnx/model_qint8_{config}.onnx"}
         t0 = time.perf_counter()
-        m = cls(model, **kwargs)
+        m: Any = cls(model, **kwargs)  # a CrossEncoder or a SentenceTransformer, as job["kind"] says
         load = time.perf_counter() - t0
         items = job["items"]
         if job["kind"] == "cross-encoder":
@@ -202,7 +202,7 @@ def speed(args: argparse.Namespace) -> dict:
             if kind == "cross-encoder":
                 m, out = ours_cross_encoder(model, pairs, request, config)
             else:
-                m, out = ours_encoder(items, config)
+                m, out = ours_encoder(cast(list[str], items), config)  # the encoder's items are passages
             ref = out if ref is None else ref
             precision = "int8" if config[1] == "int8" else config[2]
             _row(table, "rerank", config[0], precision, len(items), unit, m, _agreement(out, ref))

@@ -81,11 +81,11 @@ def setting(name: str) -> dict[str, Any]:
         ds = load_dataset("cranfield")
         order = np.random.default_rng(0).permutation(len(ds.queries))
         anchors = [ds.queries[i] for i in sorted(order[:125])]
-        test = [ds.queries[i] for i in sorted(order[125:])]
+        test_queries = [ds.queries[i] for i in sorted(order[125:])]
         model = WORK / "ce-listnet-e2-g8-lr7e-05-s0"
         if not (model / "config.json").is_file():
             raise SystemExit(f"{model} missing: python benchmarks/train_ce.py --losses listnet --epochs 2")
-        return {"ds": ds, "anchors": anchors, "test": test, "qrels": ds.require_qrels(),
+        return {"ds": ds, "anchors": anchors, "test": test_queries, "qrels": ds.require_qrels(),
                 "scorer": CrossEncoder(str(model), activation="none", max_length=128, dtype="bfloat16"),
                 "scorer_name": "MiniLM cross-encoder trained on SciFact (listnet), raw logit, 128 tokens",
                 "collection": "Cranfield (1,400 abstracts)"}

@@ -33,13 +33,15 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, machine, offline, versus_baseline, write_result
 
-from rerank import load_dataset
+from rerank import Pipeline, load_dataset
 from rerank.models.encoder import Encoder
 from rerank.retrieve.dense import _faiss, build_faiss_index, default_nlist, set_search_params
 
 
 def scifact_texts(n: int) -> list[str]:
-    return [t for _, t in load_dataset("scifact").docs.items()][:n]
+    docs = load_dataset("scifact").docs
+    assert docs is not None  # SciFact comes with its corpus
+    return [t for _, t in docs.items()][:n]
 
 
 def encode(args: argparse.Namespace) -> dict:
@@ -76,6 +78,7 @@ def encode(args: argparse.Namespace) -> dict:
 def real_texts() -> tuple[list[str], list[str]]:
     """Every text of the shared data that embeds as a document, and every query."""
     sf, dl, cran = load_dataset("scifact"), load_dataset("trec-dl-19"), load_dataset("cranfield")
+    assert sf.docs is not None and dl.docs is not None and cran.docs is not None  # corpora (DL19: at least its candidates)
     docs = [t for _, t in sf.docs.items()]
     docs += [s for t in list(docs) for s in re.split(r"(?<=[.!?])\s+", t) if len(s) > 20]
     docs += [t for _, t in dl.docs.items()] + [t for _, t in cran.docs.items()]
@@ -101,7 +104,7 @@ def ann(args: argparse.Namespace) -> dict:
     n = len(base)
     metric = faiss.METRIC_INNER_PRODUCT
     k = 10
-    configs = [("flat", {}, {})]
+    configs: list[tuple[str, dict[str, int], dict[str, int]]] = [("flat", {}, {})]
     configs += [("ivf", {"nlist": default_nlist(n)}, {"nprobe": p}) for p in args.nprobe]
     configs += [
         ("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}, {"ef_search": e}) for e in args.ef_search
@@ -126,6 +129,7 @@ def ann(args: argparse.Namespace) -> dict:
                "index_mb": round(faiss.serialize_index(index).nbytes / 2**20, 1), "device": "cpu"}
         rows.append(row)
         print(row, flush=True)
+    assert truth is not None  # set by the first (flat) configuration
     if faiss.get_num_gpus() > 0:
         for kind, build_params, search_params in configs:
             if kind == "hnsw":
@@ -140,7 +144,6 @@ def ann(args: argparse.Namespace) -> dict:
             rows.append({"index": kind, **build_params, **search_params, "qps": round(len(qv) / search_s, 1),
                          "recall@10": round(recall, 4), "device": "gpu"})
             print(rows[-1], flush=True)
-    assert truth is not None
     synthetic_share = float(np.mean(truth >= len(real)))
     print(f"\n{n} vectors ({len(real)} real, {n_syn} synthetic), dim {base.shape[1]}, {len(qv)} real queries, k={k}; "
           f"{synthetic_share:.1%} of the true top-10 are synthetic")
@@ -163,9 +166,10 @@ def quality(args: argparse.Namespace) -> dict:
     from rerank import BM25, RRF, Dense, evaluate
 
     ds = load_dataset("scifact")
+    assert ds.docs is not None and ds.qrels is not None  # SciFact comes with its corpus and judgments
     metrics = ["nDCG@10", "RR@10", "R@100"]
     bm25 = BM25(ds.docs, k=1000)
-    stages = [("bm25", bm25 % 100, None)]
+    stages: list[tuple[str, Pipeline, float | None]] = [("bm25", bm25 % 100, None)]
     for name in args.models:
         dense = Dense(f"sentence-transformers/{name}", ds.docs, k=1000, progress=True)
         stages += [(name, dense % 100, PUBLISHED.get(name)), (f"rrf(bm25, {name})", RRF(bm25, dense) % 100, None)]

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,7 +81,10 @@ def parse_config(c: str, gpus: float) -> RayOptions | None:
 def encode_job(configs: list[str], gpus: float, device: str) -> dict[str, Any]:
     model = offline("all-MiniLM-L6-v2")
     datasets = [load_dataset("scifact"), load_dataset("cranfield")]
-    n = sum(len(ds.docs) for ds in datasets)
+    n = 0
+    for ds in datasets:
+        assert ds.docs is not None  # SciFact and Cranfield come with their corpora
+        n += len(ds.docs)
     rows, reference = [], None
     for c in configs:
         opts = parse_config(c, gpus)
@@ -189,7 +192,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     device = "cuda" if args.gpus_per_worker else "cpu"
     configs = args.configs.split(",")
-    biggest = max((parse_config(c, args.gpus_per_worker) for c in configs if c != "single"),
+    biggest = max((cast(RayOptions, parse_config(c, args.gpus_per_worker)) for c in configs if c != "single"),  # None: single
                   key=lambda o: o.workers * o.cpus_per_worker, default=RayOptions(workers=1))
     t0 = time.perf_counter()
     connect(biggest)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import RESULTS, WORK, machine, offline, scifact_train_test, write_result
 
 from rerank.data.formats import read_trec_run, write_trec_run
-from rerank.evaluate import compare, evaluate
+from rerank.evaluate import Evaluation, compare, evaluate
 from rerank.rerankers.listwise import First
 from rerank.retrieve.bm25 import BM25
 from rerank.train.first import FirstTask, label_windows
@@ -52,7 +52,7 @@ def main() -> None:
     base = evaluate(test_run, qrels, METRICS)
     rows = [{"system": "BM25 top 20", **{m: round(v, 4) for m, v in base.metrics.items()}}]
 
-    def rerank(path: str) -> tuple[dict, float]:
+    def rerank(path: str) -> tuple[Evaluation, float]:
         t = time.perf_counter()
         run = First(path, window=20, depth=20, max_passage_tokens=100)(test.queries, test_run)
         return evaluate(run, qrels, METRICS), time.perf_counter() - t

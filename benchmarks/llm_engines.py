@@ -64,6 +64,7 @@ def measure(method: str, engine: str, reranker: Any, ds: Any, queries: list, ran
     if ran_on != engine:
         raise SystemExit(f"{method} was to run on {engine}, but runs on {ran_on}")
     if engine == "vllm":  # each method from a cold prefix cache: FIRST's and listwise-gen's prompts share most tokens
+        assert llm is not None  # ran_on is vllm: llm is a VLLM
         llm.engine.reset_prefix_cache()
     q = queries[0]
     reranker([q], {q.qid: ranking[q.qid][:3]})  # warm-up, not timed: first-call kernel set-up on either engine

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -75,7 +76,8 @@ def main() -> None:
     shared = shared_data_dir()
     if shared is None:
         raise SystemExit("../shared/data not found (set RERANK_SHARED_DATA)")
-    result = {"benchmark": "feature LTR: MLP x loss vs LightGBM LambdaMART", "machine": machine(), "args": vars(args), "sets": {}}
+    result: dict[str, Any] = {"benchmark": "feature LTR: MLP x loss vs LightGBM LambdaMART", "machine": machine(),
+                              "args": vars(args), "sets": {}}
     for name in args.sets.split(","):
         tr, te = SETS[name]
         train = read_letor(shared / tr)
@@ -100,10 +102,10 @@ def main() -> None:
                     extra.append(hist["saved_epoch"])
                 scores.append(s)
                 secs.append(t)
-            row = {"system": system, "ndcg10_mean": round(statistics.mean(scores), 4),
-                   "ndcg10_std": round(statistics.stdev(scores), 4) if len(scores) > 1 else 0.0,
-                   "per_seed": [round(x, 4) for x in scores], "seconds_mean": round(statistics.mean(secs), 1),
-                   ("best_iterations" if system.startswith("lightgbm") else "best_epochs"): extra}
+            row: dict[str, Any] = {"system": system, "ndcg10_mean": round(statistics.mean(scores), 4),
+                                   "ndcg10_std": round(statistics.stdev(scores), 4) if len(scores) > 1 else 0.0,
+                                   "per_seed": [round(x, 4) for x in scores], "seconds_mean": round(statistics.mean(secs), 1),
+                                   ("best_iterations" if system.startswith("lightgbm") else "best_epochs"): extra}
             rows.append(row)
             print(f"{name:<22} {system:<24} {row['ndcg10_mean']:.4f} ± {row['ndcg10_std']:.4f}  ({row['seconds_mean']:.1f} s)",
                   flush=True)

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,8 +73,8 @@ def main() -> None:
     warm = evaluate(rerank_by(Encoder(body, max_length=args.max_length), test.queries, candidates, test.docs), qrels, METRICS)
     rows = [{"system": "BM25 + dense (RRF), top 100", **{m: round(v, 4) for m, v in base.metrics.items()}},
             {"system": "all-MiniLM-L6-v2 (warm start)", **{m: round(v, 4) for m, v in warm.metrics.items()}}]
-    result = {"benchmark": "PG-Rank vs contrastive bi-encoder training on SciFact", "machine": machine(), "args": vars(args),
-              "first_stage_s": round(first_s, 1), "rows": rows, "utility": {}}
+    result: dict[str, Any] = {"benchmark": "PG-Rank vs contrastive bi-encoder training on SciFact", "machine": machine(),
+                              "args": vars(args), "first_stage_s": round(first_s, 1), "rows": rows, "utility": {}}
     for objective in args.objectives.split(","):
         loss, options = ("pgrank", {"samples": args.samples, "k": 10}) if objective == "pgrank" else ("softmax", {})
         folder = WORK / f"bi-{objective}-{args.epochs}"

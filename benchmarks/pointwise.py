@@ -26,6 +26,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import RESULTS, dl19_pairs, machine, offline, versus_baseline, write_result
@@ -82,7 +83,8 @@ def splade(args: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     src = offline("splade-tiny-msmarco")
     queries, docs = list(dict.fromkeys(q for q, _ in pairs)), list(dict.fromkeys(d for _, d in pairs))
-    rows, scores = [], {}
+    rows: list[dict[str, Any]] = []
+    scores: dict[tuple[str, str], np.ndarray] = {}
     for dtype in ("float32", "bfloat16"):
         st = SparseEncoder(src, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
         st.max_seq_length = 256  # as rerank's Splade window
@@ -109,7 +111,8 @@ def splade(args: argparse.Namespace) -> dict:
     def timed(system: str, model: Splade) -> tuple[dict, np.ndarray]:
         t0 = time.perf_counter()
         out = np.asarray(model.score(pairs), dtype=np.float64)
-        row = {"system": system, "dtype": "float32", "backend": model.backend, "seconds": round(time.perf_counter() - t0, 2)}
+        row: dict[str, Any] = {"system": system, "dtype": "float32", "backend": model.backend,
+                               "seconds": round(time.perf_counter() - t0, 2)}
         row["pairs_per_s"] = round(len(pairs) / row["seconds"], 1)
         return row, out
 
@@ -133,12 +136,14 @@ def splade(args: argparse.Namespace) -> dict:
 def quality(args: argparse.Namespace) -> dict:
     ds = load_dataset("trec-dl-19")
     bm25 = ds.candidate_run("bm25")
+    assert ds.qrels is not None  # TREC DL 2019 comes with NIST's judgments (ir_datasets and the local copy)
     metrics = ["nDCG@10", "RR@10"]
     base = evaluate(bm25, ds.qrels, metrics, rel=ds.rel).metrics
     rows = [{"reranker": "none (BM25)", "depth": 0, **{k: round(v, 4) for k, v in base.items()}}]
     print(f"{'reranker':<36} {'depth':>5} {'nDCG@10':>8} {'RR@10':>7} {'calls':>6} {'tokens':>8} {'seconds':>8}")
     print(f"{rows[0]['reranker']:<36} {0:>5} {base['nDCG@10']:>8.4f} {base['RR@10']:>7.4f}")
     for name in args.models:
+        model: Splade | LLMPointwise
         if name.startswith("splade"):
             model, depth = Splade(offline(name), depth=args.depth), args.depth
         else:

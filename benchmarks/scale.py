@@ -52,7 +52,13 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rerank.data.store import DocStore
+    from rerank.types import Query
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, WORK, announce_cpu, write_result  # noqa: E402
@@ -88,7 +94,7 @@ def make_corpus(n: int, shared: Path) -> Path:
     return path
 
 
-def queries(shared: Path, n: int) -> list[object]:
+def queries(shared: Path, n: int) -> list[Query]:
     """The first ``n`` SciFact queries (train and test: 1,109), real questions over these sentences."""
     from rerank.types import Query
 
@@ -157,7 +163,7 @@ def stream_job(corpus: Path, root: Path, options: argparse.Namespace) -> dict[st
     out.update({f"build_{k}": v for k, v in peaks().items()})
     index = _Disk(0.9, 0.4, 2, options.memory_gb, 1)
     index.load(folder)
-    texts = [q.text for q in queries(Path(options.shared), options.queries)]  # type: ignore[attr-defined]
+    texts = [q.text for q in queries(Path(options.shared), options.queries)]
     index.search(texts[:1], 100)
     t1 = time.perf_counter()
     found = index.search(texts, 100)
@@ -168,14 +174,14 @@ def stream_job(corpus: Path, root: Path, options: argparse.Namespace) -> dict[st
     return out
 
 
-def ray_job(docs: object, root: Path, options: argparse.Namespace) -> dict[str, float]:
+def ray_job(docs: DocStore, root: Path, options: argparse.Namespace) -> dict[str, float]:
     """bm25:disk in 2 shards, searched by 2 Ray workers (a local cluster) against one process."""
     import numpy as np
 
     from rerank.distributed import RayOptions, connect, search_bm25_shards
     from rerank.retrieve.bm25 import BM25, query_ids
 
-    stage = BM25(docs, backend="disk", k=100, index_root=root / "ray", shards=2, with_text=False, threads=2,  # type: ignore[arg-type]
+    stage = BM25(docs, backend="disk", k=100, index_root=root / "ray", shards=2, with_text=False, threads=2,
                  memory_gb=options.memory_gb)
     t0 = time.perf_counter()
     folder = stage.index()
@@ -189,7 +195,7 @@ def ray_job(docs: object, root: Path, options: argparse.Namespace) -> dict[str, 
     ray_options = RayOptions(workers=2)
     connect(ray_options)
     tok = stage._impl._tok  # noqa: SLF001 - the index's own tokenizer, as the stage uses it
-    ids, keep = query_ids(tok, [q.text for q in qs])  # type: ignore[attr-defined]
+    ids, keep = query_ids(tok, [q.text for q in qs])
     terms = [np.asarray(ids[i], dtype=np.int64) for i in keep]
     search_bm25_shards(folder, terms[:2], 100, ray_options)  # warm-up: the workers start, map their shards
     t2 = time.perf_counter()
@@ -209,7 +215,7 @@ def postings_read(stage: object, reset: bool = False) -> int:
     return int(total)
 
 
-def disk_postings(stage: object, qs: list[object], pruned: dict[str, object]) -> dict[str, float]:
+def disk_postings(stage: object, qs: list[Query], pruned: Mapping[str, object]) -> dict[str, float]:
     """bm25:disk's postings read per query as searched (pruned), then the exhaustive search of
     the same queries: its queries/s and postings, and whether its run is the pruned one."""
     out = {"postings_read_per_query": postings_read(stage, reset=True) / len(qs)}
@@ -238,7 +244,7 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
 
     t0 = time.perf_counter()
 
-    def open_store() -> object:
+    def open_store() -> DocStore:
         if store == "dict":
             return MemoryDocStore(dict(iter_beir_corpus(corpus)), name=corpus.stem)
         # as rerank.data.corpus_store reads it: the store, not the reader, finds a repeated id
@@ -249,7 +255,7 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
     docs = open_store()
     out["open_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    n = len(docs)  # type: ignore[arg-type]
+    n = len(docs)
     rng = random.Random(0)
     if kind == "ray":
         return {**out, **ray_job(docs, root, options)} if options else out
@@ -257,7 +263,7 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
         from rerank.retrieve.bm25 import BM25
 
         extra = {"memory_gb": options.memory_gb} if kind == "disk" and options else {}
-        stage = BM25(docs, backend=ENGINES[kind], k=100, index_root=root / f"{kind}-{store}", rebuild=True,  # type: ignore[arg-type]
+        stage = BM25(docs, backend=ENGINES[kind], k=100, index_root=root / f"{kind}-{store}", rebuild=True,
                      with_text=False, threads=2, **extra)
         stage.index()
         out["seconds"] = time.perf_counter() - t1
@@ -281,7 +287,7 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
         import bm25s
         import Stemmer
 
-        texts = [t for _, t in docs.items()]  # type: ignore[attr-defined]
+        texts = [t for _, t in docs.items()]
         tokens = bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
         model = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
         model.index(tokens, show_progress=False)
@@ -290,16 +296,16 @@ def job(kind: str, store: str, corpus: Path, root: Path, options: argparse.Names
         ids = [f"d{rng.randrange(n)}" for _ in range(100)]
         t1 = time.perf_counter()
         for d in ids:
-            docs[d]  # type: ignore[index]
+            docs[d]
         out["ms_per_read"] = (time.perf_counter() - t1) * 1000 / len(ids)  # right after opening: the pages are cold
         t2 = time.perf_counter()
         for d in ids:
-            docs[d]  # type: ignore[index]
+            docs[d]
         out["ms_per_read_warm"] = (time.perf_counter() - t2) * 1000 / len(ids)
     elif kind == "rerank":
         lists = [[f"d{rng.randrange(n)}" for _ in range(100)] for _ in range(1000)]
         t1 = time.perf_counter()
-        total = sum(len(t or "") for ids in lists for t in docs.get_many(ids))  # type: ignore[attr-defined]
+        total = sum(len(t or "") for ids in lists for t in docs.get_many(ids))
         out["chars"] = total
     out["seconds"] = time.perf_counter() - (t1 if kind != "build" else t0)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -384,8 +390,8 @@ def main() -> None:
             ratios[f"{n}:{kind}"] = {"rss_disk_over_dict": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
                                      "seconds_disk_over_dict": round(b["seconds"] / max(a["seconds"], 1e-9), 3)}
     print("\ndisk / dict (peak RSS, seconds):")
-    for key, r in ratios.items():
-        print(f"  {key:<18} RSS x{r['rss_disk_over_dict']:<7} time x{r['seconds_disk_over_dict']}")
+    for key, ratio in ratios.items():
+        print(f"  {key:<18} RSS x{ratio['rss_disk_over_dict']:<7} time x{ratio['seconds_disk_over_dict']}")
     baseline = {}
     for n in sorted({r["documents"] for r in rows}):
         ours = next((r for r in rows if r["documents"] == n and r["store"] == "dict" and r["job"] == "bm25"), None)
@@ -395,8 +401,8 @@ def main() -> None:
                                 "seconds_rerank_over_bm25s": round(ours["seconds"] / max(theirs["seconds"], 1e-9), 3)}
     if baseline:
         print("\nrerank's BM25 build / bm25s's own (peak RSS, seconds; both hold the texts in a dict or list):")
-        for key, r in baseline.items():
-            print(f"  {key:<18} RSS x{r['rss_rerank_over_bm25s']:<7} time x{r['seconds_rerank_over_bm25s']}")
+        for key, ratio in baseline.items():
+            print(f"  {key:<18} RSS x{ratio['rss_rerank_over_bm25s']:<7} time x{ratio['seconds_rerank_over_bm25s']}")
     write_result({"machine": facts, "rows": rows, "ratios": ratios, "vs_bm25s": baseline}, args.out)
 
 

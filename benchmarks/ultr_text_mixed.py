@@ -57,8 +57,9 @@ from rerank.env import atomic_write
 from rerank.ultr.simulate import ULTRA_THETA, LoggingPolicy, ShownList
 
 METRICS = ["nDCG@10", "RR@10"]
-CLICK_MODELS = {"pbm": {"model_name": "position_biased_model", "click_prob": [0.1, 1.0], "exam_prob": ULTRA_THETA},
-                "cascade": {"model_name": "cascade_model", "click_prob": [0.1, 1.0], "exam_prob": [1.0]}}
+CLICK_MODELS: dict[str, dict[str, Any]] = {
+    "pbm": {"model_name": "position_biased_model", "click_prob": [0.1, 1.0], "exam_prob": ULTRA_THETA},
+    "cascade": {"model_name": "cascade_model", "click_prob": [0.1, 1.0], "exam_prob": [1.0]}}
 LEARNERS = ("naive", "ipw-true", "dla")
 #: opt-in: the learners of cascade browsing (rerank.ultr.learn's browsing="cascade": the likelihood of the
 #: clicks on the ranks each session reached; DLA's θ̂ is then the examination of a reached rank, from flat)

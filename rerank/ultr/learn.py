@@ -609,7 +609,7 @@ def log_propensities(stats: RankStats, method: str, where: str = "") -> tuple[np
     return (harvest_propensities if method == "harvest" else pbm_em_propensities)(cells), cells
 
 
-def propensity_error(estimate: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
+def propensity_error(estimate: Sequence[float] | np.ndarray, truth: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Max relative error and Pearson correlation of ``θ̂_i / θ̂_1`` against ``θ_i / θ_1``."""
     est = np.asarray(estimate, dtype=np.float64)
     tru = np.asarray(truth, dtype=np.float64)
