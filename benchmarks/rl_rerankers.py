@@ -21,7 +21,9 @@ with the zero-shot start on the same queries (paired randomization test of nDCG@
 ``--part rank-r1``: TREC DL19, the shipped BM25 top 20 of ``--test-queries`` queries, reranked by
 ``rank-r1:MODEL`` zero-shot and after GRPO on SciFact train (sets of ``--set-size``, one relevant,
 ``--max-new-tokens`` for reasoning and answer; out of domain for DL19), beside FIRST and
-llm-pointwise with the same model; generated tokens per query and the reward curve reported.
+llm-pointwise with the same model; generated tokens per query, answers repaired and the reward
+curve reported. Both Rank-R1 rows rank by heap sort to the top 10 in sets of 20 (``num_child`` 19,
+the paper's) and reason within the same ``--max-new-tokens`` as the training.
 Needs the Rank-R1 reranker (rerank.rerankers.setwise).
 
 Each trained model is kept in benchmarks/work/ (git-ignored) under a key of all its settings and
@@ -88,10 +90,11 @@ def measure(label: str, spec: str, queries: list, candidates: dict, qrels: dict,
         return {"nDCG@10": round(ev.metrics["nDCG@10"], 4),
                 "seconds_per_query": round(seconds / len(queries), 3),
                 "generated_tokens_per_query": round(cost.get("generated_tokens", 0) / len(queries), 1),
+                "repaired_outputs": cost.get("repaired_outputs", 0), "model_calls": cost.get("model_calls", 0),
                 "per_query": ev.per_query["nDCG@10"]}
 
     stored = cached_row("rl-rerankers-runs", settings, compute)
-    keys = ("nDCG@10", "seconds_per_query", "generated_tokens_per_query", "per_query")
+    keys = ("nDCG@10", "seconds_per_query", "generated_tokens_per_query", "repaired_outputs", "model_calls", "per_query")
     row = {"system": label, **{k: stored[k] for k in keys if k in stored}}
     print(f"{label:<44} nDCG@10 {row['nDCG@10']:.4f}  {row['seconds_per_query']:>7.3f} s/query", flush=True)
     return row
@@ -208,12 +211,19 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
                                                         checkpoint_every=5),
                       steps=args.steps, grpo=GRPOConfig(group=args.group, max_new_tokens=args.max_new_tokens, beta=args.beta),
                       set_size=args.set_size, max_queries=args.train_queries, device=args.device)
-    result["rank_r1"] = {"folder": str(folder), "settings": settings,
-                         "reward_curve": json.loads((folder / HISTORY).read_text())["reward_curve"]}
-    for label, spec in ((f"rank-r1:{args.model} zero-shot", f"rank-r1:{model}"),
-                        ("rank-r1 after GRPO on SciFact train", f"rank-r1:{folder}"),
-                        (f"FIRST:{args.model}", f"first:{model}"), (f"llm-pointwise:{args.model}", f"llm-pointwise:{model}")):
-        rows.append(measure(label, spec, queries, candidates, qrels, ds.rel))
+    history = json.loads((folder / HISTORY).read_text())
+    result["rank_r1"] = {"folder": str(folder), "settings": settings, "reward_curve": history["reward_curve"],
+                         "completion_tokens": [s.get("completion_tokens") for s in history["loss_per_step"]],
+                         "train_seconds": history.get("train_seconds_this_process")}
+    print("reward per step", history["reward_curve"]["reward"], "format rate", history["reward_curve"]["format_rate"],
+          "completion tokens", result["rank_r1"]["completion_tokens"])
+    # Rank-R1 reasons within the budget it was trained with (--max-new-tokens), in sets of 20 (the paper's)
+    reasoning = {"max_new_tokens": args.max_new_tokens}
+    for label, spec, options in ((f"rank-r1:{args.model} zero-shot", f"rank-r1:{model}", reasoning),
+                                 ("rank-r1 after GRPO on SciFact train", f"rank-r1:{folder}", reasoning),
+                                 (f"FIRST:{args.model}", f"first:{model}", {}),
+                                 (f"llm-pointwise:{args.model}", f"llm-pointwise:{model}", {})):
+        rows.append(measure(label, spec, queries, candidates, qrels, ds.rel, **options))
     paired_tests(rows, ("BM25 top 20", f"rank-r1:{args.model} zero-shot"))
 
 
