@@ -100,6 +100,14 @@ def measure(label: str, spec: str, queries: list, candidates: dict, qrels: dict,
     return row
 
 
+def bm25_row(candidates: dict, qrels: dict, rel: int) -> dict[str, Any]:
+    """The first stage's own row: its nDCG@10 (and per query, for the paired tests)."""
+    ev = evaluate(candidates, qrels, METRICS, rel=rel)
+    print(f"{'BM25 top 20':<44} nDCG@10 {ev.metrics['nDCG@10']:.4f}")
+    return {"system": "BM25 top 20", "nDCG@10": round(ev.metrics["nDCG@10"], 4), "seconds_per_query": 0.0,
+            "per_query": ev.per_query["nDCG@10"]}
+
+
 def paired_tests(rows: list[dict[str, Any]], baselines: tuple[str, ...]) -> None:
     """Each row's nDCG@10 against each baseline row's on the same queries (paired randomization
     test, rerank.evaluate.compare): ``delta_vs_<baseline>`` and ``p_vs_<baseline>``; the
@@ -131,11 +139,7 @@ def prorank(args: argparse.Namespace, result: dict[str, Any]) -> None:
     candidates = stage("bm25", test, role=RETRIEVER, k=20, with_text=True)(queries)
     qrels = {q.qid: qrels[q.qid] for q in queries}
     rows = result["rows"]
-    bm25_ev = evaluate(candidates, qrels, METRICS, rel=test.rel)
-    bm25 = bm25_ev.metrics["nDCG@10"]
-    rows.append({"system": "BM25 top 20", "nDCG@10": round(bm25, 4), "seconds_per_query": 0.0,
-                 "per_query": bm25_ev.per_query["nDCG@10"]})
-    print(f"{'BM25 top 20':<44} nDCG@10 {bm25:.4f}")
+    rows.append(bm25_row(candidates, qrels, test.rel))
     ce_settings = {"model": "all-MiniLM-L6-v2", "train_queries": args.train_queries, "steps": args.ce_steps,
                    "negatives": "bm25:30", "lr": 5e-5, "batch": 4, "group_size": 8, "seed": 0}
     ce = cached("minilm-ce", ce_settings)
@@ -197,9 +201,7 @@ def rank_r1(args: argparse.Namespace, result: dict[str, Any]) -> None:
     judged = ds.require_qrels()
     qrels = {q.qid: judged[q.qid] for q in queries if q.qid in judged}
     rows = result["rows"]
-    base = evaluate(candidates, qrels, METRICS, rel=ds.rel)
-    rows.append({"system": "BM25 top 20", "nDCG@10": round(base.metrics["nDCG@10"], 4), "seconds_per_query": 0.0,
-                 "per_query": base.per_query["nDCG@10"]})
+    rows.append(bm25_row(candidates, qrels, ds.rel))
     model = model_path(args.model)
     settings = {"model": args.model, "train_queries": args.train_queries, "steps": args.steps, "group": args.group,
                 "batch": args.batch, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "set_size": args.set_size,
