@@ -165,3 +165,15 @@ def mean_sd(values: list[float]) -> dict[str, Any]:
 
     return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
             "runs": [round(v, 4) for v in values]}
+
+
+def paired(base: dict[str, Any], row: dict[str, Any], metric: str = "nDCG@10") -> tuple[float, float]:
+    """``row`` against ``base`` on the same queries (both with ``metric`` and its ``per_query``
+    values): the difference of the means and the paired randomization test's p (rerank.evaluate.compare)."""
+    from rerank.evaluate import Evaluation, compare
+
+    def ev(r: dict[str, Any]) -> Evaluation:
+        return Evaluation({metric: r[metric]}, {metric: r["per_query"]}, 1)
+
+    c = compare(ev(base), ev(row))[0]
+    return round(c.delta, 4), round(c.randomization_pvalue, 4)

@@ -45,7 +45,18 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, WORK, announce_cpu, cached_row, installed, machine, scifact_train_test, settings_key, write_result
+from common import (
+    RESULTS,
+    WORK,
+    announce_cpu,
+    cached_row,
+    installed,
+    machine,
+    paired,
+    scifact_train_test,
+    settings_key,
+    write_result,
+)
 
 from rerank.evaluate import evaluate
 from rerank.models.loading import pick_device
@@ -112,17 +123,11 @@ def paired_tests(rows: list[dict[str, Any]], baselines: tuple[str, ...]) -> None
     """Each row's nDCG@10 against each baseline row's on the same queries (paired randomization
     test, rerank.evaluate.compare): ``delta_vs_<baseline>`` and ``p_vs_<baseline>``; the
     per-query values are dropped from the rows afterwards (kept in the row cache)."""
-    from rerank.evaluate import Evaluation, compare
-
-    def ev(row: dict[str, Any]) -> Evaluation:
-        return Evaluation({"nDCG@10": row["nDCG@10"]}, {"nDCG@10": row["per_query"]}, 1)
-
     for name in baselines:
         base = next((r for r in rows if r["system"] == name and "per_query" in r), None)
         for row in rows:
             if base is not None and row is not base and "per_query" in row:
-                c = compare(ev(base), ev(row))[0]
-                row[f"delta_vs_{name}"], row[f"p_vs_{name}"] = round(c.delta, 4), round(c.randomization_pvalue, 4)
+                row[f"delta_vs_{name}"], row[f"p_vs_{name}"] = paired(base, row)
     for row in rows:
         if row.pop("per_query", None) is not None and row["system"] not in baselines:
             print(f"{row['system']:<44} " + "  ".join(f"vs {name}: {row[f'delta_vs_{name}']:+.4f} (p {row[f'p_vs_{name}']:.4f})"
