@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from common import RESULTS, WORK, announce_cpu, cpu_facts, machine, mean_sd, offline, scifact_train_test, write_result
+from common import RESULTS, WORK, announce_cpu, cpu_facts, machine, mean_sd, offline, paired, scifact_train_test, write_result
 
 from rerank.env import atomic_write
 from rerank.ultr.simulate import ULTRA_THETA, LoggingPolicy, ShownList
@@ -202,7 +202,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
               f"relevant shown at rank 1: {bias[cm]['relevant_at_rank_1']:.0%}", flush=True)
         for seed in range(args.seeds):
             rows.append({"learner": "bm25", "click_model": cm, "log": log_name, "seed": seed,
-                         "nDCG@10": round(base.metrics["nDCG@10"], 4), "theta_max_error": None})
+                         "nDCG@10": round(base.metrics["nDCG@10"], 4), "theta_max_error": None,
+                         "per_query": base.per_query["nDCG@10"]})
             stats = aggregate(simulate(policies, model, args.sessions, seed=seed), 10, f"{log_name}/{cm}/{seed}")
             stats.groups = [g for g in stats.groups if g.qid not in dev_ids]
             harvest = harvest_propensities(Cells.of(fold_ranks(simulate(policies, model, args.sessions, seed=seed), 10)))
@@ -257,6 +258,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                     row = {"learner": learner, "click_model": cm, "log": log_name, "seed": seed,
                            "nDCG@10": round(ev.metrics["nDCG@10"], 4), "theta_max_error": None,
                            "RR@10": round(ev.metrics["RR@10"], 4), "p_vs_bm25": round(cmp["nDCG@10"].randomization_pvalue, 4),
+                           "per_query": ev.per_query["nDCG@10"],
                            "dev": [round(h.get("dev nDCG@10", 0), 4) for h in saved["history"]],
                            "saved_epoch": saved["saved_epoch"], "train_s": round(train_s, 1)}
                     if learner == "dla":
@@ -272,10 +274,10 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                     with atomic_write(scored) as f:
                         json.dump(row, f)
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "per_query"}), flush=True)
                 write_result({"benchmark": "cross-encoders from clicks of three logging rankers on SciFact",
                               "machine": machine(), "cpu": facts, "args": vars(args), "rows": rows,
-                              "naive_bias": bias, "summary": summary(rows)}, args.out)
+                              "naive_bias": bias, "summary": summary(rows), "paired": paired_tests(rows)}, args.out)
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})")
     for key, s in summary(rows).items():
         cm, learner = key.split("/")
@@ -299,6 +301,24 @@ def naive_misorders(shown: list[ShownList], model: Any) -> dict[str, Any]:
             wrong += int((rate[r] < others).sum())
     return {"pairs": pairs, "misordered": wrong, "share": round(wrong / max(pairs, 1), 5),
             "relevant_at_rank_1": round(top / max(relevant, 1), 4)}
+
+
+def paired_tests(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Each learner against BM25 and against naive on the same click model and seed, per test query
+    (rows with ``per_query``: models scored since it was kept): {"cm/learner/seed": {"vs_bm25": [delta, p],
+    "vs_naive": [delta, p]}}, p of the paired randomization test."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["learner"] == "bm25" or "per_query" not in r:
+            continue
+        tests = {}
+        for base in ("bm25", "naive"):
+            other = [o for o in rows if o["learner"] == base and o["click_model"] == r["click_model"]
+                     and o["seed"] == r["seed"] and "per_query" in o]
+            if other and base != r["learner"]:
+                tests[f"vs_{base}"] = list(paired(other[0], r))
+        out[f"{r['click_model']}/{r['learner']}/{r['seed']}"] = tests
+    return out
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[Any, Any]:
