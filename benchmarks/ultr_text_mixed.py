@@ -126,6 +126,7 @@ def main() -> None:
                     help="of naive, ipw-true, dla and labels (the same learner on clicks = labels: the ceiling)")
     ap.add_argument("--click-models", default="pbm,cascade")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+seeds-1")
     ap.add_argument("--sessions", type=int, default=200_000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4, help="shown lists per step")
@@ -200,7 +201,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
         print(f"{cm}: relevant below non-relevant in expected clicks (what naive's optimum gets wrong): "
               f"{bias[cm]['misordered']:,} of {bias[cm]['pairs']:,} pairs in a shown list ({bias[cm]['share']:.2%}); "
               f"relevant shown at rank 1: {bias[cm]['relevant_at_rank_1']:.0%}", flush=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows.append({"learner": "bm25", "click_model": cm, "log": log_name, "seed": seed,
                          "nDCG@10": round(base.metrics["nDCG@10"], 4), "theta_max_error": None,
                          "per_query": base.per_query["nDCG@10"]})
@@ -219,7 +220,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 settings = {**vars(args), "out": None, "learners": None, "click_models": None, "seeds": None,
                             "memory": None, "memory_job": None, "device": None,
                             "cm": "labels" if learner == "labels" else cm, "learner": learner, "seed": seed, "v": 3}
-                settings.pop("report")  # keys of models trained before the flag existed stay as they were
+                for flag in ("report", "first_seed"):  # keys of models trained before these flags stay as they were
+                    settings.pop(flag)
                 if learner != "dla":
                     settings.pop("dla_anchor")  # naive and IPW do not depend on it
                 key = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
@@ -276,8 +278,9 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "per_query"}), flush=True)
                 write_result({"benchmark": "cross-encoders from clicks of three logging rankers on SciFact",
-                              "machine": machine(), "cpu": facts, "args": vars(args), "rows": rows,
-                              "naive_bias": bias, "summary": summary(rows), "paired": paired_tests(rows)}, args.out)
+                              "machine": machine(), "cpu": facts, "args": vars(args),
+                              "naive_bias": bias, "summary": summary(rows), "paired": paired_tests(rows),
+                              "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows]}, args.out)
     print(f"CPU: {facts['cpu']} ({facts['cores']} cores; {facts['flags']})")
     for key, s in summary(rows).items():
         cm, learner = key.split("/")
@@ -303,21 +306,18 @@ def naive_misorders(shown: list[ShownList], model: Any) -> dict[str, Any]:
             "relevant_at_rank_1": round(top / max(relevant, 1), 4)}
 
 
-def paired_tests(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Each learner against BM25 and against naive on the same click model and seed, per test query
-    (rows with ``per_query``: models scored since it was kept): {"cm/learner/seed": {"vs_bm25": [delta, p],
-    "vs_naive": [delta, p]}}, p of the paired randomization test."""
-    out: dict[str, dict[str, list[float]]] = {}
+def paired_tests(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each learner against naive on the same click model and seed, per test query (each row's
+    ``p_vs_bm25`` is the test against BM25): {"cm/learner/seed": [delta, p]}, p of the paired
+    randomization test."""
+    out: dict[str, list[float]] = {}
     for r in rows:
-        if r["learner"] == "bm25" or "per_query" not in r:
+        if r["learner"] in ("bm25", "naive") or "per_query" not in r:
             continue
-        tests = {}
-        for base in ("bm25", "naive"):
-            other = [o for o in rows if o["learner"] == base and o["click_model"] == r["click_model"]
-                     and o["seed"] == r["seed"] and "per_query" in o]
-            if other and base != r["learner"]:
-                tests[f"vs_{base}"] = list(paired(other[0], r))
-        out[f"{r['click_model']}/{r['learner']}/{r['seed']}"] = tests
+        naive = [o for o in rows if o["learner"] == "naive" and o["click_model"] == r["click_model"]
+                 and o["seed"] == r["seed"] and "per_query" in o]
+        if naive:
+            out[f"{r['click_model']}/{r['learner']}/{r['seed']}"] = list(paired(naive[0], r))
     return out
 
 
