@@ -21,6 +21,9 @@ with clicks = the labels, the protocol's full-information ceiling. ``--report`` 
 from the models already trained (the acceptance JSON comes from
 ``--click-models pbm,cascade --sessions 2000000 --learners naive,ipw-true,dla,labels --report``). The 50 dev
 queries (held out of the clicks) pick the epoch. Seed s draws the log and initialises the head.
+``--expected`` trains on the log's expectation instead of a sample (each shown list's expected
+sessions, clicks = sessions x click rate): what each learner learns from an unlimited log, written
+with ``--out`` to a file of its own.
 Opt-in learners for cascade browsing (``--learners naive-cascade,dla-cascade``, written with
 ``--out`` to a file of their own): the likelihood of the clicks on the ranks each session reached
 (``browsing="cascade"`` in rerank.ultr.learn), DLA's θ̂ then the examination of a reached rank
@@ -94,6 +97,36 @@ def logged_lists(train: Any, qrels: dict[str, dict[str, int]]) -> list[LoggingPo
             for name, rows in stored.items()]
 
 
+def expected_log(policies: list[LoggingPolicy], model: Any, sessions: int, source: str) -> Any:
+    """The limit of the simulated log as sessions grow, scaled to ``sessions``: each (query, shown
+    list) gets its expected number of sessions (queries drawn uniformly, the rankers sharing a query's
+    sessions by their shares) and clicks = sessions x the click model's click rate per rank. The
+    learners trained on it show what each would learn from an unlimited log (no sampling noise)."""
+    from rerank.ultr.log import ClickGroup, ClickStats
+
+    per_query: dict[str, list[tuple[ShownList, float]]] = {}
+    for p in policies:
+        for s in p.lists:
+            if s.docs:
+                per_query.setdefault(s.qid, []).append((s, p.share))
+    stats = ClickStats([], 10, source=source)
+    index: dict[tuple[str, tuple[str, ...]], Any] = {}
+    for qid, shown in per_query.items():
+        total = sum(share for _, share in shown)
+        for s, share in shown:
+            n = sessions / len(per_query) * share / total
+            docs, labels = s.docs[:10], s.labels[:10]
+            g = index.get((qid, docs))
+            if g is None:
+                g = index[(qid, docs)] = ClickGroup(qid, docs, 0, np.zeros(len(docs)), s.query)
+                stats.groups.append(g)
+            g.sessions += round(n)
+            g.clicks += n * model.click_rates(labels)
+    stats.sessions = sessions
+    stats.clicks = round(sum(float(g.clicks.sum()) for g in stats.groups))
+    return stats
+
+
 def memory_job(sessions: int) -> dict[str, float]:
     """Simulate and fold the mixed log (PBM) as it streams: seconds, groups kept, peak RSS."""
     from rerank.ultr.log import aggregate
@@ -140,6 +173,8 @@ def main() -> None:
     ap.add_argument("--train-queries", type=int, help="a smoke run: only the first N train queries get sessions")
     ap.add_argument("--test-queries", type=int, help="a smoke run: rerank only the first N test queries")
     ap.add_argument("--out", default=str(RESULTS / "ultr-text-mixed.json"))
+    ap.add_argument("--expected", action="store_true",
+                    help="train on the expected log (clicks = sessions x click rate): an unlimited log's limit")
     ap.add_argument("--report", action="store_true",
                     help="write the rows of the models already trained and tested; train nothing")
     ap.add_argument("--memory", help="sessions, comma-separated: measure folding memory instead of training")
@@ -182,7 +217,7 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
     test_run = BM25(test, k=args.depth)(test_queries)
     base = evaluate(test_run, test_qrels, METRICS)
     print(f"BM25 test nDCG@10 {base.metrics['nDCG@10']:.4f} ({len(test_queries)} queries)", flush=True)
-    log_name = f"scifact-train/{'+'.join(p.name for p in policies)}/{args.sessions}"
+    log_name = f"scifact-train/{'+'.join(p.name for p in policies)}/{'expected' if args.expected else args.sessions}"
     rows: list[dict[str, Any]] = []
     bias: dict[str, dict[str, Any]] = {}
     learners = args.learners.split(",")
@@ -205,7 +240,10 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
             rows.append({"learner": "bm25", "click_model": cm, "log": log_name, "seed": seed,
                          "nDCG@10": round(base.metrics["nDCG@10"], 4), "theta_max_error": None,
                          "per_query": base.per_query["nDCG@10"]})
-            stats = aggregate(simulate(policies, model, args.sessions, seed=seed), 10, f"{log_name}/{cm}/{seed}")
+            if args.expected:
+                stats = expected_log(policies, model, args.sessions, f"{log_name}/{cm}")
+            else:
+                stats = aggregate(simulate(policies, model, args.sessions, seed=seed), 10, f"{log_name}/{cm}/{seed}")
             stats.groups = [g for g in stats.groups if g.qid not in dev_ids]
             harvest = harvest_propensities(Cells.of(fold_ranks(simulate(policies, model, args.sessions, seed=seed), 10)))
             harvest_error = float(np.nanmax(np.abs(harvest - truth)))
@@ -222,6 +260,8 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                             "cm": "labels" if learner == "labels" else cm, "learner": learner, "seed": seed, "v": 3}
                 for flag in ("report", "first_seed"):  # keys of models trained before these flags stay as they were
                     settings.pop(flag)
+                if not args.expected:
+                    settings.pop("expected")
                 if learner != "dla":
                     settings.pop("dla_anchor")  # naive and IPW do not depend on it
                 key = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
@@ -235,8 +275,9 @@ def run_benchmark(args: argparse.Namespace, facts: dict[str, Any]) -> None:
                 if not (history.is_file() and json.loads(history.read_text()).get("finished")):
                     used = stats
                     if learner == "labels":
-                        used = aggregate(simulate(policies, load_click_model(ORACLE), args.sessions, seed=seed), 10,
-                                         f"{log_name}/labels/{seed}")
+                        oracle = load_click_model(ORACLE)
+                        used = (expected_log(policies, oracle, args.sessions, f"{log_name}/labels") if args.expected else
+                                aggregate(simulate(policies, oracle, args.sessions, seed=seed), 10, f"{log_name}/labels/{seed}"))
                         used.groups = [g for g in used.groups if g.qid not in dev_ids]
                     scorer = TextScorer(body, used.groups, {q.qid: q.text for q in train.queries}, train.docs,
                                         max_length=args.max_length, device=args.device, seed=seed,
