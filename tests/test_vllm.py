@@ -9,6 +9,7 @@ where a vLLM that does not import or start fails them."""
 import importlib.util
 import logging
 import os
+import types
 
 import pytest
 from click.testing import CliRunner
@@ -127,6 +128,62 @@ def test_greedy_generation_is_the_torch_engines(on_vllm, on_torch, smol, dl19_li
             assert on_vllm.cost.generated - g0 == on_torch.cost.generated - t0
     total = len(prompts) + len(pair_prompts)
     assert same >= 0.95 * total, f"{same} of {total} identical"
+
+
+def test_on_a_cpu_the_head_projects_in_bf16_and_the_read_tokens_in_fp32():
+    """A bf16 model's engine with an fp32 head (for next_token_logits): vLLM casts the head's weight
+    on every step off CUDA; rerank projects in bf16 (as the torch engine's generate does) and the
+    tokens a next_token_logits call reads in fp32, to vLLM's own fp32 values (rerank/models/vllm_engine.py).
+    A quantized head keeps vLLM's own path."""
+    import torch
+    from vllm.model_executor.layers import logits_processor as lp
+
+    from rerank.models import vllm_engine
+
+    vllm_engine._import_vllm()
+    head_fn = lp.LogitsProcessor._apply_head
+    assert getattr(head_fn, "_rerank_exact", False), "not installed on this CPU"
+    own = head_fn.__wrapped__
+    proc = types.SimpleNamespace(head_dtype=torch.float32)
+    torch.manual_seed(0)
+    head = types.SimpleNamespace(quant_method=lp.UnquantizedEmbeddingMethod(), cpu_linear=torch.nn.functional.linear,
+                                 weight=torch.randn(1000, 64).to(torch.bfloat16))  # cpu_linear: vLLM's fallback GEMM
+    hidden = torch.randn(3, 64).to(torch.bfloat16)
+    exact = own(proc, head, hidden, None)  # vLLM's fp32 head
+    bf16 = torch.nn.functional.linear(hidden, head.weight).float()
+    logits = head_fn(proc, head, hidden, None)
+    assert logits.dtype == torch.float32 and torch.equal(logits, bf16) and not torch.equal(logits, exact)
+    read = [5, 17, 999]
+    vllm_engine._EXACT[:] = read
+    try:
+        logits = head_fn(proc, head, hidden, None)
+    finally:
+        vllm_engine._EXACT.clear()
+    torch.testing.assert_close(logits[:, read], exact[:, read], rtol=0, atol=1e-5)
+    others = [i for i in range(1000) if i not in read]
+    assert torch.equal(logits[:, others], bf16[:, others])
+    quantized = types.SimpleNamespace(quant_method=object(), weight=head.weight)
+    with pytest.raises(ValueError, match="unquantized lm_head"):  # vLLM's own path, and its own error
+        head_fn(proc, quantized, hidden, None)
+
+
+def test_bf16_next_token_logits_are_vllms_fp32_head_values(smol, on_torch, dl19_lists):
+    """On a bf16 engine (a second engine, started here), the candidate logits are those of vLLM's own
+    fp32 head: the same prompts with vLLM's path restored give them again."""
+    from vllm.model_executor.layers import logits_processor as lp
+
+    llm = load_llm(smol, backend="vllm", dtype="bfloat16", max_length=WINDOW)
+    prompts = [on_torch.tokens([on_torch.render(f"Is this passage about {q}? {docs[0]}")])[0] for q, docs in dl19_lists]
+    candidates = [int(t) for t in on_torch.tokenizer.convert_tokens_to_ids(["yes", "no", "Yes", "No", "A", "B"])]
+    ours = llm.next_token_logits(prompts, candidates)
+    head_fn = lp.LogitsProcessor._apply_head
+    lp.LogitsProcessor._apply_head = head_fn.__wrapped__  # vLLM's own fp32 head (the weight cast every step)
+    try:
+        llm.engine.reset_prefix_cache()
+        own = llm.next_token_logits(prompts, candidates)
+    finally:
+        lp.LogitsProcessor._apply_head = head_fn
+    assert max(abs(a - b) for x, y in zip(ours, own, strict=True) for a, b in zip(x, y, strict=True)) <= 1e-4
 
 
 def test_sampling_on_vllm_is_seeded_and_returns_token_ids(on_vllm, on_torch, dl19_lists):
