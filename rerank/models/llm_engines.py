@@ -7,20 +7,22 @@ import logging
 import os
 
 from .llm import LLM, LLM_BACKENDS, ChatLM
-from .loading import pick_device
+from .loading import cpu_supports_bf16, pick_device
 
 log = logging.getLogger("rerank")
 
-#: whether ``auto`` takes vLLM on a CPU. No: with Qwen2.5-Coder-1.5B on a 2-core EPYC (bf16), the
-#: llm-pointwise judge of DL19's BM25 top 20 took 1,237 s on vLLM and 1,065 s on the torch engine
-#: (same rankings within 0.002 nDCG@10); vLLM's lead on a 135M model (2.9-21x) is overhead the torch
-#: engine pays per call, which a compute-bound 1.5B model hides (docs/installing.md)
-VLLM_ON_CPU = False
+#: whether ``auto`` takes vLLM on a CPU: where the CPU has bf16 instructions (AVX512-BF16 or AMX), the
+#: CPUs it was measured on, each method faster there with Qwen2.5-Coder-1.5B in bf16 on quiet machines
+#: (benchmarks/llm_engines.py, docs/benchmarks.md): 1.13-1.53x on a 2-core Xeon with AMX, 1.19x (the
+#: judge) and 1.81x (generative listwise) on a 2-core EPYC, start-up apart (18-38 s, paid back within
+#: a few queries). On a CPU with AVX2 only (fp32) it was not measured: the torch engine there.
+#: None: decided by the CPU; True or False: always (tests).
+VLLM_ON_CPU: bool | None = None
 
 
 def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[str, str]:
     """The engine an LLM reranker runs on, and why. ``auto``: vLLM where it is installed and the
-    model runs on a GPU; on a CPU the torch engine (:data:`VLLM_ON_CPU`). ``$RERANK_BACKEND``
+    model runs on a GPU or a CPU with bf16 instructions, else the torch engine (:data:`VLLM_ON_CPU`). ``$RERANK_BACKEND``
     (torch or vllm) names what ``auto`` takes (the test suite sets torch)."""
     import importlib.util
 
@@ -34,9 +36,10 @@ def pick_llm_backend(backend: str | None, device: str | None = "auto") -> tuple[
     if importlib.util.find_spec("vllm") is None:
         return "torch", "auto: vLLM is not installed"
     if not pick_device(device).startswith("cuda"):
-        if not VLLM_ON_CPU:
-            return "torch", "auto: on a CPU the torch engine (vLLM was not faster there with a 1.5B model; --backend vllm)"
-        return "vllm", "auto: vLLM is installed, on a CPU"
+        if not (cpu_supports_bf16() if VLLM_ON_CPU is None else VLLM_ON_CPU):
+            return "torch", ("auto: on a CPU without bf16 instructions the torch engine "
+                             "(vLLM not measured faster there; --backend vllm)")
+        return "vllm", "auto: vLLM is installed, on a CPU with bf16 instructions"
     return "vllm", "auto: vLLM is installed, on a GPU"
 
 

