@@ -12,11 +12,18 @@ from pathlib import Path
 from typing import IO
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
 
 
-def flag(name: str) -> bool:
-    """Whether the environment variable ``name`` is set to 1/true/yes/on."""
-    return os.environ.get(name, "").strip().lower() in _TRUE
+def flag(name: str, *, strict: bool = False) -> bool:
+    """Whether the environment variable ``name`` is set to 1/true/yes/on. ``strict``: a value that
+    is neither that nor 0/false/no/off (or unset) is an error naming the variable, not a quiet no."""
+    value = os.environ.get(name, "").strip().lower()
+    if strict and value not in _TRUE | _FALSE:
+        from .errors import RerankError
+
+        raise RerankError(f"{name}={value!r}: use 1 or 0 (or true/false, yes/no, on/off)")
+    return value in _TRUE
 
 
 def offline() -> bool:

@@ -264,8 +264,8 @@ def test_backend_choices(smol, monkeypatch):
 
     monkeypatch.setenv("RERANK_VLLM_COMPILE", "0")
     assert load_llm(smol, backend="vllm", **SETUP).engine is First(smol, backend="vllm", **SETUP).llm.engine
-    monkeypatch.setenv("RERANK_VLLM_COMPILE", "yes")
-    with pytest.raises(RerankError, match=r"RERANK_VLLM_COMPILE='yes': use 1 \(compile a CPU engine's model\) or 0"):
+    monkeypatch.setenv("RERANK_VLLM_COMPILE", "maybe")
+    with pytest.raises(RerankError, match=r"RERANK_VLLM_COMPILE='maybe': use 1 or 0"):
         load_llm(smol, backend="vllm", **SETUP)
 
 

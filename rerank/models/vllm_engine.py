@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ..env import flag
 from ..errors import MissingDependency, RerankError
 from .engine import Cost, Encoded
 from .llm import ChatLM, Completion, LLMCost
@@ -57,13 +58,10 @@ def vllm_extra() -> str:
 
 
 def compile_on_cpu() -> bool:
-    """Whether a CPU engine compiles its model (vLLM's default on a GPU): ``$RERANK_VLLM_COMPILE`` is 1 or true.
+    """Whether a CPU engine compiles its model (vLLM's default on a GPU): ``$RERANK_VLLM_COMPILE`` is 1.
     Off by default: compiling adds a minute or more to a start on a small CPU (less once vLLM's compile cache
     holds the model), which a long run (a DL19 sweep) pays back and a short one does not."""
-    value = os.environ.get("RERANK_VLLM_COMPILE", "").strip().lower()
-    if value not in ("", "0", "1", "false", "true"):
-        raise RerankError(f"RERANK_VLLM_COMPILE={value!r}: use 1 (compile a CPU engine's model) or 0 (eager)")
-    return value in ("1", "true")
+    return flag("RERANK_VLLM_COMPILE", strict=True)
 
 
 def _import_vllm() -> Any:
